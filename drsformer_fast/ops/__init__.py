@@ -1,0 +1,10 @@
+"""``torch.library`` custom ops wrapping the Triton launchers, with fake (meta) implementations
+and registered autograd, plus the public functions that choose between them and plain PyTorch.
+
+Each fused op is registered under the ``drsformer_fast::`` namespace, so ``torch.compile`` with
+``fullgraph=True`` traces through it and CUDA graphs capture it.
+"""
+
+from .layernorm import layer_norm
+
+__all__ = ["layer_norm"]

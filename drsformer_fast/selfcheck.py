@@ -1,0 +1,101 @@
+"""Run every fused op against the reference at small shapes and report the errors as a table.
+
+Used by ``drsformer-fast selfcheck`` (and by ``bench`` when there is no GPU): on a machine without
+an NVIDIA GPU the command line runs it under Triton's interpreter, so the real kernels are checked.
+The criterion is the test suite's: relative error against a float64 reference at most a small
+multiple of PyTorch's own error at the same precision, plus a floor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import reference as R
+
+FLOORS = {torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+MULT = 4.0
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    tensor: str
+    error: float
+    torch_error: float
+    bound: float
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.bound
+
+
+def _rel(a: torch.Tensor, r: torch.Tensor) -> float:
+    a, r = a.detach().double().cpu(), r.detach().double().cpu()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - r).norm() / (r.norm() or 1.0))
+
+
+def _grads(fn: Callable, inputs: list[torch.Tensor], g: torch.Tensor, dtype, device):
+    leaves = [t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype).requires_grad_()
+              for t in inputs]
+    out = fn(*leaves)
+    return [out] + list(torch.autograd.grad(out, leaves, g.to(device=device, dtype=out.dtype)))
+
+
+def compare(op: str, case: str, names: list[str], fast: Callable, ref: Callable, inputs: list[torch.Tensor],
+            g: torch.Tensor, dtype: torch.dtype, device: torch.device) -> Iterator[Row]:
+    """Output and every input gradient of ``fast`` vs ``ref`` (float64), with ``ref`` at ``dtype``
+    on the CPU as PyTorch's own error."""
+    t0 = time.perf_counter()
+    got = _grads(fast, inputs, g, dtype, device)
+    seconds = time.perf_counter() - t0
+    hi = _grads(ref, inputs, g, torch.float64, torch.device("cpu"))
+    lo = _grads(ref, inputs, g, dtype, torch.device("cpu"))
+    for name, a, h, l in zip(["output"] + names, got, hi, lo):
+        terr = _rel(l, h)
+        yield Row(op, case, name, _rel(a, h), terr, MULT * terr + FLOORS[dtype], seconds)
+
+
+def _layer_norm_rows(device, dtypes) -> Iterator[Row]:
+    from .ops import layer_norm
+
+    for dtype in dtypes:
+        for (B, C, H, W), ln_type in (((2, 48, 13, 17), "WithBias"), ((1, 127, 7, 5), "BiasFree")):
+            gen = torch.Generator().manual_seed(C)
+            x = torch.randn(B, C, H, W, generator=gen) * 2 + 0.5
+            w, b = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
+            g = torch.randn(B, C, H, W, generator=gen)
+            inputs = [x, w] + ([b] if ln_type == "WithBias" else [])
+            case = f"{ln_type} {B}x{C}x{H}x{W} {str(dtype)[6:]}"
+            yield from compare(
+                "layer_norm", case, ["dx", "dweight", "dbias"][: len(inputs)],
+                lambda x, w, b=None: layer_norm(x, w, b),
+                lambda x, w, b=None: R.channel_layer_norm(x, w, b),
+                inputs, g, dtype, device,
+            )
+
+
+CHECKS: dict[str, Callable] = {"layer_norm": _layer_norm_rows}
+
+
+def run(device: torch.device, dtypes=(torch.float32, torch.float16)) -> list[Row]:
+    rows: list[Row] = []
+    for check in CHECKS.values():
+        rows.extend(check(device, dtypes))
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    head = f"{'op':<22} {'case':<34} {'tensor':<22} {'rel.err':>9} {'torch err':>9} {'bound':>9}  result"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.op:<22} {r.case:<34} {r.tensor:<22} {r.error:9.2e} {r.torch_error:9.2e} {r.bound:9.2e}  "
+                     f"{'ok' if r.ok else 'FAIL'}")
+    return "\n".join(lines)

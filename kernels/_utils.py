@@ -1,0 +1,52 @@
+"""Small helpers shared by the launchers (no kernels here)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import triton
+
+from .._validation import SUPPORTED_DTYPES, check_tensor  # noqa: F401 (re-exported for the launchers)
+
+# Explicit so that the compiled kernels do not depend on TRITON_DEFAULT_FP_FUSION (Triton 3.9 warns
+# that its default will change): fused multiply-add is what cuBLAS and PyTorch's own kernels use.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def device_guard(t: torch.Tensor):
+    """Enter the tensor's CUDA device so that a launch lands on the right GPU (and stream)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """SMs of a CUDA device; a small fixed number for the CPU interpreter (keeps grids small there)."""
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4
+
+
+def is_interpreter() -> bool:
+    """True when kernels were built by Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return _probe.__class__.__name__ == "InterpretedFunction"
+
+
+@triton.jit
+def _probe():
+    pass

@@ -1,0 +1,15 @@
+# Sourced by the other scripts: create (or reuse) the virtual environment and install the package.
+# CPU machines take torch 2.13.0 (`pip install torch==2.13.0` finds the wheel on disk where there is
+# one); a machine that already has torch in the environment keeps it. Triton comes from PyPI.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${DRSFORMER_FAST_VENV:-$ROOT/.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    "$PY" -m pip install -q torch==2.13.0
+fi
+"$PY" -m pip install -q -e ".[dev]"

@@ -1,0 +1,42 @@
+"""Test configuration: choose where kernels run BEFORE Triton is imported.
+
+By default (CI, no GPU) every Triton kernel runs in Triton's CPU interpreter: this file sets
+``TRITON_INTERPRET=1`` before anything imports triton (the library itself never does).
+With ``DRSFORMER_FAST_TEST_GPU=1`` on a machine with an NVIDIA GPU the same tests run the compiled
+kernels on CUDA instead (plus the bf16 cases the interpreter cannot run).
+"""
+
+import os
+
+GPU_MODE = os.environ.get("DRSFORMER_FAST_TEST_GPU", "0") == "1"
+if not GPU_MODE:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if GPU_MODE and not torch.cuda.is_available():
+    raise RuntimeError("DRSFORMER_FAST_TEST_GPU=1 but torch sees no CUDA device")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests put their tensors: CUDA in GPU mode, else the CPU (interpreter)."""
+    return torch.device("cuda") if GPU_MODE else torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _poison_uninitialized_memory():
+    """Every ``torch.empty`` (kernel outputs, workspaces, partial-sum buffers) is NaN-filled, so an
+    element a kernel forgets to write shows up as NaN in the comparison."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def half_dtypes():
+    """Half precisions the current mode can test: fp16 everywhere, bf16 only on a GPU (the
+    interpreter has no bf16 arithmetic)."""
+    return [torch.float16, torch.bfloat16] if GPU_MODE else [torch.float16]

@@ -1,0 +1,124 @@
+"""Shared test helpers: random inputs, the tolerance rule, comparisons that say where and by how much.
+
+The tolerance rule (used by every kernel test)
+----------------------------------------------
+A kernel computing in precision ``p`` is compared with a float64 reference. Its error must not
+exceed ``mult`` times the error PyTorch's own implementation makes at the same precision (also
+measured against the float64 reference), plus a floor:
+
+    err(kernel, ref64) <= mult * err(torch_p, ref64) + floor_p
+
+Errors are measured two ways, both must pass: relative Frobenius norm ``||a - r|| / ||r||`` and a
+relative max ``max|a - r| / max|r|`` (the max catches a small wrong tile the norm would average
+away). ``mult`` is small (default 4): the fused kernels sum in a different order than PyTorch but
+with the same precision and fp32 accumulation, so their error is the same order as PyTorch's. The
+floor covers the cases where PyTorch's error happens to be ~0 (e.g. a pure copy); it is a few
+units of the precision's rounding: fp32 2e-6, fp16 4e-3, bf16 3e-2 (unit roundoff 6e-8, 4.9e-4,
+3.9e-3, times the ~sqrt(K) growth of K-term reductions for K up to ~1e3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOORS = {torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float64: 1e-12}
+
+
+def make_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed: int, dtype=torch.float32, device="cpu", scale: float = 1.0) -> torch.Tensor:
+    """Random normal values drawn on the CPU in float64 (so every dtype/device sees the same draw)."""
+    t = torch.randn(*shape, generator=make_generator(seed), dtype=torch.float64) * scale
+    return t.to(device=device, dtype=dtype)
+
+
+def non_contiguous(t: torch.Tensor, kind: str = "pad") -> torch.Tensor:
+    """The same values in a non-contiguous layout.
+
+    ``pad``: a view into a larger buffer (every stride differs from the dense one);
+    ``channels_last``: NHWC storage; ``transpose``: H and W swapped in storage.
+    """
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "transpose":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if kind == "pad":
+        shape = list(t.shape)
+        big = torch.full([s + 2 for s in shape[:-1]] + [shape[-1] * 2 + 3], float("nan"), dtype=t.dtype,
+                         device=t.device)
+        idx = tuple(slice(1, 1 + s) for s in shape[:-1]) + (slice(2, 2 + 2 * shape[-1], 2),)
+        view = big[idx]
+        view.copy_(t)
+        return view
+    raise ValueError(kind)
+
+
+def _errors(actual: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    a = actual.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    if not torch.isfinite(a).all():
+        return math.inf, math.inf
+    diff = (a - r).abs()
+    denom_norm = r.norm().item() or 1.0
+    denom_max = r.abs().max().item() if r.numel() else 1.0
+    return (a - r).norm().item() / denom_norm, (diff.max().item() if r.numel() else 0.0) / (denom_max or 1.0)
+
+
+def describe_mismatch(actual: torch.Tensor, ref: torch.Tensor) -> str:
+    a = actual.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    bad = ~torch.isfinite(a)
+    if bad.any():
+        idx = bad.nonzero()
+        return f"{int(bad.sum())} non-finite values (unwritten?), first at {tuple(idx[0].tolist())}"
+    diff = (a - r).abs()
+    flat = int(diff.argmax())
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    return (f"max |diff| {diff.max().item():.3e} at {where}: got {a[where].item():.6e}, "
+            f"expected {r[where].item():.6e}; mean |diff| {diff.mean().item():.3e}")
+
+
+def assert_close(name: str, actual: torch.Tensor, ref64: torch.Tensor, torch_lp: torch.Tensor | None = None, *,
+                 dtype: torch.dtype | None = None, mult: float = 4.0, floor: float | None = None) -> None:
+    """Assert ``actual`` is as close to the float64 ``ref64`` as the tolerance rule allows.
+
+    ``torch_lp`` is PyTorch's own result at the precision under test (None: only the floor).
+    """
+    if actual.shape != ref64.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(ref64.shape)}")
+    dtype = dtype or actual.dtype
+    floor = FLOORS[dtype] if floor is None else floor
+    k_norm, k_max = _errors(actual, ref64)
+    t_norm, t_max = _errors(torch_lp, ref64) if torch_lp is not None else (0.0, 0.0)
+    bound_norm, bound_max = mult * t_norm + floor, mult * t_max + floor
+    if not (k_norm <= bound_norm and k_max <= bound_max):
+        raise AssertionError(
+            f"{name}: relative error norm {k_norm:.3e} (bound {bound_norm:.3e}), max {k_max:.3e} "
+            f"(bound {bound_max:.3e}); PyTorch's own error at {dtype}: norm {t_norm:.3e}, max {t_max:.3e}. "
+            + describe_mismatch(actual, ref64)
+        )
+
+
+def golden_bound(fp32_err: float, mult: float = 4.0, floor: float = 1e-6) -> float:
+    """Golden-file rule: a float32 result may land ``mult`` times as far from the float64 golden
+    values as the original code does in float32, plus a floor of a few fp32 roundings."""
+    return mult * fp32_err + floor
+
+
+def assert_golden(name: str, actual: torch.Tensor, golden: torch.Tensor, fp32_err: float, *, mult: float = 4.0,
+                  floor: float = 1e-6) -> None:
+    err, _ = _errors(actual, golden)
+    bound = golden_bound(fp32_err, mult, floor)
+    if not err <= bound:
+        raise AssertionError(
+            f"{name}: relative error {err:.3e} > bound {bound:.3e} ({mult} x original fp32 error {fp32_err:.3e} "
+            f"+ {floor:.0e}). " + describe_mismatch(actual, golden)
+        )
+
+
+def rel_err(actual: torch.Tensor, ref: torch.Tensor) -> float:
+    return _errors(actual, ref)[0]
