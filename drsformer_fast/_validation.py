@@ -6,6 +6,7 @@ import torch
 
 # Half-precision inputs are computed with fp32 accumulation; these are the dtypes the fused ops take.
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_CHANNELS_PER_HEAD = 1024
 
 
 def _dtype_name(d: torch.dtype) -> str:
@@ -35,3 +36,35 @@ def check_params(x: torch.Tensor, **params) -> None:
         check_tensor(name, p, device=x.device)
         if not p.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(p.dtype)}")
+
+
+def check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
+                           proj_bias, num_heads, residual=None) -> None:
+    """The top-k attention's inputs: clear errors before dispatch and before any launch."""
+    check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    d = x.shape[1]
+    if not isinstance(num_heads, int) or num_heads < 1 or d % num_heads:
+        raise ValueError(f"{d} channels do not split into num_heads={num_heads} heads")
+    c = d // num_heads
+    if c < 2:
+        raise ValueError(f"top-k attention needs at least 2 channels per head (int(C/2) >= 1), got {c}")
+    if c > MAX_CHANNELS_PER_HEAD:
+        raise ValueError(f"at most {MAX_CHANNELS_PER_HEAD} channels per head are supported, got {c}")
+    dev = x.device
+    check_tensor("qkv.weight", qkv_weight, device=dev, shape=(3 * d, d, 1, 1))
+    check_tensor("qkv_dwconv.weight", dw_weight, device=dev, shape=(3 * d, 1, 3, 3))
+    check_tensor("project_out.weight", proj_weight, device=dev, shape=(d, d, 1, 1))
+    check_tensor("temperature", temperature, device=dev, shape=(num_heads, 1, 1))
+    biases = (qkv_bias, dw_bias, proj_bias)
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        raise ValueError("qkv, qkv_dwconv and project_out must all have a bias or none (the original's `bias`)")
+    if qkv_bias is not None:
+        check_tensor("qkv.bias", qkv_bias, device=dev, shape=(3 * d,))
+        check_tensor("qkv_dwconv.bias", dw_bias, device=dev, shape=(3 * d,))
+        check_tensor("project_out.bias", proj_bias, device=dev, shape=(d,))
+    if len(attn_weights) != 4:
+        raise ValueError(f"attn_weights must be the four tensors attn1..attn4, got {len(attn_weights)}")
+    for i, a in enumerate(attn_weights):
+        check_tensor(f"attn{i + 1}", a, device=dev, shape=(1,))
+    if residual is not None:
+        check_tensor("residual", residual, device=dev, dtypes=SUPPORTED_DTYPES, shape=tuple(x.shape))

@@ -13,6 +13,13 @@ from . import ops
 from ._dispatch import kernel_path
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the fused blocks compute in: the autocast dtype under autocast, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 class _PathMixin:
     @staticmethod
     def kernel_path(x: torch.Tensor) -> str:
@@ -54,3 +61,54 @@ class ChannelLayerNorm(_PathMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, LayerNorm_type={'WithBias' if self.with_bias else 'BiasFree'}"
+
+
+class TopKSparseAttention(_PathMixin, nn.Module):
+    """Fast replacement of the original top-k sparse ``Attention(dim, num_heads, bias)``.
+
+    Same parameters and names (``temperature``, ``qkv``, ``qkv_dwconv``, ``project_out``,
+    ``attn1``..``attn4``), so ``load_state_dict`` of an original block works. ``forward(x, residual)``
+    returns ``residual + attn(x)`` with the add fused into the last kernel.
+    Ties in the top-k selection go to the lower channel index (the original's torch.topk leaves
+    them unspecified; without ties the two agree).
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} does not split into num_heads={num_heads} heads")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, stride=1, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.attn1 = nn.Parameter(torch.tensor([0.2]))
+        self.attn2 = nn.Parameter(torch.tensor([0.2]))
+        self.attn3 = nn.Parameter(torch.tensor([0.2]))
+        self.attn4 = nn.Parameter(torch.tensor([0.2]))
+
+    @classmethod
+    def from_original(cls, m: nn.Module) -> TopKSparseAttention:
+        """A fast module that shares ``m``'s Parameter objects (no copies): optimizers built on the
+        original keep working and the state dict is unchanged."""
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.dim = m.qkv.in_channels
+        fast.num_heads = m.temperature.shape[0]
+        for name in ("temperature", "attn1", "attn2", "attn3", "attn4"):
+            setattr(fast, name, getattr(m, name))
+        for name in ("qkv", "qkv_dwconv", "project_out"):
+            setattr(fast, name, getattr(m, name))
+        return fast
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        return ops.topk_sparse_attention(
+            x.to(dtype), self.qkv.weight, self.qkv.bias, self.qkv_dwconv.weight, self.qkv_dwconv.bias,
+            self.temperature, (self.attn1, self.attn2, self.attn3, self.attn4), self.project_out.weight,
+            self.project_out.bias, self.num_heads, residual,
+        )
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, bias={self.qkv.bias is not None}"

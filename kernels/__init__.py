@@ -4,8 +4,8 @@ One file per op: ``@triton.jit`` kernels and their launchers (tensors in, tensor
 autograd). The autograd wiring, custom ops and modules live in ``drsformer_fast``.
 """
 
-from . import layernorm
+from . import attention, layernorm
 
-KERNEL_MODULES = (layernorm,)
+KERNEL_MODULES = (layernorm, attention)
 
 __all__ = ["layernorm", "KERNEL_MODULES"]

@@ -10,9 +10,13 @@ import triton
 
 from .._validation import SUPPORTED_DTYPES, check_tensor  # noqa: F401 (re-exported for the launchers)
 
-# Explicit so that the compiled kernels do not depend on TRITON_DEFAULT_FP_FUSION (Triton 3.9 warns
-# that its default will change): fused multiply-add is what cuBLAS and PyTorch's own kernels use.
-LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+# Compile options every launch passes (and the compile check uses, so it checks what runs):
+# - enable_fp_fusion: explicit so the kernels do not depend on TRITON_DEFAULT_FP_FUSION (Triton 3.9
+#   warns that its default will change); fused multiply-add is what cuBLAS and PyTorch use.
+# - maxnreg=255: without an explicit bound, ptxas (CUDA 12.9/13.x as shipped with Triton 3.9) was
+#   seen to cap itself well below the hardware limit and spill a few bytes around loops (e.g. 72
+#   registers + 8 B of stack); with the bound stated it allocates what the code needs, no spills.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 
 
 def next_pow2(n: int) -> int:

@@ -40,13 +40,14 @@ def _compile_one(index: int, arch: int) -> dict:
     from triton.compiler import ASTSource
 
     from ._registry import all_compile_configs
+    from ._utils import LAUNCH_OPTIONS
 
     cfg = all_compile_configs()[index]
     row = {"name": cfg.name, "arch": arch, "num_warps": cfg.num_warps}
     t0 = time.perf_counter()
     try:
         src = ASTSource(cfg.kernel, cfg.signature, constexprs=cfg.constexprs)
-        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "enable_fp_fusion": True}
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS}
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as exc:  # report every failure, not just the first
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -77,14 +78,14 @@ def _compile_one(index: int, arch: int) -> dict:
     return row
 
 
-def run(archs=(80, 90), jobs: int | None = None) -> list[dict]:
+def run(archs=(80, 90), jobs: int | None = None, name_filter: str = "") -> list[dict]:
     from ._registry import all_compile_configs
     from ._utils import is_interpreter
 
     if is_interpreter():
         raise RuntimeError("compile_check needs real Triton JIT functions: unset TRITON_INTERPRET")
-    n = len(all_compile_configs())
-    work = [(i, a) for a in archs for i in range(n)]
+    configs = all_compile_configs()
+    work = [(i, a) for a in archs for i, c in enumerate(configs) if name_filter in c.name]
     jobs = jobs or min(4, os.cpu_count() or 1)
     if jobs <= 1:
         return [_compile_one(i, a) for i, a in work]
@@ -110,9 +111,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the per-configuration report here")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    parser.add_argument("--filter", default="", help="only configurations whose name contains this")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(tuple(args.arch), args.jobs)
+    rows = run(tuple(args.arch), args.jobs, args.filter)
     bad = [r for r in rows if "error" in r]
     print(format_table(bad if args.quiet else rows))
     print(f"{len(rows)} compilations ({len(rows) // max(1, len(args.arch))} configurations x {len(args.arch)} "

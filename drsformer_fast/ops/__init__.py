@@ -5,6 +5,7 @@ Each fused op is registered under the ``drsformer_fast::`` namespace, so ``torch
 ``fullgraph=True`` traces through it and CUDA graphs capture it.
 """
 
+from .attention import topk_sparse_attention
 from .layernorm import layer_norm
 
-__all__ = ["layer_norm"]
+__all__ = ["layer_norm", "topk_sparse_attention"]

@@ -1,0 +1,804 @@
+"""Top-k sparse channel attention of DRSformer (``Attention``): fused forward and backward.
+
+Notation: x [B, d, H, W], N = H*W tokens, ``heads`` heads of C = d / heads channels.
+``t0 = qkv(x)`` [B, 3d, H, W] is the 1x1 projection; ``t = dwconv3x3(t0)`` gives Q, K, V (never
+written to memory here: every kernel that needs them recomputes the 3x3 depthwise conv of ``t0``
+on the fly from 9 shifted, cache-resident loads).
+
+Forward (per sample b and head h)::
+
+    A   = (Q K^T / (|Q| |K|^T)) * temperature[h]            (C x C; |.| = max(L2 norm over N, 1e-12))
+    P   = sum_i attn_i * softmax(top-k_i(A))               (k_i = int(C/2), int(2C/3), int(3C/4), int(4C/5))
+    out = W_o blockdiag(P) V + b_o (+ residual)            (W_o blockdiag(P) = M: one d x d matrix per sample)
+
+Kernels:
+  1. ``_attn_qk_gram_kernel``: Q, K tiles from t0, accumulates Q K^T and the row sums of squares over
+     token blocks; each split of the tokens writes its own partial (deterministic, no atomics), fp32
+     ``ieee`` dot (TF32 would change which entries are in the top k).
+  2. ``_attn_topk_softmax_kernel``: one program per row of A: reduces the partials in a fixed order,
+     normalises, ranks the row once (one descending sort decides all four nested masks; ties go to the
+     lower column index), one exp shared by the four softmaxes, writes the row of P. No -inf tensors,
+     no masks in memory.
+  3. ``_attn_mix_kernel``: out = M V with V recomputed from t0, project_out folded into M (a d x d
+     matrix per sample, formed by a tiny einsum), output bias and the block's residual add in the
+     epilogue. Also used in the backward for dV = M^T dOut.
+Backward (dT = gradient of t = [dQ; dK; dV], then the depthwise conv's and the 1x1's backward):
+  4. ``_attn_dout_v_kernel``: G = dOut V^T (d x d per sample, split-N partials) and the row sums of
+     dOut: dW_o = sum_b G_b blockdiag(P_b)^T, dP_h = (W_o^T G)_hh, d b_o (tiny einsums).
+  5. ``_attn_softmax_bwd_kernel``: per row, the same masks from the saved normalised Gram, the
+     softmax backward of the four branches, d attn_i, d temperature, and dG = d(QK^T) and the
+     per-row norm terms.
+  6. ``_attn_dqk_kernel``: dQ = dG K + alpha Q, dK = dG^T Q + beta K with Q, K recomputed from t0.
+  7. dV with kernel 3 (M^T via strides), the 3x3 depthwise conv backward (``dwconv.py``), and the
+     1x1 projection's backward (cuBLAS via ``aten.convolution_backward``).
+
+Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
+  original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
+                     project_out 2                                            = 45 units = 0.57 GB
+  fused forward    : qkv 1x1 4 (read x, write t0), kernel 1 reads q,k 2, kernel 3 reads v 1 and
+                     writes out 1 (+1 with the residual read)                  = 8 units  = 0.10 GB
+  fused backward   : kernel 4 2, kernel 6 4, dV 2, dwconv bwd 9, 1x1 bwd 8      = 25 units = 0.31 GB
+  saved for backward: x and t0 (4 units) + C x C matrices, vs the original's ~14 units (x, t0, t,
+                     normalised q and k, the four S_i V, project_out's input).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
+from ._registry import CompileConfig, ptr, register_compile_configs
+from ._utils import LAUNCH_OPTIONS, device_guard, multiprocessor_count, next_pow2
+
+L2_EPS = 1e-12
+__all__ = ["attention_fwd", "attention_bwd", "MAX_CHANNELS_PER_HEAD", "topk_counts"]
+
+
+def topk_counts(c: int) -> tuple[int, int, int, int]:
+    # Python float arithmetic then int(), exactly as the original (C=48 -> 24, 32, 36, 38)
+    return int(c / 2), int(c * 2 / 3), int(c * 3 / 4), int(c * 4 / 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared device functions
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dwconv3x3_tile(
+    t_ptr,  # one image of t0: [3d, H, W] (already offset to the batch), any strides
+    w_ptr,  # depthwise weight: [3d, 9] fp32
+    b_ptr,  # depthwise bias: [3d] fp32 (unused without HAS_BIAS)
+    o_c, m_c,  # channel indices into t0 and their mask: [BLOCK_C]
+    o_h, o_w, m_n,  # pixel coordinates and mask of the token block: [BLOCK_N]
+    H, W, stride_c, stride_h, stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """3x3 depthwise conv (zero padding 1) at the given channels and pixels, fp32, 0 where masked."""
+    b_acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    p_c = t_ptr + o_c * stride_c
+    # a runtime loop over the taps (not unrolled): only one shifted tile is live at a time, which
+    # keeps the register footprint of the callers' larger tiles free of spills
+    for tap in range(9):
+        o_hh = o_h + (tap // 3 - 1)
+        o_ww = o_w + (tap % 3 - 1)
+        m_p = m_n & (o_hh >= 0) & (o_hh < H) & (o_ww >= 0) & (o_ww < W)
+        b_t = tl.load(p_c[:, None] + (o_hh * stride_h + o_ww * stride_w)[None, :],
+                      mask=m_c[:, None] & m_p[None, :], other=0.0)
+        b_w = tl.load(w_ptr + o_c * 9 + tap, mask=m_c, other=0.0)
+        b_acc += b_t.to(tl.float32) * b_w[:, None]
+    if HAS_BIAS:
+        b_acc += tl.load(b_ptr + o_c, mask=m_c, other=0.0)[:, None]
+    return tl.where(m_c[:, None] & m_n[None, :], b_acc, 0.0)
+
+
+@triton.jit
+def _topk_softmax_rows(
+    p_ghat,  # normalised Gram Ghat of one (sample, head): [C, C] fp32
+    o_r, m_r,  # the rows of this program and their mask: [BLOCK_R]
+    tau, k1, k2, k3, k4, C,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """Rows of A = Ghat * tau: Ghat and the four top-k softmaxes S_1..S_4 ([BLOCK_R, BLOCK_C] fp32,
+    0 outside the C x C matrix).
+
+    One rank per entry decides all four nested masks (kept in mask i iff rank < k_i). rank_j counts
+    the entries of its row that beat j: larger, or equal with a lower column index, so ties at the
+    k-th value go to the lower column index (deterministic; torch.topk leaves the choice open).
+    The forward and the backward both call this on the same stored Ghat: identical masks.
+    """
+    o_j = tl.arange(0, BLOCK_C)
+    m_rj = m_r[:, None] & (o_j < C)[None, :]
+    b_ghat = tl.load(p_ghat + o_r[:, None] * C + o_j[None, :], mask=m_rj, other=0.0)
+    b_a = tl.where(m_rj, b_ghat * tau, float("-inf"))
+    b_rank = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
+    for l0 in range(0, C, CHUNK):
+        o_l = l0 + tl.arange(0, CHUNK)
+        m_rl = m_r[:, None] & (o_l < C)[None, :]
+        b_al = tl.where(m_rl, tl.load(p_ghat + o_r[:, None] * C + o_l[None, :], mask=m_rl, other=0.0) * tau,
+                        float("-inf"))
+        # [BLOCK_R, CHUNK, BLOCK_C]: does entry l of the row beat entry j?
+        beats = (b_al[:, :, None] > b_a[:, None, :]) | (
+            (b_al[:, :, None] == b_a[:, None, :]) & (o_l[None, :, None] < o_j[None, None, :]))
+        b_rank += tl.sum(beats.to(tl.int32), axis=1)
+    # the row max is in every top-k set, so one exp serves all four softmaxes
+    b_max = tl.where(m_r, tl.max(b_a, axis=1), 0.0)  # padded rows are all -inf: keep them finite
+    b_e = tl.exp(b_a - b_max[:, None])
+    b_s1 = tl.where(b_rank < k1, b_e, 0.0)
+    b_s2 = tl.where(b_rank < k2, b_e, 0.0)
+    b_s3 = tl.where(b_rank < k3, b_e, 0.0)
+    b_s4 = tl.where(b_rank < k4, b_e, 0.0)
+    # padded rows are all zero: divide by 1 there instead of 0
+    b_s1 = b_s1 / tl.where(m_r, tl.sum(b_s1, axis=1), 1.0)[:, None]
+    b_s2 = b_s2 / tl.where(m_r, tl.sum(b_s2, axis=1), 1.0)[:, None]
+    b_s3 = b_s3 / tl.where(m_r, tl.sum(b_s3, axis=1), 1.0)[:, None]
+    b_s4 = b_s4 / tl.where(m_r, tl.sum(b_s4, axis=1), 1.0)[:, None]
+    return b_ghat, b_s1, b_s2, b_s3, b_s4
+
+
+# ----------------------------------------------------------------------------------------------
+# forward kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_qk_gram_kernel(
+    t_ptr,  # t0: [B, 3d, H, W], any strides
+    w_ptr,  # depthwise weight: [3d, 9] fp32
+    b_ptr,  # depthwise bias: [3d] fp32
+    gram_ptr,  # out, partial Q K^T: [B*heads, S, C, C] fp32
+    ssq_ptr,  # out, partial row sums of squares: [B*heads, S, 2, C] fp32 (0: Q rows, 1: K rows)
+    C, D, HEADS, H, W, blocks_per_split,
+    n_cb,  # channel blocks per side: the C x C Gram is n_cb x n_cb tiles
+    stride_b, stride_c, stride_h, stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_s = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    S = tl.num_programs(0)
+    i_b = (i_bh // HEADS).to(tl.int64)
+    i_h = i_bh % HEADS
+    i_ib = i_t // n_cb
+    i_jb = i_t % n_cb
+    N = H * W
+
+    o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_j = i_jb * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_i = o_i < C
+    m_j = o_j < C
+    p_t = t_ptr + i_b * stride_b
+    b_gram = tl.zeros([BLOCK_C, BLOCK_C], dtype=tl.float32)
+    b_ssq_q = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_ssq_k = tl.zeros([BLOCK_C], dtype=tl.float32)
+    blk_end = tl.minimum((i_s + 1) * blocks_per_split, tl.cdiv(N, BLOCK_N))
+    for blk in range(i_s * blocks_per_split, blk_end):
+        o_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        o_h = o_n // W
+        o_w = o_n % W
+        b_q = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
+                              stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+        b_k = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
+                              stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+        b_gram += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        b_ssq_q += tl.sum(b_q * b_q, axis=1)
+        b_ssq_k += tl.sum(b_k * b_k, axis=1)
+
+    i_part = i_bh.to(tl.int64) * S + i_s
+    tl.store(gram_ptr + i_part * C * C + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
+    # each row's sum of squares is written by the tiles of the first column (Q) / first row (K)
+    tl.store(ssq_ptr + i_part * 2 * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
+    tl.store(ssq_ptr + i_part * 2 * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
+
+
+@triton.jit
+def _attn_gram_reduce_kernel(
+    gram_ptr,  # partial Q K^T: [B*heads, S, C, C] fp32
+    ssq_ptr,  # partial sums of squares: [B*heads, S, 2, C] fp32
+    ghat_ptr,  # out, normalised Gram Q_n K_n^T: [B*heads, C, C] fp32
+    norm_ptr,  # out, clamped L2 norms max(|.|, eps): [B*heads, 2, C] fp32 (0: Q rows, 1: K rows)
+    C, S, eps,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    i_rb = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_r = i_rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_j = tl.arange(0, BLOCK_C)
+    m_r = o_r < C
+    m_j = o_j < C
+    m_rj = m_r[:, None] & m_j[None, :]
+    # fixed-order reduction of the token splits: the masks do not change from run to run
+    b_g = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    b_sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    b_sk = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s in range(S):
+        i_part = i_bh * S + s
+        b_g += tl.load(gram_ptr + i_part * C * C + o_r[:, None] * C + o_j[None, :], mask=m_rj, other=0.0)
+        b_sq += tl.load(ssq_ptr + i_part * 2 * C + o_r, mask=m_r, other=0.0)
+        b_sk += tl.load(ssq_ptr + i_part * 2 * C + C + o_j, mask=m_j, other=0.0)
+    b_nq = tl.maximum(tl.sqrt(b_sq), eps)
+    b_nk = tl.maximum(tl.sqrt(b_sk), eps)
+    tl.store(ghat_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_g / (b_nq[:, None] * b_nk[None, :]),
+             mask=m_rj)
+    tl.store(norm_ptr + i_bh * 2 * C + o_r, b_nq, mask=m_r)
+    tl.store(norm_ptr + i_bh * 2 * C + C + o_j, b_nk, mask=m_j & ((o_j * 0 + i_rb) == 0))
+
+
+@triton.jit
+def _attn_topk_softmax_kernel(
+    ghat_ptr,  # normalised Gram: [B*heads, C, C] fp32
+    temp_ptr,  # temperature: [heads] fp32
+    a1_ptr, a2_ptr, a3_ptr, a4_ptr,  # attn1..attn4: [1] fp32 each
+    p_ptr,  # out, P = sum_i attn_i S_i: [B*heads, C, C] fp32
+    C, HEADS, k1, k2, k3, k4,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    i_rb = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_r = i_rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_r = o_r < C
+    o_j = tl.arange(0, BLOCK_C)
+    tau = tl.load(temp_ptr + i_bh % HEADS)
+    _, b_s1, b_s2, b_s3, b_s4 = _topk_softmax_rows(ghat_ptr + i_bh * C * C, o_r, m_r, tau, k1, k2, k3, k4, C,
+                                                   BLOCK_R, BLOCK_C, CHUNK)
+    b_p = tl.load(a1_ptr) * b_s1 + tl.load(a2_ptr) * b_s2 + tl.load(a3_ptr) * b_s3 + tl.load(a4_ptr) * b_s4
+    tl.store(p_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_p, mask=m_r[:, None] & (o_j < C)[None, :])
+
+
+@triton.jit
+def _attn_mix_kernel(
+    m_ptr,  # per-sample channel mix M: [B, D, D] fp32 (read through strides: M^T needs no copy)
+    src_ptr,  # CONV: t0 [B, 3d, H, W] (V = dwconv of channels V_OFFSET..); else src [B, D, H, W]
+    w_ptr,  # depthwise weight [3d, 9] fp32 (CONV only)
+    dwb_ptr,  # depthwise bias [3d] fp32 (CONV and HAS_BIAS)
+    ob_ptr,  # output bias [D] fp32 (CONV and HAS_BIAS)
+    res_ptr,  # residual [B, D, H, W] (HAS_RESIDUAL), any strides
+    out_ptr,  # out: [B, D, H, W], any strides (may be a channel slice of a larger tensor)
+    D, H, W, v_offset,
+    stride_mb, stride_mo, stride_mk,
+    stride_sb, stride_sc, stride_sh, stride_sw,
+    stride_rb, stride_rc, stride_rh, stride_rw,
+    stride_ob, stride_oc, stride_oh, stride_ow,
+    CONV: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HALF_DOT: tl.constexpr,  # operands in src's fp16/bf16 on tensor cores (fp32 accumulate); else fp32 ieee
+    BLOCK_O: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    i_o = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    N = H * W
+    o_o = i_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_o = o_o < D
+    m_n = o_n < N
+    o_h = o_n // W
+    o_w = o_n % W
+    p_src = src_ptr + i_b * stride_sb
+    p_m = m_ptr + i_b * stride_mb
+
+    b_acc = tl.zeros([BLOCK_O, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < D
+        if CONV:
+            b_v = _dwconv3x3_tile(p_src, w_ptr, dwb_ptr, v_offset + o_k, m_k, o_h, o_w, m_n, H, W,
+                                  stride_sc, stride_sh, stride_sw, HAS_BIAS, BLOCK_K, BLOCK_N)
+        else:
+            b_v = tl.load(p_src + o_k[:, None] * stride_sc + (o_h * stride_sh + o_w * stride_sw)[None, :],
+                          mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        b_m = tl.load(p_m + o_o[:, None] * stride_mo + o_k[None, :] * stride_mk,
+                      mask=m_o[:, None] & m_k[None, :], other=0.0)
+        if HALF_DOT:
+            b_acc += tl.dot(b_m.to(src_ptr.dtype.element_ty), b_v.to(src_ptr.dtype.element_ty))
+        else:
+            b_acc += tl.dot(b_m, b_v, input_precision="ieee")
+
+    m_out = m_o[:, None] & m_n[None, :]
+    if CONV and HAS_BIAS:
+        b_acc += tl.load(ob_ptr + o_o, mask=m_o, other=0.0)[:, None]
+    if HAS_RESIDUAL:
+        b_acc += tl.load(res_ptr + i_b * stride_rb + o_o[:, None] * stride_rc
+                         + (o_h * stride_rh + o_w * stride_rw)[None, :], mask=m_out, other=0.0).to(tl.float32)
+    tl.store(out_ptr + i_b * stride_ob + o_o[:, None] * stride_oc + (o_h * stride_oh + o_w * stride_ow)[None, :],
+             b_acc.to(out_ptr.dtype.element_ty), mask=m_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# backward kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_dout_v_kernel(
+    do_ptr,  # dOut: [B, D, H, W], any strides
+    t_ptr,  # t0: [B, 3d, H, W], any strides (V recomputed from channels 2d..3d)
+    w_ptr,  # depthwise weight [3d, 9] fp32
+    b_ptr,  # depthwise bias [3d] fp32
+    g_ptr,  # out, partial G = dOut V^T: [B, S, D, D] fp32
+    rs_ptr,  # out, partial row sums of dOut: [B, S, D] fp32
+    D, H, W, blocks_per_split,
+    n_db,  # channel blocks per side of the D x D tile grid
+    stride_db, stride_dc, stride_dh, stride_dw,
+    stride_tb, stride_tc, stride_th, stride_tw,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_s = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    S = tl.num_programs(0)
+    i_ob = i_t // n_db
+    i_kb = i_t % n_db
+    N = H * W
+    o_o = i_ob * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_k = i_kb * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_o = o_o < D
+    m_k = o_k < D
+    p_t = t_ptr + i_b * stride_tb
+    p_do = do_ptr + i_b * stride_db
+    b_g = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    b_rs = tl.zeros([BLOCK_D], dtype=tl.float32)
+    blk_end = tl.minimum((i_s + 1) * blocks_per_split, tl.cdiv(N, BLOCK_N))
+    for blk in range(i_s * blocks_per_split, blk_end):
+        o_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        o_h = o_n // W
+        o_w = o_n % W
+        b_do = tl.load(p_do + o_o[:, None] * stride_dc + (o_h * stride_dh + o_w * stride_dw)[None, :],
+                       mask=m_o[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        b_v = _dwconv3x3_tile(p_t, w_ptr, b_ptr, 2 * D + o_k, m_k, o_h, o_w, m_n, H, W,
+                              stride_tc, stride_th, stride_tw, HAS_BIAS, BLOCK_D, BLOCK_N)
+        b_g += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+        b_rs += tl.sum(b_do, axis=1)
+    i_part = i_b * S + i_s
+    tl.store(g_ptr + i_part * D * D + o_o[:, None] * D + o_k[None, :], b_g, mask=m_o[:, None] & m_k[None, :])
+    tl.store(rs_ptr + i_part * D + o_o, b_rs, mask=m_o & ((o_o * 0 + i_kb) == 0))
+
+
+@triton.jit
+def _attn_softmax_bwd_kernel(
+    ghat_ptr,  # normalised Gram: [B*heads, C, C] fp32 (saved by the forward)
+    norm_ptr,  # clamped norms: [B*heads, 2, C] fp32
+    dp_ptr,  # dP: [B*heads, C, C] fp32
+    temp_ptr,  # temperature: [heads] fp32
+    a1_ptr, a2_ptr, a3_ptr, a4_ptr,  # attn1..attn4: [1] fp32 each
+    dgram_ptr,  # out, d(Q K^T): [B*heads, C, C] fp32
+    colterm_ptr,  # out, dGhat * Ghat (summed over rows later, for the K norms): [B*heads, C, C] fp32
+    alpha_ptr,  # out, d|q_r| / |q_r| (0 where the norm was clamped): [B*heads, C] fp32
+    dw_ptr,  # out, per-row partial d attn_i: [B*heads, C, 4] fp32
+    dtau_ptr,  # out, per-row partial d temperature: [B*heads, C] fp32
+    C, HEADS, k1, k2, k3, k4, eps,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    i_rb = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_r = i_rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_r = o_r < C
+    o_j = tl.arange(0, BLOCK_C)
+    m_j = o_j < C
+    m_rj = m_r[:, None] & m_j[None, :]
+    o_rj = i_bh * C * C + o_r[:, None] * C + o_j[None, :]
+
+    # the forward's rows of A, bit for bit: same stored Ghat, same code -> same masks
+    tau = tl.load(temp_ptr + i_bh % HEADS)
+    b_ghat, b_s1, b_s2, b_s3, b_s4 = _topk_softmax_rows(ghat_ptr + i_bh * C * C, o_r, m_r, tau, k1, k2, k3, k4, C,
+                                                        BLOCK_R, BLOCK_C, CHUNK)
+    b_dp = tl.load(dp_ptr + o_rj, mask=m_rj, other=0.0)
+    # P = sum_i w_i S_i:  d w_i = <dP, S_i>;  softmax backward: dA = sum_i w_i S_i (dP - <dP, S_i>)
+    b_d1 = tl.sum(b_dp * b_s1, axis=1)
+    b_d2 = tl.sum(b_dp * b_s2, axis=1)
+    b_d3 = tl.sum(b_dp * b_s3, axis=1)
+    b_d4 = tl.sum(b_dp * b_s4, axis=1)
+    b_da = (tl.load(a1_ptr) * b_s1 * (b_dp - b_d1[:, None]) + tl.load(a2_ptr) * b_s2 * (b_dp - b_d2[:, None])
+            + tl.load(a3_ptr) * b_s3 * (b_dp - b_d3[:, None]) + tl.load(a4_ptr) * b_s4 * (b_dp - b_d4[:, None]))
+    b_da = tl.where(m_rj, b_da, 0.0)
+    tl.store(dtau_ptr + i_bh * C + o_r, tl.sum(b_da * b_ghat, axis=1), mask=m_r)
+    o_w4 = tl.arange(0, 4)
+    b_dw = tl.where(o_w4[None, :] == 0, b_d1[:, None], tl.where(o_w4[None, :] == 1, b_d2[:, None],
+                    tl.where(o_w4[None, :] == 2, b_d3[:, None], b_d4[:, None])))
+    tl.store(dw_ptr + (i_bh * C + o_r)[:, None] * 4 + o_w4[None, :], b_dw, mask=m_r[:, None])
+
+    # Ghat = G / (nq nk):  dG = dGhat / (nq nk);  d nq_r = -<dGhat_r, Ghat_r> / nq_r
+    b_dghat = b_da * tau
+    b_nq = tl.load(norm_ptr + i_bh * 2 * C + o_r, mask=m_r, other=1.0)
+    b_nk = tl.load(norm_ptr + i_bh * 2 * C + C + o_j, mask=m_j, other=1.0)
+    b_colterm = b_dghat * b_ghat
+    tl.store(dgram_ptr + o_rj, b_dghat / (b_nq[:, None] * b_nk[None, :]), mask=m_rj)
+    tl.store(colterm_ptr + o_rj, b_colterm, mask=m_rj)
+    # |q| = sqrt(sum q^2) matters only where it was not clamped to eps; d|q|/dq = q / |q|
+    b_dnq = -tl.sum(b_colterm, axis=1) / b_nq
+    tl.store(alpha_ptr + i_bh * C + o_r, tl.where(b_nq > eps, b_dnq / b_nq, 0.0), mask=m_r)
+
+
+@triton.jit
+def _attn_dqk_kernel(
+    t_ptr,  # t0: [B, 3d, H, W], any strides
+    w_ptr,  # depthwise weight [3d, 9] fp32
+    b_ptr,  # depthwise bias [3d] fp32
+    dg_ptr,  # d(Q K^T): [B*heads, C, C] fp32
+    alpha_ptr,  # [B*heads, C] fp32: dQ += alpha * Q
+    beta_ptr,  # [B*heads, C] fp32: dK += beta * K
+    dt_ptr,  # out, dT: [B, 3d, H, W] contiguous (this kernel writes the Q and K channels)
+    C, D, HEADS, H, W,
+    stride_b, stride_c, stride_h, stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # rows of dQ / dK per program
+    BLOCK_J: tl.constexpr,  # contraction chunk (16: fp32 FMA dots keep their operands small)
+    BLOCK_N: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    i_ib = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    i_b = (i_bh // HEADS).to(tl.int64)
+    i_h = i_bh % HEADS
+    N = H * W
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_h = o_n // W
+    o_w = o_n % W
+    o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_i = o_i < C
+    p_t = t_ptr + i_b * stride_b
+    p_dg = dg_ptr + i_bh.to(tl.int64) * C * C
+
+    # dQ = dG K + alpha Q,  dK = dG^T Q + beta K   (rows i of this program, all columns j)
+    b_dq = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
+                           stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+    b_dq *= tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
+    b_dk = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
+                           stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+    b_dk *= tl.load(beta_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
+    for j0 in range(0, C, BLOCK_J):
+        o_j = j0 + tl.arange(0, BLOCK_J)
+        m_j = o_j < C
+        b_qj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
+                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        b_kj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
+                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        m_ij = m_i[:, None] & m_j[None, :]
+        b_dg = tl.load(p_dg + o_i[:, None] * C + o_j[None, :], mask=m_ij, other=0.0)  # dG[i, j]
+        b_dgt = tl.load(p_dg + o_j[None, :] * C + o_i[:, None], mask=m_ij, other=0.0)  # dG^T[i, j]
+        b_dq += tl.dot(b_dg, b_kj, input_precision="ieee")
+        b_dk += tl.dot(b_dgt, b_qj, input_precision="ieee")
+
+    p_dt = dt_ptr + i_b * 3 * D * N
+    m_out = m_i[:, None] & m_n[None, :]
+    tl.store(p_dt + (i_h * C + o_i)[:, None] * N + o_n[None, :], b_dq.to(dt_ptr.dtype.element_ty), mask=m_out)
+    tl.store(p_dt + (D + i_h * C + o_i)[:, None] * N + o_n[None, :], b_dk.to(dt_ptr.dtype.element_ty), mask=m_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# launch configurations
+# ----------------------------------------------------------------------------------------------
+
+
+# fp32 dots run as FMA loops where every thread holds its rows' whole K extent: K = 16 throughout
+DOT_K = 16
+
+
+def _gram_config(c: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_N, num_warps) of the Gram kernel: the whole C x C Gram in one tile up to
+    C = 64, else 64 x 64 tiles; 16 tokens (the dot's K) per step. An fp32 FMA dot keeps
+    (rows + cols per thread) x K operands in registers: 64 x 64 tiles need 8 warps."""
+    block_c = min(max(16, next_pow2(c)), 64)
+    return block_c, DOT_K, (8 if block_c == 64 else 4)
+
+
+def _dqk_config(c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel."""
+    block_c = min(max(16, next_pow2(c)), 64)
+    return block_c, DOT_K, 32, (8 if block_c == 64 else 4)
+
+
+def _row_config(c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, CHUNK, num_warps) of the row kernels: BLOCK_R whole rows per program
+    (~1K values), each ranked against CHUNK entries at a time (a [BLOCK_R, CHUNK, BLOCK_C]
+    comparison of at most 8K elements)."""
+    block = max(16, next_pow2(c))
+    rows = max(1, min(16, 1024 // block))
+    chunk = max(1, min(block, 8192 // (rows * block)))
+    return rows, block, chunk, (4 if block <= 128 else 8)
+
+
+def _mix_config(d: int) -> tuple[int, int, int, int]:
+    """(BLOCK_O, BLOCK_K, BLOCK_N, num_warps) of the channel-mix kernel."""
+    block_o = min(max(16, next_pow2(d)), 128)
+    return block_o, DOT_K, (32 if block_o == 128 else 64), (8 if block_o >= 64 else 4)
+
+
+def _dout_v_config(d: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps) of the dOut V^T kernel (D x D in 64 x 64 tiles at most)."""
+    block_d = min(max(16, next_pow2(d)), 64)
+    return block_d, DOT_K, (8 if block_d == 64 else 4)
+
+
+def _splits(n_blocks: int, programs_per_split: int, device: torch.device, cap: int) -> tuple[int, int]:
+    """Split the token blocks into contiguous ranges so that about 4 programs per SM run; returns
+    (splits, blocks_per_split). Depends only on shapes and the device: deterministic."""
+    target = 4 * multiprocessor_count(device)
+    splits = max(1, min(n_blocks, cap, -(-target // max(1, programs_per_split))))
+    per = -(-n_blocks // splits)
+    return -(-n_blocks // per), per
+
+
+def _half_dot(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight, proj_bias,
+                  num_heads: int, residual: torch.Tensor | None = None):
+    """Forward of the top-k sparse attention (+ ``residual`` if given).
+
+    x: [B, d, H, W] fp32/fp16/bf16, any strides; weights as in the original module (any float dtype;
+    the 1x1 convs run in x's dtype, everything else in fp32). Returns ``(out, t0, ghat, norms, p)``:
+    out [B, d, H, W] (dtype of x, or promoted with the residual's), and what the backward needs:
+    t0 [B, 3d, H, W], ghat [B*heads, C, C], norms [B*heads, 2, C], p [B*heads, C, C] (fp32).
+    """
+    check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
+                           proj_bias, num_heads, residual)
+    B, D, H, W = x.shape
+    N = H * W
+    heads = num_heads
+    C = D // heads
+    dev = x.device
+    with device_guard(x):
+        # 1x1 projection: cuDNN/cuBLAS exactly as the original module computes it. A dense input keeps t0
+        # dense (NCHW), the layout the op's fake implementation promises to torch.compile.
+        x_dense = x if x.is_contiguous() else x.contiguous()
+        t0 = F.conv2d(x_dense, qkv_weight.to(x.dtype), qkv_bias.to(x.dtype) if qkv_bias is not None else None)
+        dw_w = dw_weight.reshape(3 * D, 9).float()
+        dw_b = dw_bias.float() if dw_bias is not None else dw_w
+        has_bias = dw_bias is not None
+
+        block_c, block_n, nw = _gram_config(C)
+        n_cb = triton.cdiv(C, block_c)
+        n_blocks = triton.cdiv(N, block_n)
+        splits, per = _splits(n_blocks, B * heads * n_cb * n_cb, dev, cap=max(1, (1 << 22) // (B * heads * C * C)))
+        gram = torch.empty((B * heads, splits, C, C), device=dev, dtype=torch.float32)
+        ssq = torch.empty((B * heads, splits, 2, C), device=dev, dtype=torch.float32)
+        _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
+            t0, dw_w, dw_b, gram, ssq, C, D, heads, H, W, per, n_cb, *t0.stride(),
+            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+        )
+
+        ghat = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
+        norms = torch.empty((B * heads, 2, C), device=dev, dtype=torch.float32)
+        rows, row_block, chunk, row_warps = _row_config(C)
+        row_grid = (triton.cdiv(C, rows), B * heads)
+        _attn_gram_reduce_kernel[row_grid](
+            gram, ssq, ghat, norms, C, splits, L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, num_warps=row_warps,
+            **LAUNCH_OPTIONS,
+        )
+        p = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
+        a1, a2, a3, a4 = (a.float() for a in attn_weights)
+        _attn_topk_softmax_kernel[row_grid](
+            ghat, temperature.reshape(heads).float(), a1, a2, a3, a4, p, C, heads, *topk_counts(C),
+            BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps, **LAUNCH_OPTIONS,
+        )
+
+        # project_out folded into the per-head mix: M_b = W_o blockdiag(P_b), d x d per sample
+        w_o = proj_weight.reshape(D, heads, C).float()
+        m = torch.einsum("ohc,bhcj->bohj", w_o, p.view(B, heads, C, C)).reshape(B, D, D)
+        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        out = torch.empty((B, D, H, W), device=dev, dtype=out_dtype)
+        _launch_mix(m, t0, out, dw_w, dw_b, proj_bias.float() if proj_bias is not None else dw_w, residual,
+                    conv=True, has_bias=has_bias, half_dot=_half_dot(x.dtype))
+    return out, t0, ghat, norms, p
+
+
+def _launch_mix(m, src, out, dw_w, dw_b, out_bias, residual, *, conv, has_bias, half_dot):
+    B, D = out.shape[:2]
+    H, W = out.shape[2:]
+    block_o, block_k, block_n, nw = _mix_config(D)
+    res = residual if residual is not None else out
+    grid = (triton.cdiv(H * W, block_n), triton.cdiv(D, block_o), B)
+    _attn_mix_kernel[grid](
+        m, src, dw_w, dw_b, out_bias, res, out, D, H, W, 2 * D, *m.stride(), *src.stride(), *res.stride(),
+        *out.stride(), CONV=conv, HAS_BIAS=has_bias, HAS_RESIDUAL=residual is not None, HALF_DOT=half_dot,
+        BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+    )
+
+
+def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, attn_weights,
+                  proj_weight, num_heads: int, needs_input_grad: bool = True):
+    """Gradients of :func:`attention_fwd` (without the residual, whose gradient is ``dout`` itself).
+
+    dout: [B, d, H, W], any strides. Returns ``(dx, d_qkv_w, d_qkv_b, d_dw_w, d_dw_b, d_temperature,
+    [d_attn1..4], d_proj_w, d_proj_b)``: dx in x's dtype (None unless ``needs_input_grad``), parameter
+    gradients fp32 in the parameters' shapes, bias gradients None without biases.
+    """
+    B, D, H, W = x.shape
+    heads = num_heads
+    C = D // heads
+    dev = x.device
+    has_bias = dw_bias is not None
+    if dout.shape != (B, D, H, W):
+        raise ValueError(f"grad_output has shape {tuple(dout.shape)}, expected {(B, D, H, W)}")
+    if dout.dtype != t0.dtype:
+        dout = dout.to(t0.dtype)
+    with device_guard(x):
+        dw_w = dw_weight.reshape(3 * D, 9).float()
+        dw_b = dw_bias.float() if has_bias else dw_w
+
+        # G = dOut V^T: everything project_out and P need from the token axis
+        block_d, block_n, nw = _dout_v_config(D)
+        n_db = triton.cdiv(D, block_d)
+        n_blocks = triton.cdiv(H * W, block_n)
+        splits, per = _splits(n_blocks, B * n_db * n_db, dev, cap=max(1, (1 << 22) // (B * D * D)))
+        g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
+        rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
+        _attn_dout_v_kernel[(splits, n_db * n_db, B)](
+            dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, per, n_db, *dout.stride(), *t0.stride(),
+            HAS_BIAS=has_bias, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+        )
+        g = g_part.sum(1).view(B, D, heads, C)
+        p4 = p.view(B, heads, C, C)
+        w_o = proj_weight.reshape(D, heads, C).float()
+        d_proj_w = torch.einsum("bohj,bhcj->ohc", g, p4).reshape(D, D, 1, 1)
+        d_proj_b = rs_part.sum((0, 1)) if has_bias else None
+        dp = torch.einsum("ohc,bohj->bhcj", w_o, g).reshape(B * heads, C, C).contiguous()
+
+        # softmax / top-k / normalisation backward, one program per row
+        dgram = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
+        colterm = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
+        alpha = torch.empty((B * heads, C), device=dev, dtype=torch.float32)
+        dw_part = torch.empty((B * heads, C, 4), device=dev, dtype=torch.float32)
+        dtau_part = torch.empty((B * heads, C), device=dev, dtype=torch.float32)
+        a1, a2, a3, a4 = (a.float() for a in attn_weights)
+        tau = temperature.reshape(heads).float()
+        rows, row_block, chunk, row_warps = _row_config(C)
+        _attn_softmax_bwd_kernel[(triton.cdiv(C, rows), B * heads)](
+            ghat, norms, dp, tau, a1, a2, a3, a4, dgram, colterm, alpha, dw_part, dtau_part,
+            C, heads, *topk_counts(C), L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps,
+            **LAUNCH_OPTIONS,
+        )
+        d_attn = dw_part.sum((0, 1))  # [4]: attn1..attn4
+        d_temp = dtau_part.view(B, heads, C).sum((0, 2)).view(heads, 1, 1)
+        nk = norms[:, 1]
+        beta = torch.where(nk > L2_EPS, -colterm.sum(1) / (nk * nk), 0.0)
+
+        # dT = [dQ; dK; dV], the gradient of t = dwconv(t0)
+        dt = torch.empty((B, 3 * D, H, W), device=dev, dtype=t0.dtype)
+        block_c, block_j, block_nq, nwq = _dqk_config(C)
+        _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
+            t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
+            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, num_warps=nwq, **LAUNCH_OPTIONS,
+        )
+        m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
+        _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
+                    conv=False, has_bias=False, half_dot=_half_dot(t0.dtype))
+
+        dt0, d_dw_w, d_dw_b = _depthwise_bwd(dt, t0, dw_weight, has_bias)
+        # 1x1 projection backward: the same cuDNN/cuBLAS call autograd makes for the original conv
+        dx, d_qkv_w, d_qkv_b = torch.ops.aten.convolution_backward(
+            dt0, x, qkv_weight.to(x.dtype), [3 * D] if has_bias else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [needs_input_grad, True, has_bias],
+        )
+    return (dx, d_qkv_w.float(), d_qkv_b.float() if has_bias else None, d_dw_w, d_dw_b, d_temp, d_attn,
+            d_proj_w, d_proj_b)
+
+
+def _depthwise_bwd(dt, t0, dw_weight, has_bias):
+    # TEMPORARY: aten's depthwise backward until kernels/dwconv.py (the shared Triton depthwise
+    # kernels of the feed-forward work) lands; then this becomes depthwise_conv_bwd([dt], t0, ...).
+    c = dw_weight.shape[0]
+    dt0, dw, db = torch.ops.aten.convolution_backward(
+        dt, t0, dw_weight.to(t0.dtype), [c] if has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], c,
+        [True, True, has_bias],
+    )
+    return dt0, dw.float(), (db.float() if has_bias else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# every configuration the launchers can choose, for the ahead-of-time compile check
+# ----------------------------------------------------------------------------------------------
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _ints(*names):
+    return {n: "i32" for n in names}
+
+
+@register_compile_configs
+def _compile_configs():
+    strides4 = ("stride_b", "stride_c", "stride_h", "stride_w")
+    # kernel 1: C = 16 .. 64 in one tile, then 64 x 64 tiles; kernel 6: 16 .. 64 rows per program
+    for c in (16, 32, 64):
+        block_c, block_n, nw = _gram_config(c)
+        dq_c, dq_j, dq_n, dq_w = _dqk_config(c)
+        for dtype in _DTYPES:
+            for has_bias in (False, True):
+                yield CompileConfig(
+                    _attn_qk_gram_kernel,
+                    {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "gram_ptr": "*fp32",
+                     "ssq_ptr": "*fp32", **_ints("C", "D", "HEADS", "H", "W", "blocks_per_split", "n_cb", *strides4)},
+                    {"HAS_BIAS": has_bias, "BLOCK_C": block_c, "BLOCK_N": block_n}, num_warps=nw, tag=dtype,
+                )
+                yield CompileConfig(
+                    _attn_dqk_kernel,
+                    {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "dg_ptr": "*fp32",
+                     "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "dt_ptr": ptr(dtype),
+                     **_ints("C", "D", "HEADS", "H", "W", *strides4)},
+                    {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n},
+                    num_warps=dq_w, tag=dtype,
+                )
+    # kernels 2 and 5: the per-row kernels, fp32 only
+    for c in (16, 32, 64, 128, 256, 512, 1024):
+        rows, block, chunk, nw = _row_config(c)
+        yield CompileConfig(
+            _attn_gram_reduce_kernel,
+            {"gram_ptr": "*fp32", "ssq_ptr": "*fp32", "ghat_ptr": "*fp32", "norm_ptr": "*fp32", **_ints("C", "S"),
+             "eps": "fp32"},
+            {"BLOCK_R": rows, "BLOCK_C": block}, num_warps=nw,
+        )
+        yield CompileConfig(
+            _attn_topk_softmax_kernel,
+            {"ghat_ptr": "*fp32", "temp_ptr": "*fp32", "a1_ptr": "*fp32", "a2_ptr": "*fp32", "a3_ptr": "*fp32",
+             "a4_ptr": "*fp32", "p_ptr": "*fp32", **_ints("C", "HEADS", "k1", "k2", "k3", "k4")},
+            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw,
+        )
+        yield CompileConfig(
+            _attn_softmax_bwd_kernel,
+            {"ghat_ptr": "*fp32", "norm_ptr": "*fp32", "dp_ptr": "*fp32", "temp_ptr": "*fp32", "a1_ptr": "*fp32",
+             "a2_ptr": "*fp32", "a3_ptr": "*fp32", "a4_ptr": "*fp32", "dgram_ptr": "*fp32", "colterm_ptr": "*fp32",
+             "alpha_ptr": "*fp32", "dw_ptr": "*fp32", "dtau_ptr": "*fp32",
+             **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
+            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw,
+        )
+    # kernel 3: forward (CONV, optional bias, residual of the same or fp32 dtype) and dV (plain source)
+    mix_ints = _ints("D", "H", "W", "v_offset", "stride_mb", "stride_mo", "stride_mk",
+                     *(f"stride_{t}{a}" for t in "sro" for a in "bchw"))
+    for d in (16, 32, 64, 128):
+        block_o, block_k, block_n, nw = _mix_config(d)
+        for dtype in _DTYPES:
+            variants = [(True, hb, None) for hb in (False, True)]
+            variants += [(True, hb, rd) for hb in (False, True) for rd in sorted({dtype, "float32"})]
+            variants += [(False, False, None)]
+            for conv, has_bias, res_dtype in variants:
+                out_dtype = res_dtype or dtype
+                yield CompileConfig(
+                    _attn_mix_kernel,
+                    {"m_ptr": "*fp32", "src_ptr": ptr(dtype), "w_ptr": "*fp32", "dwb_ptr": "*fp32", "ob_ptr": "*fp32",
+                     "res_ptr": ptr(out_dtype), "out_ptr": ptr(out_dtype), **mix_ints},
+                    {"CONV": conv, "HAS_BIAS": has_bias, "HAS_RESIDUAL": res_dtype is not None,
+                     "HALF_DOT": dtype != "float32", "BLOCK_O": block_o, "BLOCK_K": block_k, "BLOCK_N": block_n},
+                    num_warps=nw, tag=f"{dtype}->{out_dtype}",
+                )
+    # kernel 4
+    for d in (16, 32, 64):
+        block_d, block_n, nw = _dout_v_config(d)
+        for dtype in _DTYPES:
+            for has_bias in (False, True):
+                yield CompileConfig(
+                    _attn_dout_v_kernel,
+                    {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "g_ptr": "*fp32",
+                     "rs_ptr": "*fp32", **_ints("D", "H", "W", "blocks_per_split", "n_db"),
+                     **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bchw"))},
+                    {"HAS_BIAS": has_bias, "BLOCK_D": block_d, "BLOCK_N": block_n}, num_warps=nw, tag=dtype,
+                )
