@@ -7,8 +7,6 @@ plain-PyTorch path (the same fused algebra, written with torch ops).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 TRITON = "triton"
@@ -16,14 +14,21 @@ INTERPRETER = "triton-interpreter"
 TORCH = "torch"
 
 
-@functools.lru_cache(maxsize=1)
+_STATE: tuple[bool, bool, str] | None = None
+
+
+@torch.compiler.assume_constant_result  # a process-wide constant: torch.compile reads it, no tracing
 def _kernels_state() -> tuple[bool, bool, str]:
-    """(importable, interpreted, reason) of ``drsformer_fast.kernels``."""
-    try:
-        from .kernels._utils import is_interpreter
-    except Exception as exc:  # no triton on this platform, or a broken install: say so when asked
-        return False, False, f"{type(exc).__name__}: {exc}"
-    return True, is_interpreter(), ""
+    """(importable, interpreted, reason) of ``drsformer_fast.kernels``, decided once per process."""
+    global _STATE
+    if _STATE is None:
+        try:
+            from .kernels._utils import is_interpreter
+
+            _STATE = (True, is_interpreter(), "")
+        except Exception as exc:  # no triton on this platform, or a broken install: say so when asked
+            _STATE = (False, False, f"{type(exc).__name__}: {exc}")
+    return _STATE
 
 
 def kernel_path(x: torch.Tensor | torch.device | str) -> str:

@@ -20,6 +20,12 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _check_channels(module: nn.Module, x, channels: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{type(module).__name__}({channels} channels) expects [B, {channels}, H, W], got {shape}")
+
+
 class _PathMixin:
     @staticmethod
     def kernel_path(x: torch.Tensor) -> str:
@@ -55,8 +61,7 @@ class ChannelLayerNorm(_PathMixin, nn.Module):
         return self.body.bias is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"ChannelLayerNorm({self.dim}) expects [B, {self.dim}, H, W], got {tuple(x.shape)}")
+        _check_channels(self, x, self.dim)
         return ops.layer_norm(x, self.body.weight, self.body.bias)
 
     def extra_repr(self) -> str:
@@ -103,6 +108,7 @@ class TopKSparseAttention(_PathMixin, nn.Module):
         return fast
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        _check_channels(self, x, self.dim)
         dtype = _compute_dtype(x)
         return ops.topk_sparse_attention(
             x.to(dtype), self.qkv.weight, self.qkv.bias, self.qkv_dwconv.weight, self.qkv_dwconv.bias,

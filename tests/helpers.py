@@ -15,6 +15,10 @@ with the same precision and fp32 accumulation, so their error is the same order 
 floor covers the cases where PyTorch's error happens to be ~0 (e.g. a pure copy); it is a few
 units of the precision's rounding: fp32 2e-6, fp16 4e-3, bf16 3e-2 (unit roundoff 6e-8, 4.9e-4,
 3.9e-3, times the ~sqrt(K) growth of K-term reductions for K up to ~1e3).
+
+Tensors of fewer than 16 elements (the scalar gradients of temperature and attn1..attn4) get 10x
+the floor: each is ONE sample of PyTorch's rounding error, which can be lucky (1e-9 was seen), and
+they are sums of B*C*C*N products (1e4 to 1e6 terms) whose fp32 error is of order sqrt(K)*u ~ 1e-5.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ def assert_close(name: str, actual: torch.Tensor, ref64: torch.Tensor, torch_lp:
     if actual.shape != ref64.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(ref64.shape)}")
     dtype = dtype or actual.dtype
-    floor = FLOORS[dtype] if floor is None else floor
+    if floor is None:
+        floor = FLOORS[dtype] * (10 if actual.numel() < 16 else 1)
     k_norm, k_max = _errors(actual, ref64)
     t_norm, t_max = _errors(torch_lp, ref64) if torch_lp is not None else (0.0, 0.0)
     bound_norm, bound_max = mult * t_norm + floor, mult * t_max + floor

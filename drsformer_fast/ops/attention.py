@@ -123,17 +123,18 @@ def _attention_torch(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, a
     t = F.conv2d(F.conv2d(x, qkv_weight.to(x.dtype), None if qkv_bias is None else qkv_bias.to(x.dtype)),
                  dw_weight.to(x.dtype), None if dw_bias is None else dw_bias.to(x.dtype), padding=1, groups=3 * D)
     q, k, v = t.reshape(B, 3, num_heads, C, H * W).unbind(1)
-    qf, kf = q.float(), k.float()
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 accumulation for half inputs
+    qf, kf = q.to(acc), k.to(acc)
     nq = qf.norm(dim=-1).clamp_min(L2_EPS)
     nk = kf.norm(dim=-1).clamp_min(L2_EPS)
-    a = (qf @ kf.transpose(-1, -2)) / (nq[..., :, None] * nk[..., None, :]) * temperature.float()
+    a = (qf @ kf.transpose(-1, -2)) / (nq[..., :, None] * nk[..., None, :]) * temperature.to(acc)
     with torch.no_grad():
         rank = topk_ranks(a)
     e = torch.exp(a - a.amax(dim=-1, keepdim=True).detach())
     p = 0
     for kk, wgt in zip(reference.topk_counts(C), attn_weights):
         s = torch.where(rank < kk, e, 0.0)
-        p = p + wgt.float() * (s / s.sum(dim=-1, keepdim=True))
+        p = p + wgt.to(acc) * (s / s.sum(dim=-1, keepdim=True))
     out = (p.to(v.dtype) @ v).reshape(B, D, H, W)
     out = F.conv2d(out, proj_weight.to(x.dtype), None if proj_bias is None else proj_bias.to(x.dtype))
     return out if residual is None else residual + out

@@ -1,0 +1,265 @@
+"""Fused top-k sparse attention (forward and backward) against the original and the golden files."""
+
+import pytest
+import torch
+from conftest import half_dtypes
+from golden_data import ATTENTION_FILES, load
+from helpers import assert_close, assert_golden, non_contiguous, randn
+
+from drsformer_fast import reference as R
+from drsformer_fast.modules import TopKSparseAttention
+from drsformer_fast.ops.attention import _attention_torch, topk_ranks, topk_sparse_attention
+
+
+def _perturbed_original(dim, heads, bias, seed):
+    """An original Attention whose every parameter matters (as in the golden files)."""
+    m = R.Attention(dim, heads, bias)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name == "temperature":
+                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.5)
+            elif name.startswith("attn"):
+                p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.05)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return m
+
+
+def _grads(module, x, g, residual=None):
+    """Output and gradients (input, every parameter, residual) for upstream gradient g."""
+    x = x.detach().requires_grad_()
+    inputs = [x]
+    if residual is not None:
+        residual = residual.detach().requires_grad_()
+        out = module(x, residual)
+        inputs.append(residual)
+    else:
+        out = module(x)
+    params = [p for _, p in module.named_parameters()]
+    grads = torch.autograd.grad(out, inputs + params, g.to(out.dtype))
+    return out, grads
+
+
+def _reference(orig, x, g, dtype, residual=None):
+    m = R.Attention(orig.qkv.in_channels, orig.num_heads, orig.qkv.bias is not None).to(dtype)
+    m.load_state_dict(orig.state_dict())
+    x = x.detach().cpu().to(dtype).requires_grad_()
+    out = m(x)
+    inputs = [x]
+    if residual is not None:
+        residual = residual.detach().cpu().to(dtype).requires_grad_()
+        out = out + residual
+        inputs.append(residual)
+    return out, torch.autograd.grad(out, inputs + [p for _, p in m.named_parameters()], g.cpu().to(dtype))
+
+
+def _names(module, residual):
+    return ["dx"] + (["dresidual"] if residual else []) + [f"d{n}" for n, _ in module.named_parameters()]
+
+
+@pytest.mark.parametrize("name", ATTENTION_FILES)
+def test_golden(name, device):
+    d = load(name)
+    m = TopKSparseAttention(d["dim"], d["num_heads"], d["bias"])
+    m.load_state_dict(d["state_dict"])
+    m = m.to(device)
+    x = d["input"].to(device)
+    out, grads = _grads(m, x, d["grad_weight"].to(device))
+    e = d["fp32_reference_rel_err"]
+    assert_golden("output", out, d["output"], e["output"])
+    assert_golden("input_grad", grads[0], d["input_grad"], e["input_grad"])
+    for (n, _), g in zip(m.named_parameters(), grads[1:]):
+        assert_golden(n, g, d["param_grads"][n], e["param_grads"][n])
+
+
+# (batch, dim, heads, H, W, bias): odd sizes, C = 8 (k = 4, 5, 6, 6), odd C = 15, C = 48 and C = 96
+# (the real ones), a C above one 64-row block (70), 1-pixel-wide and -high images
+CASES = [
+    (1, 48, 1, 7, 9, False),
+    (3, 24, 3, 5, 11, True),
+    (2, 30, 2, 1, 13, False),
+    (1, 20, 2, 13, 1, True),
+    (1, 96, 1, 4, 5, False),
+    (1, 70, 1, 3, 5, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-d{}-h{}-{}x{}-bias{}".format(*c))
+def test_fp32_random(case, device):
+    B, D, heads, H, W, bias = case
+    orig = _perturbed_original(D, heads, bias, seed=D)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(B, D, H, W, seed=1, device=device)
+    g = randn(B, D, H, W, seed=2, device=device)
+    out, grads = _grads(fast, x, g)
+    out64, grads64 = _reference(orig, x, g, torch.float64)
+    out32, grads32 = _reference(orig, x, g, torch.float32)
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(_names(fast, False), grads, grads64, grads32):
+        assert_close(n, a, r, t)
+
+
+@pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
+def test_half_precision(dtype, device):
+    # C = 8 per head: gaps between the entries of A (~2/C) dwarf half-precision rounding of Q and K,
+    # so the top-k masks are the same as in float64 and the comparison measures arithmetic only
+    B, D, heads, H, W = 2, 24, 3, 6, 7
+    orig = _perturbed_original(D, heads, True, seed=3)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(B, D, H, W, seed=4, device=device, dtype=dtype)
+    g = randn(B, D, H, W, seed=5, device=device, dtype=dtype)
+    x16, g16 = x.float(), g.float()
+    with torch.autocast(device.type, dtype=dtype):
+        out, grads = _grads(fast, x16, g16)
+    assert out.dtype == dtype
+    out64, grads64 = _reference(orig, x, g, torch.float64)
+    outlp, gradslp = _reference(orig, x, g, dtype)
+    assert_close("output", out, out64, outlp, dtype=dtype)
+    for n, a, r, t in zip(_names(fast, False), grads, grads64, gradslp):
+        assert_close(n, a, r, t, dtype=dtype)
+
+
+@pytest.mark.parametrize("layout", ["pad", "channels_last", "transpose"])
+def test_non_contiguous_input_grad_and_residual(layout, device):
+    B, D, heads, H, W = 2, 16, 2, 5, 6
+    orig = _perturbed_original(D, heads, False, seed=6)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = non_contiguous(randn(B, D, H, W, seed=7, device=device), layout)
+    res = non_contiguous(randn(B, D, H, W, seed=8, device=device), "pad")
+    g = non_contiguous(randn(B, D, H, W, seed=9, device=device), layout)
+    out, grads = _grads(fast, x, g, residual=res)
+    out64, grads64 = _reference(orig, x, g, torch.float64, residual=res)
+    out32, grads32 = _reference(orig, x, g, torch.float32, residual=res)
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(_names(fast, True), grads, grads64, grads32):
+        assert_close(n, a, r, t)
+
+
+def test_residual_in_half_precision_promotes_to_fp32(device):
+    fast = TopKSparseAttention.from_original(_perturbed_original(16, 2, True, seed=10)).to(device)
+    x = randn(1, 16, 4, 5, seed=11, device=device)
+    with torch.autocast(device.type, dtype=torch.float16):
+        out = fast(x, x)
+    assert out.dtype == torch.float32  # fp32 residual stream + fp16 attention, as in the original
+
+
+def test_deterministic(device):
+    fast = TopKSparseAttention.from_original(_perturbed_original(48, 1, True, seed=12)).to(device)
+    x = randn(2, 48, 9, 11, seed=13, device=device)
+    g = randn(2, 48, 9, 11, seed=14, device=device)
+    first = _grads(fast, x, g)
+    second = _grads(fast, x, g)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1]):
+        assert torch.equal(a, b)
+
+
+def test_ties_go_to_the_lower_index(device):
+    """Two identical K channels make every row of A hold exact ties; the kernels must keep the lower
+    channel, like the documented rule of the PyTorch path."""
+    D, heads = 16, 1
+    orig = _perturbed_original(D, heads, True, seed=15)
+    with torch.no_grad():
+        k0 = D  # K channels start at D in the qkv projection
+        for p in (orig.qkv.weight, orig.qkv.bias, orig.qkv_dwconv.weight, orig.qkv_dwconv.bias):
+            p[k0 + 5] = p[k0 + 3]
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(1, D, 5, 6, seed=16, device=device)
+    args = (orig.qkv.weight, orig.qkv.bias, orig.qkv_dwconv.weight, orig.qkv_dwconv.bias, orig.temperature,
+            (orig.attn1, orig.attn2, orig.attn3, orig.attn4), orig.project_out.weight, orig.project_out.bias, heads,
+            None)
+    with torch.no_grad():
+        expected = _attention_torch(x.double().cpu(), *[a.double() if torch.is_tensor(a) else
+                                                       (tuple(t.double() for t in a) if isinstance(a, tuple) else a)
+                                                       for a in args])
+        out = fast(x)
+    assert_close("output with ties", out, expected, None, mult=0, floor=2e-6)
+
+
+def test_topk_ranks_rule():
+    a = torch.tensor([[3.0, 1.0, 2.0, 2.0, 2.0, 0.0, 5.0]])
+    assert topk_ranks(a).tolist() == [[1, 5, 2, 3, 4, 6, 0]]
+
+
+def test_torch_path_matches_reference():
+    """The plain-PyTorch path (CPUs without Triton's interpreter) against the original, float64."""
+    orig = _perturbed_original(24, 3, True, seed=17).double()
+    x = randn(2, 24, 5, 7, seed=18, dtype=torch.float64)
+    args = (orig.qkv.weight, orig.qkv.bias, orig.qkv_dwconv.weight, orig.qkv_dwconv.bias, orig.temperature,
+            (orig.attn1, orig.attn2, orig.attn3, orig.attn4), orig.project_out.weight, orig.project_out.bias, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(_attention_torch(x, *args, None), orig(x), rtol=1e-12, atol=1e-12)
+
+
+def test_module_state_dict_and_parameter_sharing(device):
+    orig = _perturbed_original(32, 2, True, seed=19)
+    fast = TopKSparseAttention(32, 2, True)
+    fast.load_state_dict(orig.state_dict())
+    assert list(fast.state_dict()) == list(orig.state_dict())
+    shared = TopKSparseAttention.from_original(orig)
+    assert all(a is b for a, b in zip(shared.parameters(), orig.parameters()))
+    assert shared.kernel_path(torch.ones(1, device=device)) in ("triton", "triton-interpreter")
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    fast = TopKSparseAttention(16, 2, False).to(device)
+    x = randn(1, 16, 3, 3, seed=20, device=device)
+    with pytest.raises(TypeError, match="dtype float64"):
+        fast(x.double())
+    with pytest.raises(ValueError, match=r"expects \[B, 16, H, W\], got \(16, 3, 3\)"):
+        fast(x[0])
+    with pytest.raises(ValueError, match=r"expects \[B, 16, H, W\], got \(1, 12, 3, 3\)"):
+        fast(randn(1, 12, 3, 3, seed=21, device=device))
+    with pytest.raises(ValueError, match=r"qkv.weight must have shape \(36, 12, 1, 1\)"):
+        topk_sparse_attention(randn(1, 12, 3, 3, seed=21, device=device), fast.qkv.weight, None,
+                              fast.qkv_dwconv.weight, None, fast.temperature,
+                              (fast.attn1, fast.attn2, fast.attn3, fast.attn4), fast.project_out.weight, None, 2)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        fast(x, x[:, :8])
+    with pytest.raises(ValueError, match="at least 2 channels per head"):
+        TopKSparseAttention(4, 4, False).to(device)(randn(1, 4, 3, 3, seed=22, device=device))
+    with pytest.raises(ValueError, match="does not split into num_heads=3"):
+        TopKSparseAttention(10, 3, False)
+    meta = TopKSparseAttention(16, 2, False).to("meta")
+    with pytest.raises(ValueError, match="is on meta"):
+        meta(x)
+
+
+def test_saved_for_backward_is_at_most_a_third_of_the_original():
+    """Bytes saved for backward at the level-1 shape of a 256x256 image, measured with
+    saved_tensors_hooks on fake tensors (real shapes, no compute), unique storages counted once."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    def saved_bytes(module):
+        seen = {}
+
+        def pack(t):
+            if not isinstance(t, torch.nn.Parameter):  # parameters exist anyway: not activation memory
+                seen[StorageWeakRef(t.untyped_storage()).cdata] = t.untyped_storage().nbytes()
+            return t
+
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            m = module
+            x = mode.from_tensor(torch.empty(1, 48, 256, 256)).requires_grad_()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                m(x)
+        return sum(seen.values())
+
+    orig = R.Attention(48, 1, False)
+    fast = TopKSparseAttention.from_original(orig)
+    ours, theirs = saved_bytes(fast), saved_bytes(orig)
+    assert ours <= theirs / 3, (ours, theirs)
+
+
+def test_torch_compile_fullgraph(device):
+    fast = TopKSparseAttention.from_original(_perturbed_original(16, 2, True, seed=23)).to(device)
+    x = randn(1, 16, 4, 5, seed=24, device=device)
+    g = randn(1, 16, 4, 5, seed=25, device=device)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    out_c, grads_c = _grads(compiled, x, g, residual=x)
+    out_e, grads_e = _grads(fast, x, g, residual=x)
+    assert torch.equal(out_c, out_e)
+    for a, b in zip(grads_c, grads_e):
+        assert torch.equal(a, b)
