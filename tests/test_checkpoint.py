@@ -14,6 +14,17 @@ from drsformer_fast import CheckpointError, infer_config, load_checkpoint, save_
 from drsformer_fast import reference as R
 from drsformer_fast.checkpoint import _model_class
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is several times faster than two (no OpenMP hand-offs), and much
+    faster still when other processes compete for the two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SMALL = dict(dim=8, num_blocks=[1, 2, 1, 2], heads=[1, 2, 2, 4])
 VARIANTS = {
     "mefc-nobias-withbias": dict(SMALL, bias=False, LayerNorm_type="WithBias", mefc=True),
