@@ -138,6 +138,8 @@ def _eval(args) -> int:
     if not os.path.isdir(args.input):
         raise ImageError(f"{args.input}: input folder not found")
     match_targets(find_images([args.input]), args.target)
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise FileNotFoundError(f"folder of --json {args.json} does not exist")
     device = resolve_device(args.device)
     check_precision(device, args.precision)
     model = _load(args, device)

@@ -204,6 +204,10 @@ def test_eval_user_errors(data, tmp_path, capsys):
     code, _, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", partial)
     assert_user_error(code, err, "2 of 3 input images have no target", "rain-10.jpg", "Rain-3.BMP")
 
+    code, _, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", clean, "--json",
+                       tmp_path / "nowhere" / "r.json")
+    assert_user_error(code, err, "folder of --json")
+
     code, _, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", tmp_path / "nowhere")
     assert_user_error(code, err, "target folder not found")
 
