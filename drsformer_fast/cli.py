@@ -2,6 +2,13 @@
 
     drsformer-fast selfcheck      every fused kernel against the reference at small shapes
     drsformer-fast bench          benchmarks with an NVIDIA GPU; without one, the self-check
+    drsformer-fast derain         derain images with a checkpoint of the original DRSformer
+    drsformer-fast eval           PSNR/SSIM (Y channel) of a checkpoint on a folder with targets
+
+``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
+(the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
+incompatible checkpoint, an unreadable image, bad settings) end with exit code 2 and a one-line
+message; ``DRSFORMER_FAST_DEBUG=1`` shows the traceback instead.
 
 Without an NVIDIA GPU the self-check runs the Triton kernels in Triton's CPU interpreter: this is
 the only place besides the tests that chooses the interpreter, and it does so before Triton is
@@ -56,6 +63,133 @@ def _selfcheck(args, argv) -> int:
     return 1 if bad else 0
 
 
+# --------------------------------------------------------------------------------------------
+# derain / eval (the logic lives in inference.py, evaluation.py, imageio.py, checkpoint.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"drsformer-fast: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _user_errors(run):
+    """Run ``run()``; user errors become one line on stderr and exit code 2 (1 for running out of memory)."""
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .imageio import ImageError
+    from .inference import InferenceError
+
+    if os.environ.get("DRSFORMER_FAST_DEBUG") == "1":
+        return run()
+    try:
+        return run()
+    except (CheckpointError, ImageError, InferenceError, OSError) as exc:
+        return _error(exc)
+    except torch.cuda.OutOfMemoryError:
+        return _error("out of memory; try --tile 512 (or smaller) or --precision fp16", code=1)
+
+
+def _load(args, device, *, fast: bool = True):
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(args.weights, map_location=device, use_ema=args.use_ema, fast=fast)
+
+
+def _describe(model, device, args) -> str:
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    tiling = f"tiles of {args.tile} overlapping {args.tile_overlap}" if args.tile else "whole images"
+    return f"{cls} {model.config} on {device}, {args.precision}, {tiling}"
+
+
+def _derain(args) -> int:
+    from .imageio import find_images, probe_image
+    from .inference import check_precision, check_tiling, derain_files, plan_outputs, resolve_device
+
+    check_tiling(args.tile, args.tile_overlap)
+    files = find_images(args.inputs)
+    plan_outputs(files, args.output)
+    for f in files:
+        probe_image(f)
+    device = resolve_device(args.device)
+    check_precision(device, args.precision)
+    model = _load(args, device)
+    print(f"drsformer-fast derain: {len(files)} image(s); {_describe(model, device, args)}", file=sys.stderr)
+
+    def progress(i, n, src, dst, seconds):
+        print(f"[{i}/{n}] {src} -> {dst} ({seconds:.2f} s)", file=sys.stderr, flush=True)
+
+    written = derain_files(model, files, args.output, tile=args.tile, tile_overlap=args.tile_overlap,
+                           precision=args.precision, progress=progress)
+    print(f"wrote {len(written)} image(s) to {args.output}")
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from .checkpoint import _model_class
+    from .evaluation import evaluate, format_report, format_row, json_ready, match_targets
+    from .imageio import ImageError, find_images
+    from .inference import check_precision, check_tiling, resolve_device
+
+    check_tiling(args.tile, args.tile_overlap)
+    if not os.path.isdir(args.input):
+        raise ImageError(f"{args.input}: input folder not found")
+    match_targets(find_images([args.input]), args.target)
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise FileNotFoundError(f"folder of --json {args.json} does not exist")
+    device = resolve_device(args.device)
+    check_precision(device, args.precision)
+    model = _load(args, device)
+    reference = _load(args, device, fast=False) if args.compare_reference else None
+    print(f"drsformer-fast eval: {_describe(model, device, args)}", file=sys.stderr)
+    if reference is not None and _model_class(True) is _model_class(False):
+        print("note: the fast model is not available in this build, so the parity report compares the "
+              "reference with itself", file=sys.stderr)
+
+    def progress(i, n, row):
+        print(f"[{i}/{n}] {format_row(row)} ({row['seconds']:.2f} s)", file=sys.stderr, flush=True)
+
+    report = evaluate(model, args.input, args.target, tile=args.tile, tile_overlap=args.tile_overlap,
+                      precision=args.precision, reference_model=reference, progress=progress)
+    print(format_report(report))
+    if reference is not None:
+        print(f"parity: max |fast - reference (fp32)| = {report['parity']['max_abs_diff']:.3e} over "
+              f"{report['count']} image(s) (outputs in [0, 1])")
+    if args.json:
+        full = {
+            "weights": str(args.weights),
+            "model": f"{type(model).__module__}.{type(model).__qualname__}",
+            "config": model.config,
+            "device": str(device),
+            "precision": args.precision,
+            "tile": args.tile,
+            "tile_overlap": args.tile_overlap,
+            "metrics": "PSNR and SSIM on the Y channel (BasicSR conventions, crop_border=0) of the 8-bit output",
+            **report,
+        }
+        if reference is not None:
+            full["parity"]["reference_model"] = f"{type(reference).__module__}.{type(reference).__qualname__}"
+            full["parity"]["reference_precision"] = "fp32"
+        with open(args.json, "w") as fh:
+            json.dump(json_ready(full), fh, indent=2)
+            fh.write("\n")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint of the original DRSformer (.pth)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="process in N x N tiles (a multiple of 8) to bound memory; default: whole images")
+    p.add_argument("--tile-overlap", type=int, default=32, metavar="N", help="overlap of the tiles (default 32)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp16/bf16 run under autocast (fp16 needs CUDA); default fp32")
+    p.add_argument("--device", default="auto", metavar="{cpu,cuda,auto}", help="default: cuda if available")
+    p.add_argument("--use-ema", action="store_true", help="load the checkpoint's 'params_ema' (EMA) weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drsformer-fast", description="Fused Triton kernels for DRSformer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpreter", action="store_true", help="use Triton's CPU interpreter even with a GPU")
     p = sub.add_parser("bench", help="benchmark (NVIDIA GPU); without one, run the self-check")
     p.add_argument("--interpreter", action="store_true", help=argparse.SUPPRESS)
+    p = sub.add_parser("derain", help="derain images (files or folders) with a checkpoint; writes PNGs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png, jpg, jpeg, bmp)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the results (<stem>.png)")
+    _add_run_options(p)
+    p = sub.add_parser("eval", help="PSNR/SSIM (Y channel) of a checkpoint on rainy images against clean targets")
+    p.add_argument("--input", required=True, metavar="DIR", help="folder of rainy images")
+    p.add_argument("--target", required=True, metavar="DIR", help="folder of clean images with the same names")
+    p.add_argument("--compare-reference", action="store_true",
+                   help="also run the reference model and report the largest difference from it")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    _add_run_options(p)
     return parser
 
 
@@ -71,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("selfcheck", "bench"):
         return _selfcheck(args, argv)
+    if args.command == "derain":
+        return _user_errors(lambda: _derain(args))
+    if args.command == "eval":
+        return _user_errors(lambda: _eval(args))
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,149 @@
+"""Evaluating a checkpoint on a folder of rainy images against their clean targets.
+
+Each input is derained (:func:`drsformer_fast.inference.derain_tensor`), quantised to 8 bits as the
+original test script saves it, and scored against the target with the same stem: PSNR and SSIM on
+the Y channel with BasicSR's conventions (:mod:`drsformer_fast.metrics`). The reported means are
+means of the per-image values, as BasicSR reports them.
+
+With a second (reference) model, the fast model's float output is compared with the reference's
+for every image: the parity report (max absolute difference, on the [0, 1] scale).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .imageio import ImageError, find_images, is_image_file, read_image, read_image_uint8, to_uint8
+from .inference import InferenceError, check_tiling, derain_tensor
+from .metrics import calculate_psnr, calculate_ssim
+
+__all__ = ["match_targets", "evaluate", "format_report", "json_ready"]
+
+
+def _by_stem(files: Sequence[Path], what: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in files:
+        if f.stem in out:
+            raise ImageError(f"two {what} images share the name {f.stem!r}: {out[f.stem]} and {f}")
+        out[f.stem] = f
+    return out
+
+
+def match_targets(inputs: Sequence[Path], target_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(input, target) pairs, matched by file stem (``rain/12.jpg`` with ``clean/12.png``). Raises
+    :class:`ImageError` naming every input without a target."""
+    target_dir = Path(target_dir)
+    if not target_dir.is_dir():
+        raise ImageError(f"{target_dir}: target folder not found")
+    by_stem_in = _by_stem(inputs, "input")
+    targets = [p for p in target_dir.iterdir() if p.is_file() and is_image_file(p)]
+    by_stem_t = _by_stem(targets, "target")
+    missing = [str(f.name) for stem, f in by_stem_in.items() if stem not in by_stem_t]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise ImageError(f"{len(missing)} of {len(inputs)} input images have no target of the same name in "
+                         f"{target_dir}: {shown}")
+    return [(f, by_stem_t[f.stem]) for f in inputs]
+
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def _mean(values: list[float]) -> float:
+    return math.inf if any(math.isinf(v) for v in values) else sum(values) / len(values)
+
+
+def evaluate(
+    model: nn.Module,
+    input_dir: str | os.PathLike,
+    target_dir: str | os.PathLike,
+    *,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    precision: str = "fp32",
+    reference_model: nn.Module | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Derain every image of ``input_dir`` and score it against ``target_dir``.
+
+    Returns ``{'images': [{'name', 'target', 'psnr', 'ssim', 'seconds'[, 'max_abs_diff']}], 'mean':
+    {'psnr', 'ssim'}, 'count'}``, plus ``'parity': {'max_abs_diff', 'mean_max_abs_diff'}`` when a
+    ``reference_model`` is given (run in fp32 with the same tiling; differences of the clamped
+    float outputs). ``progress(i, n, row)`` is called after each image.
+    """
+    check_tiling(tile, tile_overlap)
+    pairs = match_targets(find_images([input_dir]), target_dir)
+    rows = []
+    for i, (src, tgt) in enumerate(pairs, 1):
+        start = time.perf_counter()
+        img = read_image(src)
+        target = read_image_uint8(tgt)
+        if target.shape[:2] != tuple(img.shape[-2:]):
+            raise ImageError(f"{src} is {img.shape[-2]}x{img.shape[-1]} but its target {tgt} is "
+                             f"{target.shape[0]}x{target.shape[1]}")
+        try:
+            restored = derain_tensor(model, img[None], tile=tile, tile_overlap=tile_overlap, precision=precision)
+            ref = None
+            if reference_model is not None:
+                ref = derain_tensor(reference_model, img[None], tile=tile, tile_overlap=tile_overlap, precision="fp32")
+            out = to_uint8(restored[0])
+            row = {"name": src.name, "target": tgt.name, "psnr": calculate_psnr(out, target),
+                   "ssim": calculate_ssim(out, target)}
+        except (InferenceError, ValueError) as exc:
+            raise InferenceError(f"{src}: {exc}") from exc
+        if ref is not None:
+            row["max_abs_diff"] = float((restored.float() - ref.float().to(restored.device)).abs().max())
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        if progress is not None:
+            progress(i, len(pairs), row)
+    report: dict[str, Any] = {
+        "count": len(rows),
+        "images": rows,
+        "mean": {"psnr": _mean([r["psnr"] for r in rows]), "ssim": _mean([r["ssim"] for r in rows])},
+    }
+    if reference_model is not None:
+        diffs = [r["max_abs_diff"] for r in rows]
+        report["parity"] = {"max_abs_diff": max(diffs), "mean_max_abs_diff": sum(diffs) / len(diffs)}
+    return report
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
+
+
+def format_row(row: dict) -> str:
+    text = f"{row['name']:<24} {_fmt(row['psnr'], 4):>9} {_fmt(row['ssim'], 4):>7}"
+    if "max_abs_diff" in row:
+        text += f" {row['max_abs_diff']:>14.3e}"
+    return text
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report of :func:`evaluate` as a text table (one row per image, then the means)."""
+    parity = "parity" in report
+    lines = [f"{'image':<24} {'PSNR(Y)':>9} {'SSIM(Y)':>7}" + (f" {'max|fast-ref|':>14}" if parity else "")]
+    lines += [format_row(r) for r in report["images"]]
+    mean = report["mean"]
+    lines.append(f"{'mean of ' + str(report['count']):<24} {_fmt(mean['psnr'], 4):>9} {_fmt(mean['ssim'], 4):>7}"
+                 + (f" {report['parity']['max_abs_diff']:>14.3e}" if parity else ""))
+    return "\n".join(lines)
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with infinite floats (PSNR of identical images) written as the string ``'inf'``, so
+    that it is valid JSON."""
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf" if obj > 0 else "-inf"
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
