@@ -1,12 +1,24 @@
 """drsformer-fast: fused Triton kernels for DRSformer.
 
-``load_checkpoint``, ``save_checkpoint``, ``infer_config`` and ``CheckpointError`` are imported on
-first use (``import drsformer_fast`` itself loads neither torch nor triton).
+Public API (each imported on first use: ``import drsformer_fast`` itself loads neither torch nor
+triton): ``DRSformer`` (the fast model), ``load_checkpoint``, ``save_checkpoint``, ``infer_config``,
+``CheckpointError``, ``patch``, ``saved_tensor_bytes``, ``kernel_path``, the modules
+``ChannelLayerNorm``, ``TopKSparseAttention``, ``MixedScaleFeedForward``, ``FastTransformerBlock``,
+and ``reference`` (the original model in plain PyTorch).
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "DRSformer": "model",
+    "patch": "patching",
+    "PatchReport": "patching",
+    "saved_tensor_bytes": "memory",
+    "kernel_path": "_dispatch",
+    "ChannelLayerNorm": "modules",
+    "TopKSparseAttention": "modules",
+    "MixedScaleFeedForward": "modules",
+    "FastTransformerBlock": "modules",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "infer_config": "checkpoint",
@@ -17,6 +29,10 @@ __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

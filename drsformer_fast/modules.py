@@ -56,13 +56,22 @@ class ChannelLayerNorm(_PathMixin, nn.Module):
         self.dim = dim
         self.body = _LayerNormBody(dim, with_bias=LayerNorm_type != "BiasFree")
 
+    @classmethod
+    def from_original(cls, m: nn.Module) -> ChannelLayerNorm:
+        """A fast module around the original's ``body`` (same Parameter objects, no copies)."""
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.dim = m.body.weight.shape[0]
+        fast.body = m.body
+        return fast
+
     @property
     def with_bias(self) -> bool:
-        return self.body.bias is not None
+        return getattr(self.body, "bias", None) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)
-        return ops.layer_norm(x, self.body.weight, self.body.bias)
+        return ops.layer_norm(x, self.body.weight, getattr(self.body, "bias", None))
 
     def extra_repr(self) -> str:
         return f"{self.dim}, LayerNorm_type={'WithBias' if self.with_bias else 'BiasFree'}"
@@ -118,3 +127,31 @@ class TopKSparseAttention(_PathMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, bias={self.qkv.bias is not None}"
+
+
+class FastTransformerBlock(nn.Module):
+    """Fast replacement of the original ``TransformerBlock``: ``x + attn(norm1(x))`` then
+    ``x + ffn(norm2(x))``, with both residual adds fused into the last kernel of each branch.
+
+    Children keep the original names (``norm1``, ``attn``, ``norm2``, ``ffn``): same state dict.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool,
+                 LayerNorm_type: str):  # noqa: N803 (original keyword)
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, LayerNorm_type)
+        self.attn = TopKSparseAttention(dim, num_heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, LayerNorm_type)
+        self.ffn = MixedScaleFeedForward(dim, ffn_expansion_factor, bias)  # noqa: F821 (lands with the FFN)
+
+    @classmethod
+    def from_children(cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, ffn: nn.Module):
+        """A block around existing (fast) children, sharing their parameters."""
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block.norm1, block.attn, block.norm2, block.ffn = norm1, attn, norm2, ffn
+        return block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.norm1(x), residual=x)
+        return self.ffn(self.norm2(x), residual=x)
