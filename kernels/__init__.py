@@ -4,8 +4,8 @@ One file per op: ``@triton.jit`` kernels and their launchers (tensors in, tensor
 autograd). The autograd wiring, custom ops and modules live in ``drsformer_fast``.
 """
 
-from . import layernorm
+from . import dwconv, feedforward, layernorm
 
-KERNEL_MODULES = (layernorm,)
+KERNEL_MODULES = (layernorm, dwconv, feedforward)
 
-__all__ = ["layernorm", "KERNEL_MODULES"]
+__all__ = ["dwconv", "feedforward", "layernorm", "KERNEL_MODULES"]

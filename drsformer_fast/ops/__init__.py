@@ -5,6 +5,7 @@ Each fused op is registered under the ``drsformer_fast::`` namespace, so ``torch
 ``fullgraph=True`` traces through it and CUDA graphs capture it.
 """
 
+from .feedforward import mixed_scale_feed_forward
 from .layernorm import layer_norm
 
-__all__ = ["layer_norm"]
+__all__ = ["layer_norm", "mixed_scale_feed_forward"]
