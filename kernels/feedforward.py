@@ -100,14 +100,14 @@ def _grouped_conv_chunk(
     x2 (x_off = HID) and x-channel i lives in ab channel x_off + i + HID * (i >= HID)."""
     R: tl.constexpr = K // 2
     KK: tl.constexpr = K * K
-    i_e = 2 * o_jl
-    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
-    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
+    o_ie = 2 * o_jl
+    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
+    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
     # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
-    ab_img = ab_ptr + i_b * stride_abb
+    p_ab = ab_ptr + i_b * stride_abb
     o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
-    o_e = s_e[:, None] * stride_abc + o_pix
-    o_o = s_o[:, None] * stride_abc + o_pix
+    o_e = o_ce[:, None] * stride_abc + o_pix
+    o_o = o_co[:, None] * stride_abc + o_pix
     p_we = gw_ptr + o_jl * (2 * KK)
     b_acc = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for kh in range(0, K):
@@ -117,8 +117,8 @@ def _grouped_conv_chunk(
             dw = kw - R
             m = (m_h & (o_w + dw >= 0) & (o_right - dw >= 0))[None, :]
             o_t = dh * stride_abh + dw * stride_abw
-            b_xe = tl.load(ab_img + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
-            b_xo = tl.load(ab_img + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
+            b_xe = tl.load(p_ab + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
+            b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
             b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
     return b_acc
 
@@ -223,13 +223,13 @@ def _ffn_bwd_uv_kernel(
 
     # W_out^T dout in chunks of BLOCK_D output channels (a short reduction keeps fp32 FMA dots in registers)
     o_col = x_off + o_j
-    dout_img = dout_ptr + i_b * stride_db
+    p_dout = dout_ptr + i_b * stride_db
     o_dpix = (o_h * stride_dh + o_w * stride_dw)[None, :]
     b_g = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
-        b_dout = tl.load(dout_img + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
+        b_dout = tl.load(p_dout + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
         b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
         b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision="ieee")
     b_g = tl.where(b_pre > 0.0, b_g, 0.0)
@@ -266,15 +266,15 @@ def _ffn_bwd_x_kernel(
     o_down = H - 1 - o_h
     o_right = W - 1 - o_w
     # the two x-channels of group j and where they live in ab (and dab)
-    i_e = 2 * o_jl
-    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
-    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
-    ab_img = ab_ptr + i_b * stride_abb
+    o_ie = 2 * o_jl
+    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
+    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    p_ab = ab_ptr + i_b * stride_abb
     o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
     m_0 = m_n[None, :]
-    b_xe = tl.load(ab_img + (s_e[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
-    b_xo = tl.load(ab_img + (s_o[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
-    g_img = duv_ptr + i_b * (2 * HID) * N
+    b_xe = tl.load(p_ab + (o_ce[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    b_xo = tl.load(p_ab + (o_co[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    p_g = duv_ptr + i_b * (2 * HID) * N
     o_g = (x_off + o_jl)[:, None] * N + o_n[None, :]
     p_we = gw_ptr + o_jl * (2 * KK)
     i_part = i_b * tl.num_programs(0) + i_n
@@ -289,16 +289,16 @@ def _ffn_bwd_x_kernel(
             dw = kw - R
             t = kh * K + kw
             m = (m_h & (o_w - dw >= 0) & (o_right + dw >= 0))[None, :]
-            b_g = tl.load(g_img + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
+            b_g = tl.load(p_g + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
             b_dxe += tl.load(p_we + t)[:, None] * b_g
             b_dxo += tl.load(p_we + (KK + t))[:, None] * b_g
             tl.store(p_pw + t * HID, tl.sum(b_g * b_xe, axis=1), mask=m_j)
             tl.store(p_pw + (KK + t) * HID, tl.sum(b_g * b_xo, axis=1), mask=m_j)
     # the stage-1 ReLU: a = relu(pre) > 0 exactly where pre > 0
     m = m_j[:, None] & m_n[None, :]
-    dab_img = dab_ptr + i_b * (4 * HID) * N
-    tl.store(dab_img + (s_e[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
-    tl.store(dab_img + (s_o[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    p_dab = dab_ptr + i_b * (4 * HID) * N
+    tl.store(p_dab + (o_ce[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    tl.store(p_dab + (o_co[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,10 +29,10 @@ MODULE_PARAMS = ("project_in.weight", "project_in.bias", "dwconv3x3.weight", "dw
                  "dwconv5x5_1.bias", "project_out.weight", "project_out.bias")
 
 
-def _random_params(dim: int, bias: bool, seed: int) -> dict:
-    """The 12 parameters (None for absent biases) of an original FeedForward(dim, 2.66, bias), random:
+def _random_params(dim: int, bias: bool, seed: int, factor: float = 2.66) -> dict:
+    """The 12 parameters (None for absent biases) of an original FeedForward(dim, factor, bias), random:
     weights ~ N(0, 1/fan_in), biases ~ N(0, 0.3^2), so about half of every ReLU is active."""
-    m = R.FeedForward(dim, 2.66, bias)
+    m = R.FeedForward(dim, factor, bias)
     out = {}
     for i, (name, mod_name) in enumerate(zip(FFN_PARAM_NAMES, MODULE_PARAMS)):
         p = m.get_parameter(mod_name) if (bias or name.endswith("weight")) else None
@@ -109,21 +109,23 @@ def test_golden(name, device):
 # Random cases against the float64 reference
 # ------------------------------------------------------------------------------------------------
 
-# (B, dim, H, W, bias, residual): dim 8 -> hidden 21, 30 -> 79 (odd: the middle group straddles
-# a/b), 10 -> 26 and 4 -> 10 (even); H, W not multiples of any block; 1xN and Nx1 images.
+# (B, dim, H, W, bias, residual, expansion): dim 8 -> hidden 21, 30 -> 79 (odd: the middle group
+# straddles a/b), 10 -> 26 and 4 -> 10 (even); H, W not multiples of any block; 1xN and Nx1 images;
+# dim 150 > 128 output channels: two output tiles in the forward (hidden kept small: 0.1 -> 15).
 CASES = [
-    (1, 8, 7, 13, True, True),
-    (3, 8, 1, 17, False, False),
-    (1, 30, 9, 1, True, False),
-    (2, 10, 5, 6, False, True),
-    (1, 4, 3, 3, True, True),
+    (1, 8, 7, 13, True, True, 2.66),
+    (3, 8, 1, 17, False, False, 2.66),
+    (1, 30, 9, 1, True, False, 2.66),
+    (2, 10, 5, 6, False, True, 2.66),
+    (1, 4, 3, 3, True, True, 2.66),
+    (2, 150, 3, 5, True, True, 0.1),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-d{}-{}x{}-bias{:d}-res{:d}".format(*c))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-d{}-{}x{}-bias{:d}-res{:d}-f{}".format(*c))
 def test_fp32_random(case, device):
-    B, dim, H, W, bias, res = case
-    params = _random_params(dim, bias, seed=dim)
+    B, dim, H, W, bias, res, factor = case
+    params = _random_params(dim, bias, seed=dim, factor=factor)
     x = randn(B, dim, H, W, seed=1, device=device)
     residual = randn(B, dim, H, W, seed=2, device=device) if res else None
     g = randn(B, dim, H, W, seed=3, device=device)
@@ -191,7 +193,7 @@ DW_CASES = [  # (kernel sizes, relu, input bias, biases)
                                                                                          c[1], c[2]))
 def test_depthwise_conv_kernels(case, device):
     sizes, relu, has_xb, has_b = case
-    B, C, H, W = 2, 19, 7, 13
+    B, C, H, W = (2, 19, 7, 13) if len(sizes) == 1 else (1, 19, 12, 13)  # 156 pixels: two tiles
     x = non_contiguous(randn(B, C, H, W, seed=20, device=device), "channels_last")
     ws = [randn(C, 1, k, k, seed=21 + i, device=device) / k for i, k in enumerate(sizes)]
     bs = [randn(C, seed=25 + i, device=device) if b else None for i, b in enumerate(has_b)]
