@@ -164,7 +164,7 @@ def test_non_contiguous_input_and_grad(x_layout, g_layout, device):
 
 
 def test_weight_grads_are_deterministic(device):
-    B, dim, H, W = 2, 8, 12, 13  # > 128 pixels: several token tiles write partial sums
+    B, dim, H, W = 1, 8, 12, 13  # > 128 pixels: several token tiles write partial sums
     params = _random_params(dim, True, seed=60)
     x = randn(B, dim, H, W, seed=10, device=device)
     g = randn(B, dim, H, W, seed=11, device=device)
