@@ -40,3 +40,26 @@ def half_dtypes():
     """Half precisions the current mode can test: fp16 everywhere, bf16 only on a GPU (the
     interpreter has no bf16 arithmetic)."""
     return [torch.float16, torch.bfloat16] if GPU_MODE else [torch.float16]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is several times faster than two (no OpenMP hand-offs), and much
+    faster still when other processes compete for the two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """The fused modules take their plain-PyTorch path in this test, as on a CPU without Triton's
+    interpreter. For tests of the plumbing around the model (command line, inference, checkpoint
+    loading): the kernels themselves are tested by the op and model tests, and the interpreter's
+    minutes are spent there."""
+    from drsformer_fast import _dispatch
+
+    available, _, reason = _dispatch._kernels_state()
+    monkeypatch.setattr(_dispatch, "_STATE", (available, False, reason))
+    yield

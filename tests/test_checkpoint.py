@@ -14,15 +14,7 @@ from drsformer_fast import CheckpointError, infer_config, load_checkpoint, save_
 from drsformer_fast import reference as R
 from drsformer_fast.checkpoint import _model_class
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two (no OpenMP hand-offs), and much
-    faster still when other processes compete for the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 
 
 SMALL = dict(dim=8, num_blocks=[1, 2, 1, 2], heads=[1, 2, 2, 4])
@@ -77,7 +69,7 @@ def test_round_trip_is_bitwise(variant, tmp_path):
     path = tmp_path / "net.pth"
     save_checkpoint(src, path)
     assert set(torch.load(path, weights_only=True)) == {"params"}
-    model = load_checkpoint(path)
+    model = load_checkpoint(path, fast=False)
     assert model.config == expected_config(VARIANTS[variant])
     assert not model.training
     for k, v in src.state_dict().items():
@@ -85,6 +77,11 @@ def test_round_trip_is_bitwise(variant, tmp_path):
     x = image()
     with torch.no_grad():
         assert torch.equal(model(x), src(x))
+        # the default, fused model: same weights, same function (another summation order)
+        fast = load_checkpoint(path)
+        assert isinstance(fast, _model_class(True)) and fast.config == model.config
+        assert all(torch.equal(fast.state_dict()[k], v) for k, v in src.state_dict().items())
+        torch.testing.assert_close(fast(x), src(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)
@@ -140,7 +137,7 @@ def test_path_str_pathlike_and_dict_agree(tmp_path):
     with torch.no_grad():
         ref = src(x)
         for source in (path, str(path), {"params": src.state_dict()}):
-            assert torch.equal(load_checkpoint(source)(x), ref)
+            assert torch.equal(load_checkpoint(source, fast=False)(x), ref)
 
 
 def test_bare_state_dict_and_module_prefixes(tmp_path):
@@ -152,8 +149,8 @@ def test_bare_state_dict_and_module_prefixes(tmp_path):
         ddp = {"module." + k: v for k, v in sd.items()}
         for ckpt in (sd, ddp, {"params": ddp}):
             torch.save(ckpt, tmp_path / "c.pth")
-            assert torch.equal(load_checkpoint(tmp_path / "c.pth")(x), ref)
-            assert torch.equal(load_checkpoint(ckpt)(x), ref)
+            assert torch.equal(load_checkpoint(tmp_path / "c.pth", fast=False)(x), ref)
+            assert torch.equal(load_checkpoint(ckpt, fast=False)(x), ref)
 
 
 def test_params_ema(tmp_path):
@@ -161,11 +158,11 @@ def test_params_ema(tmp_path):
     ckpt = {"params": a.state_dict(), "params_ema": b.state_dict()}
     x = image()
     with torch.no_grad():
-        assert torch.equal(load_checkpoint(ckpt)(x), a(x))
-        assert torch.equal(load_checkpoint(ckpt, use_ema=True)(x), b(x))
+        assert torch.equal(load_checkpoint(ckpt, fast=False)(x), a(x))
+        assert torch.equal(load_checkpoint(ckpt, use_ema=True, fast=False)(x), b(x))
         save_checkpoint(b, tmp_path / "ema.pth", ema=True)
         assert set(torch.load(tmp_path / "ema.pth", weights_only=True)) == {"params_ema"}
-        assert torch.equal(load_checkpoint(tmp_path / "ema.pth", use_ema=True)(x), b(x))
+        assert torch.equal(load_checkpoint(tmp_path / "ema.pth", use_ema=True, fast=False)(x), b(x))
     with pytest.raises(CheckpointError, match="no 'params' but has 'params_ema'.*use_ema=True"):
         load_checkpoint(tmp_path / "ema.pth")
 
@@ -229,7 +226,7 @@ def test_strict_false_ignores_extra_entries_but_never_loads_partially():
     with pytest.raises(CheckpointError, match="1 unexpected key"):
         load_checkpoint(sd)
     with pytest.warns(UserWarning, match="ignoring 1 unexpected checkpoint entry"):
-        model = load_checkpoint(sd, strict=False)
+        model = load_checkpoint(sd, strict=False, fast=False)
     x = image()
     with torch.no_grad():
         assert torch.equal(model(x), src(x))

@@ -6,22 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from imaging import direct_derain, psnr_y, random_image, read_uint8, ssim_direct, tiny_checkpoint, tiny_model
+from imaging import direct_derain, psnr_y, random_image, read_uint8, ssim_direct, tiny_checkpoint
 
-from drsformer_fast import cli
+from drsformer_fast import cli, load_checkpoint
 from drsformer_fast.imageio import read_image
 from drsformer_fast.inference import derain_tensor
 from drsformer_fast.metrics import rgb_to_y
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two (no OpenMP hand-offs), and much
-    faster still when other processes compete for the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 
 
 SIZES = {"rain-2.png": (37, 29), "rain-10.jpg": (20, 44), "Rain-3.BMP": (24, 17)}
@@ -63,7 +55,7 @@ def test_derain_folder_writes_pngs_equal_to_the_model_output(data, tmp_path, cap
     assert code == 0, err
     assert "wrote 3 image(s)" in out
     assert "[1/3]" in err and "[3/3]" in err
-    model = tiny_model(0)
+    model = load_checkpoint(ckpt)  # what the command builds: the fast model
     for name, (h, w) in SIZES.items():
         png = tmp_path / "out" / (name.rsplit(".", 1)[0] + ".png")
         got = read_uint8(png)
@@ -78,7 +70,7 @@ def test_derain_files_with_tiles(data, tmp_path, capsys):
     code, _, err = run(capsys, "derain", rainy / "rain-2.png", rainy / "rain-10.jpg", "--weights", ckpt,
                        "--output", tmp_path, "--tile", 24, "--tile-overlap", 8)
     assert code == 0, err
-    model = tiny_model(0)
+    model = load_checkpoint(ckpt)  # what the command builds: the fast model
     for name in ("rain-2.png", "rain-10.jpg"):
         tiled = derain_tensor(model, read_image(rainy / name)[None], tile=24, tile_overlap=8)[0]
         expected = tiled.permute(1, 2, 0).numpy() * 255
@@ -156,7 +148,7 @@ def test_eval_reports_psnr_ssim_and_json(data, tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert report["count"] == 3 and report["config"]["dim"] == 8 and report["precision"] == "fp32"
     assert [r["name"] for r in report["images"]] == ["rain-2.png", "Rain-3.BMP", "rain-10.jpg"]  # natural order
-    model = tiny_model(0)
+    model = load_checkpoint(ckpt)  # what the command builds: the fast model
     for row in report["images"]:
         restored = direct_derain(model, read_image(rainy / row["name"])[None])[0]
         restored = (restored * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -10,15 +10,7 @@ from imaging import direct_derain, tiny_model
 from drsformer_fast import load_checkpoint
 from drsformer_fast.inference import InferenceError, derain_tensor, pad_to_multiple, tile_starts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is several times faster than two (no OpenMP hand-offs), and much
-    faster still when other processes compete for the two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 
 
 @pytest.fixture(scope="module")

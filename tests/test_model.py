@@ -15,13 +15,7 @@ from drsformer_fast.modules import FastTransformerBlock
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 2, 4], ffn_expansion_factor=2.66)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: OpenMP hand-offs between 2 threads cost more than they save
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(mefc=True, bias=False, ln="WithBias", seed=0, **over):
