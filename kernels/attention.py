@@ -52,6 +52,7 @@ import triton.language as tl
 from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, device_guard, multiprocessor_count, next_pow2
+from .dwconv import _check_image_offsets, depthwise_conv_bwd
 
 L2_EPS = 1e-12
 __all__ = ["attention_fwd", "attention_bwd", "MAX_CHANNELS_PER_HEAD", "topk_counts"]
@@ -562,6 +563,10 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
     check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
                            proj_bias, num_heads, residual)
     B, D, H, W = x.shape
+    # offsets inside one image are int32 in the kernels (batch offsets are int64); t0 has 3d channels
+    _check_image_offsets("x", x)
+    if 3 * D * H * W > 2**31 - 1:
+        raise ValueError(f"x: one image's qkv projection spans {3 * D * H * W} > 2**31 elements; not supported")
     N = H * W
     heads = num_heads
     C = D // heads
@@ -704,14 +709,9 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
 
 
 def _depthwise_bwd(dt, t0, dw_weight, has_bias):
-    # TEMPORARY: aten's depthwise backward until kernels/dwconv.py (the shared Triton depthwise
-    # kernels of the feed-forward work) lands; then this becomes depthwise_conv_bwd([dt], t0, ...).
-    c = dw_weight.shape[0]
-    dt0, dw, db = torch.ops.aten.convolution_backward(
-        dt, t0, dw_weight.to(t0.dtype), [c] if has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], c,
-        [True, True, has_bias],
-    )
-    return dt0, dw.float(), (db.float() if has_bias else None)
+    """The 3x3 depthwise conv's backward: dt0 and the weight (and bias) gradients, deterministic."""
+    dt0, dws, dbs = depthwise_conv_bwd([dt], t0, [dw_weight], need_bias_grad=has_bias)
+    return dt0, dws[0], dbs[0]
 
 
 # ----------------------------------------------------------------------------------------------
