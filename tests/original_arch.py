@@ -7,6 +7,7 @@ Only the transformer parts are here; the whole model reuses the reference's MEFC
 layers through ``OriginalStyleDRSformer``.
 """
 
+import math
 import numbers
 
 import torch
@@ -166,16 +167,25 @@ class OriginalStyleDRSformer(reference.DRSformer):
 
 
 def perturb_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random perturbation so that every parameter matters (like the golden files' weights)."""
+    """Deterministic random parameters (a function of ``seed`` only, never of the global RNG that
+    built the model) such that every parameter matters, like the golden files' weights: weights
+    uniform in +-1/sqrt(fan_in) (PyTorch's default scale), LayerNorm weights 1 + 0.1 N(0, 1),
+    biases 0.02 N(0, 1), temperatures in [0.5, 2], attn1..4 in [0.05, 0.45]."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("temperature"):
+            leaf = name.split(".")[-1]
+            if leaf == "temperature":
                 p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.5)
-            elif name.split(".")[-1] in ("attn1", "attn2", "attn3", "attn4"):
+            elif leaf in ("attn1", "attn2", "attn3", "attn4"):
                 p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.05)
+            elif p.dim() == 1 and ".norm" in f".{name}" and leaf == "weight":
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
             else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+                bound = 1.0 / math.sqrt(p[0].numel())  # fan_in = in_channels/groups * kh * kw
+                p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound)
     return model
 
 
