@@ -1,31 +1,34 @@
 """What an implementation does, independent of the device: kernel launches and bytes moved.
 
-Used by ``drsformer-fast bench`` without a GPU (and by the microbenchmarks for GB/s). Two
-instruments, one dispatch mode (:class:`OpRecorder`):
+Used by ``drsformer-fast bench`` without a GPU (and by the microbenchmarks for GB/s). One dispatch
+mode (:class:`OpRecorder`), normally run on fake tensors (real shapes, no memory, no compute), by
+:func:`profile`, records a forward and a backward pass op by op:
 
 * **Kernel launches.** Every ATen op that reaches the dispatcher is classified: views, allocations
-  (``empty``, ``new_empty``...), metadata (``prim.*``, ``set_``, ``detach``) launch nothing on a GPU;
-  every other op that returns a tensor is counted as one launch. Composite ops (``conv2d``,
-  ``einsum``, ``reshape``) are decomposed first, so what is counted is what runs (``einsum`` ->
-  ``bmm`` and the copies it needs; a ``reshape`` that must copy -> ``clone``). The fast path's
-  custom ops (``drsformer_fast::*``) are opened up: their launcher runs under the same mode, so the
-  ATen ops it calls (the cuBLAS 1x1 convolutions, the tiny einsums and partial-sum reductions) are
-  counted like any other, and each Triton kernel launch is counted by wrapping ``run`` of Triton's
-  ``JITFunction`` and ``InterpretedFunction`` (the ATen traffic of the interpreter itself, which
-  copies tensors to NumPy and back, is ignored). This needs real execution: on a machine without a
-  GPU, small real shapes in Triton's interpreter. Counts do not depend on H, W or the batch size
-  (no op is shape-conditional at the shapes used; the tests check two sizes). One ATen op can be
-  more than one GPU kernel (cuDNN may run a transform before a convolution, a large reduction may
-  take two passes), so the ATen part is a lower bound, the same for both implementations.
+  (``empty``, ``new_empty``...) and metadata (``prim.*``, ``set_``, ``detach``) launch nothing on a
+  GPU; every other op that returns a tensor is one launch. Composite ops (``conv2d``, ``einsum``,
+  ``reshape``) are decomposed first, so what is counted is what runs (``einsum`` -> ``bmm`` and the
+  copies it needs; a ``reshape`` that must copy -> ``clone``). The fast path's custom ops
+  (``drsformer_fast::*``) are opened up: their real launcher runs under the same mode, so its ATen
+  ops (the cuBLAS 1x1 convolutions, the small einsums and partial-sum reductions) count like any
+  other, and each Triton launch is counted by wrapping ``run`` of Triton's ``JITFunction`` and
+  ``InterpretedFunction``. On fake tensors the Triton launches are counted, not executed: the
+  launchers never read data back to the host (CONTRIBUTING), so what they launch cannot depend on
+  the data. With real tensors (``profile(..., fake=False)``: a GPU, or Triton's interpreter) every
+  kernel runs and the interpreter's own tensor traffic is ignored; the tests check that both ways
+  give the same counts. Counts are taken at the real shape because they can depend on it: the
+  original's reshapes copy only for a batch > 1. One ATen op can be more than one GPU kernel (cuDNN
+  may run a layout transform, a large reduction may take two passes), so the ATen part is a lower
+  bound, the same for both implementations.
 
-* **Bytes moved.** On fake tensors (real shapes, no memory, no compute), every counted ATen op is
-  charged the bytes of its tensor inputs and outputs, each read or written once (the model the
-  kernel docstrings use for "the original": ``qkv 4 units, dwconv 6, ...``; broadcast inputs count
-  their real memory, not their expanded size). The fast path's custom ops are charged their
-  **compulsory** bytes instead, from the analytic models below, which restate the byte tables in
-  ``kernels/layernorm.py``, ``kernels/attention.py`` and ``kernels/feedforward.py`` (large tensors
-  only: C x C matrices, per-program partial sums and halo re-reads are left out, as there). The
-  tests check these models against the docstrings' numbers.
+* **Bytes moved.** Every counted ATen op outside a fused op is charged the bytes of its tensor
+  inputs and outputs, each read or written once (the model the kernel docstrings use for "the
+  original": ``qkv 4 units, dwconv 6, ...``; broadcast inputs count their real memory, not their
+  expanded size). Each fused op is charged its **compulsory** bytes instead, from the analytic
+  models below, which restate the byte tables of the kernel docstrings (``kernels/layernorm.py``,
+  ``kernels/attention.py``, ``kernels/feedforward.py``; large tensors only: C x C matrices,
+  per-program partial sums and halo re-reads are left out, as there). The tests check these models
+  against the docstrings' numbers.
 """
 
 from __future__ import annotations
