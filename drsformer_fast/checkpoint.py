@@ -260,25 +260,14 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _model_class(fast: bool) -> type[nn.Module]:
-    """The class :func:`load_checkpoint` builds.
-
-    ``fast=False``: :class:`drsformer_fast.reference.DRSformer` (the original arithmetic).
-    ``fast=True``: ``drsformer_fast.model.DRSformer`` (fused kernels; same constructor keywords,
-    same state-dict keys) if that module exists; until it does, the reference. If it exists but
-    fails to import, this warns and falls back to the reference (slower, same results).
-    """
+    """The class :func:`load_checkpoint` builds: ``drsformer_fast.model.DRSformer`` (fused kernels)
+    with ``fast=True``, :class:`drsformer_fast.reference.DRSformer` (the original arithmetic)
+    otherwise. Both take the same constructor keywords and have the same state-dict keys. The fast
+    model runs plain PyTorch where Triton cannot run (see ``drsformer_fast.kernel_path``)."""
     if not fast:
         return reference.DRSformer
-    try:
-        from .model import DRSformer  # the fused model, added by a later change
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__package__}.model":
-            return reference.DRSformer
-        warnings.warn(f"the fast DRSformer could not be imported ({exc}); using the reference model", stacklevel=3)
-        return reference.DRSformer
-    except ImportError as exc:
-        warnings.warn(f"the fast DRSformer could not be imported ({exc}); using the reference model", stacklevel=3)
-        return reference.DRSformer
+    from .model import DRSformer
+
     return DRSformer
 
 

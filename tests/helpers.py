@@ -1,33 +1,22 @@
 """Shared test helpers: random inputs, the tolerance rule, comparisons that say where and by how much.
 
-The tolerance rule (used by every kernel test)
-----------------------------------------------
-A kernel computing in precision ``p`` is compared with a float64 reference. Its error must not
-exceed ``mult`` times the error PyTorch's own implementation makes at the same precision (also
-measured against the float64 reference), plus a floor:
+The tolerance rule itself lives in ``drsformer_fast.tolerance`` (the self-check uses it too):
 
-    err(kernel, ref64) <= mult * err(torch_p, ref64) + floor_p
+    err(kernel, ref64) <= 4 * err(torch at the same precision, ref64) + floor(precision)
 
 Errors are measured two ways, both must pass: relative Frobenius norm ``||a - r|| / ||r||`` and a
 relative max ``max|a - r| / max|r|`` (the max catches a small wrong tile the norm would average
-away). ``mult`` is small (default 4): the fused kernels sum in a different order than PyTorch but
-with the same precision and fp32 accumulation, so their error is the same order as PyTorch's. The
-floor covers the cases where PyTorch's error happens to be ~0 (e.g. a pure copy); it is a few
-units of the precision's rounding: fp32 2e-6, fp16 4e-3, bf16 3e-2 (unit roundoff 6e-8, 4.9e-4,
-3.9e-3, times the ~sqrt(K) growth of K-term reductions for K up to ~1e3).
-
-Tensors of fewer than 16 elements (the scalar gradients of temperature and attn1..attn4) get 10x
-the floor: each is ONE sample of PyTorch's rounding error, which can be lucky (1e-9 was seen), and
-they are sums of B*C*C*N products (1e4 to 1e6 terms) whose fp32 error is of order sqrt(K)*u ~ 1e-5.
+away). See that module for the floors and why.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-FLOORS = {torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float64: 1e-12}
+from drsformer_fast.tolerance import FLOORS, MULT, floor_for, relative_errors
+
+__all__ = ["FLOORS", "make_generator", "randn", "non_contiguous", "assert_close", "assert_golden", "rel_err",
+           "describe_mismatch", "golden_bound"]
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -61,15 +50,7 @@ def non_contiguous(t: torch.Tensor, kind: str = "pad") -> torch.Tensor:
     raise ValueError(kind)
 
 
-def _errors(actual: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    a = actual.detach().to(torch.float64).cpu()
-    r = ref.detach().to(torch.float64).cpu()
-    if not torch.isfinite(a).all():
-        return math.inf, math.inf
-    diff = (a - r).abs()
-    denom_norm = r.norm().item() or 1.0
-    denom_max = r.abs().max().item() if r.numel() else 1.0
-    return (a - r).norm().item() / denom_norm, (diff.max().item() if r.numel() else 0.0) / (denom_max or 1.0)
+_errors = relative_errors
 
 
 def describe_mismatch(actual: torch.Tensor, ref: torch.Tensor) -> str:
@@ -87,7 +68,7 @@ def describe_mismatch(actual: torch.Tensor, ref: torch.Tensor) -> str:
 
 
 def assert_close(name: str, actual: torch.Tensor, ref64: torch.Tensor, torch_lp: torch.Tensor | None = None, *,
-                 dtype: torch.dtype | None = None, mult: float = 4.0, floor: float | None = None) -> None:
+                 dtype: torch.dtype | None = None, mult: float = MULT, floor: float | None = None) -> None:
     """Assert ``actual`` is as close to the float64 ``ref64`` as the tolerance rule allows.
 
     ``torch_lp`` is PyTorch's own result at the precision under test (None: only the floor).
@@ -96,7 +77,7 @@ def assert_close(name: str, actual: torch.Tensor, ref64: torch.Tensor, torch_lp:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(ref64.shape)}")
     dtype = dtype or actual.dtype
     if floor is None:
-        floor = FLOORS[dtype] * (10 if actual.numel() < 16 else 1)
+        floor = floor_for(dtype, actual.numel())
     k_norm, k_max = _errors(actual, ref64)
     t_norm, t_max = _errors(torch_lp, ref64) if torch_lp is not None else (0.0, 0.0)
     bound_norm, bound_max = mult * t_norm + floor, mult * t_max + floor

@@ -1,0 +1,161 @@
+"""The fast DRSformer: golden whole-model files, state dict, checkpoints, compile, autocast,
+activation checkpointing, saved-tensor memory."""
+
+import pytest
+import torch
+from golden_data import MODEL_FILES, load
+from helpers import assert_close, assert_golden, randn
+from original_arch import perturb_
+
+import drsformer_fast
+from drsformer_fast import reference as R
+from drsformer_fast.model import DRSformer
+from drsformer_fast.modules import FastTransformerBlock
+
+TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 2, 4], ffn_expansion_factor=2.66)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: OpenMP hand-offs between 2 threads cost more than they save
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _pair(mefc=True, bias=False, ln="WithBias", seed=0, **over):
+    cfg = dict(TINY, bias=bias, LayerNorm_type=ln, **over)
+    ref = perturb_(R.DRSformer(**cfg, mefc=mefc), seed)
+    fast = DRSformer(**cfg, mefc=mefc)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _grads(model, x, g):
+    x = x.detach().requires_grad_()
+    out = model(x)
+    params = [p for _, p in model.named_parameters()]
+    return out, torch.autograd.grad(out, [x] + params, g)
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_golden_whole_model(name, device):
+    d = load(name)
+    model = drsformer_fast.load_checkpoint(d["checkpoint"])
+    assert isinstance(model, DRSformer)
+    assert model.mefc == (d["variant"] == "with_mefc")
+    model = model.to(device)
+    out, grads = _grads(model, d["input"].to(device), d["grad_weight"].to(device))
+    e = d["fp32_reference_rel_err"]
+    assert_golden("output", out, d["output"], e["output"])
+    assert_golden("input_grad", grads[0], d["input_grad"], e["input_grad"])
+    for (n, _), g in zip(model.named_parameters(), grads[1:]):
+        assert_golden(n, g, d["param_grads"][n], e["param_grads"][n])
+
+
+@pytest.mark.parametrize("variant", ["with_mefc", "without_mefc"])
+def test_state_dict_equals_original(variant):
+    fast = DRSformer(mefc=variant == "with_mefc")
+    ref = R.DRSformer(mefc=variant == "with_mefc")
+    assert [(k, v.shape) for k, v in fast.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert sum(isinstance(m, FastTransformerBlock) for m in fast.modules()) == 4 + 6 + 6 + 8 + 6 + 6 + 4
+
+
+def test_random_config_matches_reference(device):
+    ref, fast = _pair(mefc=False, bias=True, ln="BiasFree", seed=1)
+    fast = fast.to(device)
+    x = randn(2, 3, 16, 24, seed=2, device=device)
+    g = randn(2, 3, 16, 24, seed=3, device=device)
+    out, grads = _grads(fast, x, g)
+    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
+    out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
+    names = ["input"] + [n for n, _ in fast.named_parameters()]
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(names, grads, grads64, grads32):
+        assert_close(n, a, r, t)
+
+
+def test_torch_compile_fullgraph_aot_eager(device):
+    _, fast = _pair(mefc=True, seed=4)
+    fast = fast.to(device)
+    x = randn(1, 3, 16, 16, seed=5, device=device)
+    g = randn(1, 3, 16, 16, seed=6, device=device)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    out_c, grads_c = _grads(compiled, x, g)
+    out_e, grads_e = _grads(fast, x, g)
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_torch_compile_fullgraph_inductor(device):
+    ref, fast = _pair(mefc=False, seed=7)
+    fast = fast.to(device)
+    x = randn(1, 3, 16, 16, seed=8, device=device)
+    g = randn(1, 3, 16, 16, seed=9, device=device)
+    compiled = torch.compile(fast, backend="inductor", fullgraph=True)
+    out_c, grads_c = _grads(compiled, x, g)
+    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
+    out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
+    assert_close("output", out_c, out64, out32)
+    for a, r, t in zip(grads_c, grads64, grads32):
+        assert_close("grad", a, r, t)
+
+
+def test_autocast_agrees_with_reference_under_autocast(device):
+    """Under autocast both models compute in half precision with fp32 accumulation; each is
+    compared with the float64 reference, and the fast one may err at most 4x as much as the
+    original does under the same autocast (plus the fp16 floor)."""
+    dtype = torch.float16 if device.type == "cpu" else torch.bfloat16
+    ref, fast = _pair(mefc=False, seed=10)
+    fast = fast.to(device)
+    x = randn(1, 3, 16, 16, seed=11, device=device)
+    g = randn(1, 3, 16, 16, seed=12, device=device)
+    with torch.autocast(device.type, dtype=dtype):
+        out, grads = _grads(fast, x, g)
+    with torch.autocast("cpu", dtype=dtype):
+        out_lp, grads_lp = _grads(ref.float(), x.cpu(), g.cpu())
+    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
+    assert_close("output", out, out64, out_lp, dtype=dtype)
+    for a, r, t in zip(grads, grads64, grads_lp):
+        assert_close("grad", a, r, t, dtype=dtype)
+
+
+def test_activation_checkpointing_over_blocks(device):
+    from torch.utils.checkpoint import checkpoint
+
+    _, fast = _pair(mefc=False, seed=13)
+    fast = fast.to(device)
+    x = randn(1, 3, 16, 16, seed=14, device=device)
+    g = randn(1, 3, 16, 16, seed=15, device=device)
+    out_e, grads_e = _grads(fast, x, g)
+    for level in (fast.encoder_level1, fast.encoder_level2, fast.latent, fast.decoder_level1):
+        for i, block in enumerate(level):
+            level[i] = _Checkpointed(block, checkpoint)
+    out_c, grads_c = _grads(fast, x, g)
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Checkpointed(torch.nn.Module):
+    def __init__(self, block, checkpoint):
+        super().__init__()
+        self.block = block
+        self._checkpoint = checkpoint
+
+    def forward(self, x):
+        return self._checkpoint(self.block, x, use_reentrant=False)
+
+
+@pytest.mark.parametrize("mefc", [False, True], ids=["without_mefc", "with_mefc"])
+def test_saved_for_backward_at_most_half_of_the_original(mefc):
+    shape = (2, 3, 128, 128)
+    ref = R.DRSformer(mefc=mefc)
+    fast = DRSformer(mefc=mefc)
+    ours = drsformer_fast.saved_tensor_bytes(fast, shape)
+    theirs = drsformer_fast.saved_tensor_bytes(ref, shape)
+    print(f"saved for backward at {shape}: fast {ours / 1e9:.2f} GB, original {theirs / 1e9:.2f} GB "
+          f"({ours / theirs:.2f})")
+    assert ours <= theirs / 2, (ours, theirs)
