@@ -343,3 +343,30 @@ def test_gpu_bench_small(tmp_path):
     result = json.loads(out.read_text())
     assert code == 0 and result["mode"] == "gpu" and result["environment"]["device"]
     assert all(r["status"] in ("ok", "unavailable") for r in result["results"])
+
+
+def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
+    """The pytest-benchmark suites (GPU-only) run on the CPU at tiny shapes in Triton's interpreter with
+    DRSFORMER_FAST_BENCH_SMOKE=1, and record what the results README promises in extra_info."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "micro.json"
+    env = dict(os.environ, DRSFORMER_FAST_BENCH_SMOKE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks",
+                           "--benchmark-json", str(out)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["benchmarks"]
+    blocks = [r["extra_info"] for r in runs if "block" in r["extra_info"]]
+    assert {b["block"] for b in blocks} >= {"layernorm", "attention"}
+    assert {(b["variant"], b["pass"]) for b in blocks} == {
+        (v, p) for v in ("original", "fused") for p in ("forward", "forward-backward")}
+    for info in blocks:
+        assert {"shape", "scenario", "input", "variant", "pass", "dtype", "bytes_moved", "gbps"} <= set(info)
+        assert info["shape"].startswith(info["scenario"]) and info["bytes_moved"] > 0
+    models = [r["extra_info"] for r in runs if r["extra_info"].get("model") == "DRSformer"]
+    assert {m["pass"] for m in models} == {"inference", "training-step"}
