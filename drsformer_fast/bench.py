@@ -164,7 +164,9 @@ def build_models(config: dict, seed: int = 0):
 
 
 def _git_commit() -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The checkout's commit; ``DRSFORMER_FAST_GIT_COMMIT`` where there is no git repository (a copy of
+    the working tree on another machine: ``scripts/gpu_session.sh`` passes it on)."""
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -172,7 +174,7 @@ def _git_commit() -> dict:
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return {"git_commit": commit, "git_dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
+        return {"git_commit": os.environ.get("DRSFORMER_FAST_GIT_COMMIT") or None, "git_dirty": None}
 
 
 def environment(device: torch.device | None = None) -> dict:

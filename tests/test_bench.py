@@ -370,3 +370,14 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
         assert info["shape"].startswith(info["scenario"]) and info["bytes_moved"] > 0
     models = [r["extra_info"] for r in runs if r["extra_info"].get("model") == "DRSformer"]
     assert {m["pass"] for m in models} == {"inference", "training-step"}
+
+
+def test_commit_from_the_environment_without_git(monkeypatch):
+    """A copy of the working tree without .git (the GPU machine): scripts/gpu_session.sh passes the commit."""
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(bench.subprocess, "run", no_git)
+    monkeypatch.setenv("DRSFORMER_FAST_GIT_COMMIT", "0123abc")
+    env = bench.environment()
+    assert env["git_commit"] == "0123abc" and env["git_dirty"] is None
