@@ -68,3 +68,42 @@ def check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperat
         check_tensor(f"attn{i + 1}", a, device=dev, shape=(1,))
     if residual is not None:
         check_tensor("residual", residual, device=dev, dtypes=SUPPORTED_DTYPES, shape=tuple(x.shape))
+
+
+# The parameters of DRSformer's mixed-scale feed-forward, in the order the functional form takes them.
+FFN_PARAM_NAMES = ("in_weight", "in_bias", "dw3_weight", "dw3_bias", "dw5_weight", "dw5_bias",
+                   "g3_weight", "g3_bias", "g5_weight", "g5_bias", "out_weight", "out_bias")
+
+
+def ffn_param_shapes(dim: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter of the original ``FeedForward`` with ``dim`` channels and ``hidden`` features."""
+    h2 = 2 * hidden
+    return {
+        "in_weight": (h2, dim, 1, 1), "in_bias": (h2,),
+        "dw3_weight": (h2, 1, 3, 3), "dw3_bias": (h2,),
+        "dw5_weight": (h2, 1, 5, 5), "dw5_bias": (h2,),
+        "g3_weight": (hidden, 2, 3, 3), "g3_bias": (hidden,),
+        "g5_weight": (hidden, 2, 5, 5), "g5_bias": (hidden,),
+        "out_weight": (dim, h2, 1, 1), "out_bias": (dim,),
+    }
+
+
+def check_feed_forward_inputs(x: torch.Tensor, params: dict, residual: torch.Tensor | None) -> int:
+    """Validate x, the 12 feed-forward parameters (biases may be None) and the residual; returns hidden."""
+    check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    w_in = params["in_weight"]
+    check_tensor("in_weight", w_in, ndim=4, device=x.device)
+    h2, dim = w_in.shape[0], x.shape[1]
+    if w_in.shape[1] != dim or h2 % 2 or h2 == 0 or tuple(w_in.shape[2:]) != (1, 1):
+        raise ValueError(f"in_weight must have shape [2 * hidden, {dim}, 1, 1] for an input with {dim} channels, "
+                         f"got {tuple(w_in.shape)}")
+    hidden = h2 // 2
+    for name, shape in ffn_param_shapes(dim, hidden).items():
+        p = params[name]
+        if p is None and name.endswith("bias"):
+            continue
+        check_tensor(name, p, device=x.device, shape=shape)
+    check_params(x, **params)
+    if residual is not None:
+        check_tensor("residual", residual, device=x.device, shape=tuple(x.shape), dtypes=(x.dtype,))
+    return hidden

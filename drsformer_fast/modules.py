@@ -142,7 +142,7 @@ class FastTransformerBlock(nn.Module):
         self.norm1 = ChannelLayerNorm(dim, LayerNorm_type)
         self.attn = TopKSparseAttention(dim, num_heads, bias)
         self.norm2 = ChannelLayerNorm(dim, LayerNorm_type)
-        self.ffn = MixedScaleFeedForward(dim, ffn_expansion_factor, bias)  # noqa: F821 (lands with the FFN)
+        self.ffn = MixedScaleFeedForward(dim, ffn_expansion_factor, bias)
 
     @classmethod
     def from_children(cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, ffn: nn.Module):
@@ -155,3 +155,65 @@ class FastTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attn(self.norm1(x), residual=x)
         return self.ffn(self.norm2(x), residual=x)
+
+
+class MixedScaleFeedForward(_PathMixin, nn.Module):
+    """Fast replacement of the original ``FeedForward(dim, ffn_expansion_factor, bias)`` (MSFN).
+
+    Same submodules and parameter names as the original (``project_in``, ``dwconv3x3``,
+    ``dwconv5x5``, ``dwconv3x3_1``, ``dwconv5x5_1``, ``project_out``; ``.bias`` only when
+    ``bias=True``), so an original state dict loads unchanged. ``forward(x, residual=None)``
+    returns ``ffn(x) + residual``, the residual added inside the last kernel.
+    """
+
+    def __init__(self, dim: int, ffn_expansion_factor: float = 2.66, bias: bool = False, *,
+                 hidden_features: int | None = None, device=None, dtype=None):
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor) if hidden_features is None else int(hidden_features)
+        h2 = 2 * hidden
+        kw = {"bias": bias, "device": device, "dtype": dtype}
+        self.dim = dim
+        self.hidden_features = hidden
+        self.project_in = nn.Conv2d(dim, h2, kernel_size=1, **kw)
+        self.dwconv3x3 = nn.Conv2d(h2, h2, kernel_size=3, stride=1, padding=1, groups=h2, **kw)
+        self.dwconv5x5 = nn.Conv2d(h2, h2, kernel_size=5, stride=1, padding=2, groups=h2, **kw)
+        self.dwconv3x3_1 = nn.Conv2d(h2, hidden, kernel_size=3, stride=1, padding=1, groups=hidden, **kw)
+        self.dwconv5x5_1 = nn.Conv2d(h2, hidden, kernel_size=5, stride=1, padding=2, groups=hidden, **kw)
+        self.project_out = nn.Conv2d(h2, dim, kernel_size=1, **kw)
+
+    _CONVS = ("project_in", "dwconv3x3", "dwconv5x5", "dwconv3x3_1", "dwconv5x5_1", "project_out")
+
+    @classmethod
+    def from_original(cls, m: nn.Module) -> MixedScaleFeedForward:
+        """A fast module that shares ``m``'s Parameter objects (no copies): training either one trains
+        both. ``m`` is an original ``FeedForward`` (or anything with the same six convolutions)."""
+        w_in = m.project_in.weight
+        fast = cls(w_in.shape[1], bias=m.project_in.bias is not None, hidden_features=w_in.shape[0] // 2,
+                   device="meta")
+        for name in cls._CONVS:
+            src, dst = getattr(m, name), getattr(fast, name)
+            if dst.weight.shape != src.weight.shape:
+                raise ValueError(f"{name}.weight has shape {tuple(src.weight.shape)}, expected "
+                                 f"{tuple(dst.weight.shape)}")
+            dst.weight = src.weight
+            if (src.bias is None) != (dst.bias is None):
+                raise ValueError(f"{name}: bias presence differs from project_in's")
+            if src.bias is not None:
+                dst.bias = src.bias
+        return fast
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        _check_channels(self, x, self.dim)
+        return ops.mixed_scale_feed_forward(
+            x.to(_compute_dtype(x)),
+            self.project_in.weight, self.project_in.bias,
+            self.dwconv3x3.weight, self.dwconv3x3.bias,
+            self.dwconv5x5.weight, self.dwconv5x5.bias,
+            self.dwconv3x3_1.weight, self.dwconv3x3_1.bias,
+            self.dwconv5x5_1.weight, self.dwconv5x5_1.bias,
+            self.project_out.weight, self.project_out.bias,
+            residual=residual,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, hidden_features={self.hidden_features}, bias={self.project_in.bias is not None}"

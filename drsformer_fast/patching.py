@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .modules import ChannelLayerNorm, FastTransformerBlock, TopKSparseAttention
+from .modules import ChannelLayerNorm, FastTransformerBlock, MixedScaleFeedForward, TopKSparseAttention
 
 
 @dataclass
@@ -122,16 +122,10 @@ def _why_not_feedforward(m: nn.Module) -> str | None:
     return None
 
 
-def _feedforward_class():
-    from .modules import MixedScaleFeedForward
-
-    return MixedScaleFeedForward
-
-
 _KINDS = {
     "LayerNorm": (_why_not_layernorm, lambda m: ChannelLayerNorm.from_original(m)),
     "Attention": (_why_not_attention, lambda m: TopKSparseAttention.from_original(m)),
-    "FeedForward": (_why_not_feedforward, lambda m: _feedforward_class().from_original(m)),
+    "FeedForward": (_why_not_feedforward, lambda m: MixedScaleFeedForward.from_original(m)),
 }
 
 
@@ -176,8 +170,7 @@ def _channels(kind: str, m: nn.Module) -> int:
 
 
 def _is_fast(m: nn.Module) -> bool:
-    return isinstance(m, (ChannelLayerNorm, TopKSparseAttention, FastTransformerBlock)) or (
-        type(m).__name__ == "MixedScaleFeedForward" and type(m).__module__.startswith("drsformer_fast"))
+    return isinstance(m, (ChannelLayerNorm, TopKSparseAttention, MixedScaleFeedForward, FastTransformerBlock))
 
 
 def _convert(name: str, m: nn.Module, verify: bool, report: PatchReport) -> nn.Module | None:

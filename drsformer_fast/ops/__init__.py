@@ -6,6 +6,7 @@ Each fused op is registered under the ``drsformer_fast::`` namespace, so ``torch
 """
 
 from .attention import topk_sparse_attention
+from .feedforward import mixed_scale_feed_forward
 from .layernorm import layer_norm
 
-__all__ = ["layer_norm", "topk_sparse_attention"]
+__all__ = ["layer_norm", "mixed_scale_feed_forward", "topk_sparse_attention"]

@@ -1,0 +1,411 @@
+"""Depthwise 2-D convolution ('same' padding, odd K in {3, 5, 7}), one or two branches: forward and
+backward. Used by the mixed-scale feed-forward (the 3x3 and 5x5 of stage 1 read ``y`` once) and by
+the attention's 3x3 ``qkv_dwconv`` backward.
+
+Layout: a program owns ``BLOCK_C`` channels x ``BLOCK_N`` pixels of one image, pixels flattened
+(n = h * W + w, the contiguous axis of NCHW, so loads coalesce along n). A pixel index is split into
+(n // W, n % W) once per tile; every tap (dh, dw) is then a load at a scalar offset
+``dh * stride_h + dw * stride_w`` with the out-of-image pixels masked to zero (the zero padding).
+The neighbouring rows a tap reads belong to the next/previous tiles and come from L1/L2.
+Any strides are accepted for every input; outputs are written with a dense [C, H, W] per image.
+
+Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
+so one loop over the larger window loads each shifted tile once and feeds both accumulators.
+
+Backward (out = sum_t w_t * x(p + t)):
+  dx(p)   = sum_i sum_t w_i,t * g_i(p - t)           (the transposed convolution, written once)
+  dw_i,t  = sum_p g_i(p - t) * x(p)                   (x loaded once, unshifted; g shifted per tap)
+  db_i    = sum_p g_i(p)
+The weight and bias gradients are reduced deterministically: each program writes its per-channel
+sums for every tap to its own row of a [programs, K*K + 1, C] fp32 buffer, summed afterwards over
+programs in a fixed order (no atomics).
+
+Bytes (per element of x = B*C*H*W, element size s; halo re-reads hit the cache):
+  forward,  1 or 2 branches : read x once, write each output      -> (1 + branches) * s
+  backward                  : read every g_i and x, write dx       -> (2 + branches) * s
+                              + (K_i^2 + 1) * 4 / BLOCK_N bytes per element and branch of partials
+PyTorch runs one cuDNN depthwise kernel per branch (reading x once per branch) and, in backward,
+separate input- and weight-gradient kernels per branch (reading g_i twice and x once per branch).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._registry import CompileConfig, ptr, register_compile_configs
+from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard
+
+KERNEL_SIZES = (3, 5, 7)
+BLOCK_C = 16
+BLOCK_N = 128
+NUM_WARPS = 8
+_INT32_LIMIT = 2**31 - 1
+
+
+@triton.jit
+def _dw_fwd_kernel(
+    x_ptr,  # x: [B, C, H, W], any strides
+    w1_ptr,  # weight of branch 1: [C, K1*K1] fp32
+    b1_ptr,  # bias of branch 1: [C] fp32 (zeros when the branch has none)
+    w2_ptr,  # weight of branch 2: [C, K2*K2] fp32 (unused without TWO)
+    b2_ptr,  # bias of branch 2: [C] fp32
+    xb_ptr,  # input bias: [C] fp32, added to x inside the image (unused when not HAS_XBIAS)
+    o1_ptr,  # output of branch 1: [B, C, H, W], dense per image, batch stride stride_ob
+    o2_ptr,  # output of branch 2: same layout (unused without TWO)
+    C, N, H, W,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_ob,
+    K1,  # kernel size of branch 1 (with two branches, the smaller one: K1 <= K2)
+    K2,  # kernel size of branch 2 (unused without TWO)
+    TWO: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_XBIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_c = o_c < C
+    m_n = o_n < N
+    # loads use clamped channels (always in bounds, never stored), so the tap masks stay 1-D
+    o_cl = tl.minimum(o_c, C - 1)
+    o_h = o_n // W
+    o_w = o_n % W
+    # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
+    x_img = x_ptr + i_b * stride_xb
+    o_x = o_cl[:, None] * stride_xc + (o_h * stride_xh + o_w * stride_xw)[None, :]
+    p_w1 = w1_ptr + o_cl * (K1 * K1)
+    p_w2 = w2_ptr + o_cl * (K2 * K2)
+    if HAS_XBIAS:
+        b_xb = tl.load(xb_ptr + o_cl)[:, None]
+    R1 = K1 // 2
+    if TWO:
+        KM = K2
+    else:
+        KM = K1
+    RM = KM // 2
+
+    b_acc1 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    b_acc2 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    # one pass over the larger window: each shifted tile of x is loaded once for both branches
+    for kh in range(0, KM):
+        dh = kh - RM
+        m_h = m_n & (o_h + dh >= 0) & (o_h + dh < H)
+        for kw in range(0, KM):
+            dw = kw - RM
+            m = (m_h & (o_w + dw >= 0) & (o_w + dw < W))[None, :]
+            b_x = tl.load(x_img + (o_x + (dh * stride_xh + dw * stride_xw)), mask=m, other=0.0).to(tl.float32)
+            if HAS_XBIAS:
+                b_x = tl.where(m, b_x + b_xb, 0.0)
+            if TWO:
+                b_acc2 += tl.load(p_w2 + (kh * KM + kw))[:, None] * b_x
+                if (dh >= -R1) & (dh <= R1) & (dw >= -R1) & (dw <= R1):
+                    b_acc1 += tl.load(p_w1 + ((dh + R1) * K1 + dw + R1))[:, None] * b_x
+            else:
+                b_acc1 += tl.load(p_w1 + (kh * KM + kw))[:, None] * b_x
+
+    m_out = m_c[:, None] & m_n[None, :]
+    o_out = i_b * stride_ob + o_c[:, None] * N + o_n[None, :]
+    b_acc1 += tl.load(b1_ptr + o_cl)[:, None]
+    if RELU:
+        b_acc1 = tl.maximum(b_acc1, 0.0)
+    tl.store(o1_ptr + o_out, b_acc1.to(o1_ptr.dtype.element_ty), mask=m_out)
+    if TWO:
+        b_acc2 += tl.load(b2_ptr + o_cl)[:, None]
+        if RELU:
+            b_acc2 = tl.maximum(b_acc2, 0.0)
+        tl.store(o2_ptr + o_out, b_acc2.to(o2_ptr.dtype.element_ty), mask=m_out)
+
+
+@triton.jit
+def _dw_bwd_branch(g_img, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K,
+                   NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
+    """One branch of the backward: adds its transposed convolution to b_dx and writes its weight and
+    bias partial sums (rows t < K*K and K*K of this program's slot)."""
+    R = K // 2
+    for kh in range(0, K):
+        dh = kh - R
+        # g is read at p - t: the forward's tap (dh, dw) reaches this pixel from (h - dh, w - dw)
+        m_h = m_n & (o_h - dh >= 0) & (o_h - dh < H)
+        for kw in range(0, K):
+            dw = kw - R
+            m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
+            b_g = tl.load(g_img + (o_g - (dh * stride_gh + dw * stride_gw)), mask=m, other=0.0).to(tl.float32)
+            if NEED_DX:
+                b_dx += tl.load(p_w + (kh * K + kw))[:, None] * b_g
+            if NEED_PARAM_GRAD:
+                tl.store(p_p + (kh * K + kw) * C, tl.sum(b_g * b_x, axis=1), mask=m_c)
+    if NEED_PARAM_GRAD:
+        tl.store(p_p + (K * K) * C, tl.sum(tl.load(g_img + o_g, mask=m_n[None, :], other=0.0).to(tl.float32), axis=1),
+                 mask=m_c)
+    return b_dx
+
+
+@triton.jit
+def _dw_bwd_kernel(
+    g1_ptr,  # gradient of branch 1's (pre-activation) output: [B, C, H, W], any strides
+    g2_ptr,  # gradient of branch 2's output: [B, C, H, W], any strides (unused without TWO)
+    x_ptr,  # x: [B, C, H, W], any strides (unused without NEED_PARAM_GRAD)
+    w1_ptr,  # [C, K1*K1] fp32
+    w2_ptr,  # [C, K2*K2] fp32
+    xb_ptr,  # input bias [C] fp32 (unused when not HAS_XBIAS)
+    dx_ptr,  # dx: [B, C, H, W] contiguous (unused without NEED_DX)
+    p1_ptr,  # partials of branch 1: [B * n_tiles, K1*K1 + 1, C] fp32 (row K1*K1: bias)
+    p2_ptr,  # partials of branch 2: [B * n_tiles, K2*K2 + 1, C] fp32
+    C, N, H, W,
+    stride_xb, stride_xc, stride_xh, stride_xw,
+    stride_g1b, stride_g1c, stride_g1h, stride_g1w,
+    stride_g2b, stride_g2c, stride_g2h, stride_g2w,
+    K1,
+    K2,
+    TWO: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr,
+    HAS_XBIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_c = o_c < C
+    m_n = o_n < N
+    o_cl = tl.minimum(o_c, C - 1)
+    o_h = o_n // W
+    o_w = o_n % W
+    i_part = i_b * tl.num_programs(0) + i_n
+    b_x = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    if NEED_PARAM_GRAD:
+        m_0 = m_n[None, :]
+        b_x = tl.load(x_ptr + i_b * stride_xb + o_cl[:, None] * stride_xc
+                      + (o_h * stride_xh + o_w * stride_xw)[None, :], mask=m_0, other=0.0).to(tl.float32)
+        if HAS_XBIAS:
+            b_x = tl.where(m_0, b_x + tl.load(xb_ptr + o_cl)[:, None], 0.0)
+
+    b_dx = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    b_dx = _dw_bwd_branch(
+        g1_ptr + i_b * stride_g1b, o_cl[:, None] * stride_g1c + (o_h * stride_g1h + o_w * stride_g1w)[None, :],
+        stride_g1h, stride_g1w, w1_ptr + o_cl * (K1 * K1), p1_ptr + i_part * ((K1 * K1 + 1) * C) + o_c,
+        b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K1, NEED_DX, NEED_PARAM_GRAD,
+    )
+    if TWO:
+        b_dx = _dw_bwd_branch(
+            g2_ptr + i_b * stride_g2b, o_cl[:, None] * stride_g2c + (o_h * stride_g2h + o_w * stride_g2w)[None, :],
+            stride_g2h, stride_g2w, w2_ptr + o_cl * (K2 * K2), p2_ptr + i_part * ((K2 * K2 + 1) * C) + o_c,
+            b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K2, NEED_DX, NEED_PARAM_GRAD,
+        )
+    if NEED_DX:
+        tl.store(dx_ptr + i_b * C * N + o_c[:, None] * N + o_n[None, :], b_dx.to(dx_ptr.dtype.element_ty),
+                 mask=m_c[:, None] & m_n[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_image_offsets(name: str, t: torch.Tensor) -> None:
+    """Offsets inside one image are int32 in the kernels (the batch offset is int64)."""
+    span = sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]))
+    if span > _INT32_LIMIT or t.shape[1] * t.shape[2] * t.shape[3] > _INT32_LIMIT:
+        raise ValueError(f"{name}: one image spans more than 2**31 elements ({tuple(t.shape)}); not supported")
+
+
+def _check_branches(x: torch.Tensor, weights, biases=None) -> list[int]:
+    check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    _check_image_offsets("x", x)
+    if not isinstance(weights, (list, tuple)) or len(weights) not in (1, 2):
+        raise ValueError(f"depthwise conv takes 1 or 2 branches (a list of weights), got {weights!r:.80}")
+    if biases is not None and (not isinstance(biases, (list, tuple)) or len(biases) != len(weights)):
+        raise ValueError(f"biases must be a list with one entry (tensor or None) per branch, got {biases!r:.80}")
+    C = x.shape[1]
+    sizes = []
+    for i, w in enumerate(weights):
+        check_tensor(f"weights[{i}]", w, ndim=4, device=x.device)
+        k = w.shape[-1]
+        if k not in KERNEL_SIZES or tuple(w.shape) != (C, 1, k, k):
+            raise ValueError(f"weights[{i}] must have shape [{C}, 1, K, K] with K in {KERNEL_SIZES}, "
+                             f"got {tuple(w.shape)}")
+        if not w.is_floating_point():
+            raise TypeError(f"weights[{i}] must be floating point, got {w.dtype}")
+        if biases is not None and biases[i] is not None:
+            check_tensor(f"biases[{i}]", biases[i], device=x.device, shape=(C,))
+        sizes.append(k)
+    return sizes
+
+
+def _order(sizes: list[int]) -> list[int]:
+    """Branch order for the kernel: the smaller kernel first (its taps are inside the larger window)."""
+    return [1, 0] if len(sizes) == 2 and sizes[0] > sizes[1] else list(range(len(sizes)))
+
+
+def _f32(t: torch.Tensor | None, C: int, like: torch.Tensor) -> torch.Tensor:
+    """A parameter as a dense fp32 vector ([C] or [C * K * K]); zeros for a missing bias."""
+    if t is None:
+        return torch.zeros(C, device=like.device, dtype=torch.float32)
+    return t.detach().to(torch.float32).contiguous().view(-1)
+
+
+def depthwise_conv_fwd(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    relu: bool,
+    *,
+    input_bias: torch.Tensor | None = None,
+    out: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Depthwise convolutions of ``x: [B, C, H, W]`` (any strides, fp32/fp16/bf16), 1 or 2 branches.
+
+    ``weights[i]``: [C, 1, K_i, K_i], K_i in (3, 5, 7), padding K_i // 2; ``biases[i]``: [C] or None;
+    ``relu``: apply ReLU to every output. Both branches are computed from one read of x.
+    ``input_bias`` ([C] or None) is added to x inside the image before the convolution (it lets the
+    bias of a preceding 1x1 convolution be folded in without a pass over x).
+    ``out``: optional preallocated outputs, each [B, C, H, W] in x's dtype with a dense [C, H, W]
+    per image (e.g. channel slices of one larger buffer); else new contiguous tensors are returned.
+    fp32 accumulation; outputs in x's dtype.
+    """
+    sizes = _check_branches(x, weights, biases)
+    B, C, H, W = x.shape
+    N = H * W
+    if input_bias is not None:
+        check_tensor("input_bias", input_bias, device=x.device, shape=(C,))
+    if out is None:
+        out = [torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) for _ in sizes]
+    else:
+        if len(out) != len(sizes):
+            raise ValueError(f"out needs {len(sizes)} tensors, got {len(out)}")
+        for i, o in enumerate(out):
+            check_tensor(f"out[{i}]", o, device=x.device, shape=(B, C, H, W), dtypes=(x.dtype,))
+            if o.stride()[1:] != (N, W, 1) or o.stride(0) != out[0].stride(0):
+                raise ValueError(f"out[{i}] must be dense per image (strides [*, {N}, {W}, 1]), got {o.stride()}")
+    if x.numel() == 0:
+        return list(out)
+    order = _order(sizes)
+    ws = [_f32(weights[i], C, x) for i in order]
+    bs = [_f32(biases[i], C, x) for i in order]
+    os_ = [out[i] for i in order]
+    two = len(sizes) == 2
+    xb = _f32(input_bias, C, x) if input_bias is not None else ws[0]
+    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(C, BLOCK_C), B)
+    with device_guard(x):
+        _dw_fwd_kernel[grid](
+            x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
+            sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
+            HAS_XBIAS=input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+            **LAUNCH_OPTIONS,
+        )
+    return list(out)
+
+
+def depthwise_conv_bwd(
+    grads: list[torch.Tensor],
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    *,
+    need_input_grad: bool = True,
+    need_weight_grad: bool = True,
+    need_bias_grad: bool = False,
+    input_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """Gradients of :func:`depthwise_conv_fwd` given ``grads[i]``, the gradient of branch i's output
+    before any ReLU (any strides; the caller applies the ReLU mask).
+
+    Returns ``(dx, [dweight_i], [dbias_i])``: dx [B, C, H, W] contiguous in x's dtype (the sum over
+    branches, written once), dweight_i [C, 1, K_i, K_i] and dbias_i [C] in fp32, each None when not
+    asked for. Weight and bias gradients are reduced deterministically (per-program partial sums,
+    summed in a fixed order). ``input_bias`` must be the one given to the forward.
+    """
+    sizes = _check_branches(x, weights)
+    B, C, H, W = x.shape
+    N = H * W
+    if not isinstance(grads, (list, tuple)) or len(grads) != len(sizes):
+        raise ValueError(f"grads needs one tensor per branch ({len(sizes)})")
+    for i, g in enumerate(grads):
+        check_tensor(f"grads[{i}]", g, ndim=4, device=x.device, shape=(B, C, H, W), dtypes=SUPPORTED_DTYPES)
+        _check_image_offsets(f"grads[{i}]", g)
+    grads = [g if g.dtype == x.dtype else g.to(x.dtype) for g in grads]
+    if input_bias is not None:
+        check_tensor("input_bias", input_bias, device=x.device, shape=(C,))
+    need_param = bool(need_weight_grad or need_bias_grad)
+    nb = len(sizes)
+    if not (need_input_grad or need_param):
+        return None, [None] * nb, [None] * nb
+    if x.numel() == 0:
+        dx = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_input_grad else None
+        dws = [torch.zeros(C, 1, k, k, device=x.device) if need_weight_grad else None for k in sizes]
+        dbs = [torch.zeros(C, device=x.device) if need_bias_grad else None for _ in sizes]
+        return dx, dws, dbs
+    order = _order(sizes)
+    two = nb == 2
+    ks = [sizes[i] for i in order]
+    gs = [grads[i] for i in order]
+    ws = [_f32(weights[i], C, x) for i in order]
+    n_tiles = triton.cdiv(N, BLOCK_N)
+    dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
+    parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
+             for k in ks]
+    xb = _f32(input_bias, C, x) if input_bias is not None else ws[0]
+    dummy = ws[0]
+    grid = (n_tiles, triton.cdiv(C, BLOCK_C), B)
+    with device_guard(x):
+        _dw_bwd_kernel[grid](
+            gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
+            parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
+            C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
+            TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
+            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N,
+            num_warps=NUM_WARPS, **LAUNCH_OPTIONS,
+        )
+    dws: list[torch.Tensor | None] = [None] * nb
+    dbs: list[torch.Tensor | None] = [None] * nb
+    if need_param:
+        for j, i in enumerate(order):
+            k = sizes[i]
+            total = parts[j].sum(0)  # fixed-order reduction over programs: deterministic
+            if need_weight_grad:
+                dws[i] = total[: k * k].t().reshape(C, 1, k, k)
+            if need_bias_grad:
+                dbs[i] = total[k * k].clone()  # its own storage: callers may return it beside dws[i]
+    return dx, dws, dbs
+
+
+# ----------------------------------------------------------------------------------------------
+# Every configuration the launchers can choose
+# ----------------------------------------------------------------------------------------------
+
+
+@register_compile_configs
+def _compile_configs():
+    ints = ("C", "N", "H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_xw")
+    for dtype in ("float32", "float16", "bfloat16"):
+        for two in (False, True):
+            for relu in (False, True):
+                for xbias in (False, True):
+                    yield CompileConfig(
+                        _dw_fwd_kernel,
+                        {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
+                         "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
+                         **{k: "i32" for k in ints}, "stride_ob": "i32", "K1": "i32", "K2": "i32"},
+                        {"TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                        num_warps=NUM_WARPS, tag=dtype,
+                    )
+            bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw") + ("K1", "K2")
+            for need_dx, need_param, xbias in ((True, False, False), (True, True, False), (True, True, True),
+                                               (False, True, False), (False, True, True)):
+                yield CompileConfig(
+                    _dw_bwd_kernel,
+                    {"g1_ptr": ptr(dtype), "g2_ptr": ptr(dtype), "x_ptr": ptr(dtype), "w1_ptr": "*fp32",
+                     "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
+                     "p2_ptr": "*fp32", **{k: "i32" for k in bwd_ints}},
+                    {"TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param, "HAS_XBIAS": xbias,
+                     "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                    num_warps=NUM_WARPS, tag=dtype,
+                )

@@ -1,0 +1,468 @@
+"""Mixed-Scale Feed-Forward Network (MSFN) of DRSformer: the stage-2 kernels and the launchers of the
+whole block, forward and backward.
+
+With d = dim, h = hidden, y = project_in(x) (2h channels), a = relu(dwconv3x3(y)),
+b = relu(dwconv5x5(y)), x1 = cat(a[:h], b[:h]), x2 = cat(a[h:], b[h:]), u = relu(g3(x1)),
+v = relu(g5(x2)) (grouped 2h -> h: output j reads input channels 2j, 2j+1), out = project_out(cat(u, v)):
+
+  forward   1. y = W_in x                       cuBLAS matmul (the bias b_in is folded into step 2)
+            2. a, b = stage 1                   ``dwconv.depthwise_conv_fwd``: both convolutions from
+                                                one read of y, written into one buffer ab [B, 4h, H, W]
+            3. out = stage 2 (+ residual)       ``_ffn_fwd_kernel``: per token tile, for each chunk of
+                                                u (then v) channels the grouped conv + ReLU in registers,
+                                                accumulated into out with tl.dot(W_out[:, chunk], chunk);
+                                                cat(u, v) never reaches memory
+  backward  (nothing but x and the parameters is saved: y, a, b are recomputed)
+            1-2. y, ab as in the forward
+            3. du, dv (pre-ReLU)                ``_ffn_bwd_uv_kernel``: W_out^T dout by tl.dot, u/v
+                                                recomputed for the ReLU mask and for dW_out (per-program
+                                                partials dout . uv^T)
+            4. d(pre-ReLU a, b)                 ``_ffn_bwd_x_kernel``: transposed grouped conv of du/dv,
+                                                g3/g5 weight and bias partials, the stage-1 ReLU mask
+                                                (a > 0) applied, written into one buffer dab
+            5. dy, stage-1 weight grads         ``dwconv.depthwise_conv_bwd``
+            6. dx = W_in^T dy, dW_in = dy x^T    cuBLAS
+The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
+ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
+
+Bytes moved, level 1 of the default model at 256x256 (B=1, d=48, h=127, fp32, N=65536 pixels;
+one channel plane = 0.262 MB; weights and partial sums are < 2% and left out except where noted):
+
+  forward                                      reads          writes         total
+  original (eager, 12 kernels)
+    project_in                                 x 48           y 254
+    dwconv3x3 + relu, dwconv5x5 + relu         y 254 x2, 254x2 254 x 4
+    chunk + cat (x1, x2)                       508            508
+    dwconv3x3_1 + relu, dwconv5x5_1 + relu     508 + 254      254
+    cat(u, v), project_out                     254 + 254      254 + 48
+    sum                                        2842 planes    2334 planes    5176 planes = 1.36 GB
+  fused, two stages (this module)
+    project_in (cuBLAS)                        x 48           y 254
+    stage 1 (dwconv, both branches)            y 254          ab 508
+    stage 2 + project_out (+ residual 48)      ab 508 (+48)   out 48
+    sum                                        810 (+48)      810            1620 planes = 0.42 GB
+                                                                             (+ residual 0.013 GB)
+  fused, stage 1 inside stage 2 (not built)    x 48, y 254    y 254, out 48  604 planes  = 0.16 GB
+    (y's 5x5 halo recomputed per tile; the 4h-channel ab never reaches memory)
+
+  backward                                     reads          writes         total
+  fused (this module)
+    recompute y, ab                            x 48, y 254    y 254, ab 508
+    stage 2 uv backward                        ab 508, dout 48  duv 254 (+ dW_out partials 0.025 GB)
+    stage 2 x backward                         duv 254, ab 508  dab 508
+    stage 1 backward (dwconv)                  dab 508, y 254   dy 254
+    dx, dW_in (cuBLAS)                         dy 254 x2, x 48  dx 48
+    sum                                        2938           1826           4764 planes = 1.25 GB
+  (saving y instead of recomputing it would save 302 planes = 0.08 GB of traffic but keep 5.3x as
+  many bytes alive between forward and backward; the original saves x, y, both ReLU outputs, x1, x2,
+  u, v and cat(u, v): 1826 planes = 0.48 GB, against x alone (48 planes) here.)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validation import FFN_PARAM_NAMES as PARAM_NAMES  # noqa: F401 (re-exported)
+from .._validation import check_feed_forward_inputs
+from ._registry import CompileConfig, ptr, register_compile_configs
+from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, next_pow2
+from .dwconv import _check_image_offsets, depthwise_conv_bwd, depthwise_conv_fwd
+
+# stage 2 forward: token tile x output-channel tile, hidden channels in chunks of BLOCK_J
+FWD_BLOCK_N = 64
+FWD_BLOCK_J = 16
+# backward
+BWD_BLOCK_N = 128
+BWD_BLOCK_J = 16
+BWD_BLOCK_D = 16
+BWD_NUM_WARPS = 8
+
+
+@triton.jit
+def _grouped_conv_chunk(
+    ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n,
+    gw_ptr,  # weight [h, 2, K, K] fp32
+    HID, x_off,
+    stride_abb, stride_abc, stride_abh, stride_abw,
+    K: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Pre-activation of the grouped conv for output channels o_jl (clamped to < HID) on a token tile:
+    sum over c in {0, 1} and taps t of w[j, c, t] * xs(2j + c, p + t), where xs is x1 (x_off = 0) or
+    x2 (x_off = HID) and x-channel i lives in ab channel x_off + i + HID * (i >= HID)."""
+    R: tl.constexpr = K // 2
+    KK: tl.constexpr = K * K
+    i_e = 2 * o_jl
+    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
+    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
+    # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
+    ab_img = ab_ptr + i_b * stride_abb
+    o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
+    o_e = s_e[:, None] * stride_abc + o_pix
+    o_o = s_o[:, None] * stride_abc + o_pix
+    p_we = gw_ptr + o_jl * (2 * KK)
+    b_acc = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
+    for kh in range(0, K):
+        dh = kh - R
+        m_h = m_n & (o_h + dh >= 0) & (o_down - dh >= 0)
+        for kw in range(0, K):
+            dw = kw - R
+            m = (m_h & (o_w + dw >= 0) & (o_right - dw >= 0))[None, :]
+            o_t = dh * stride_abh + dw * stride_abw
+            b_xe = tl.load(ab_img + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
+            b_xo = tl.load(ab_img + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
+            b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
+    return b_acc
+
+
+@triton.jit
+def _ffn_fwd_kernel(
+    ab_ptr,  # ab: [B, 4h, H, W] = (a, b) of stage 1, any strides
+    g3w_ptr,  # dwconv3x3_1 weight: [h, 2, 3, 3] fp32
+    g3b_ptr,  # dwconv3x3_1 bias: [h] fp32 (zeros without bias)
+    g5w_ptr,  # dwconv5x5_1 weight: [h, 2, 5, 5] fp32
+    g5b_ptr,  # [h] fp32
+    wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
+    bo_ptr,  # project_out bias: [D] fp32
+    res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
+    out_ptr,  # out: [B, D, H, W] contiguous
+    HID, D, N, H, W,
+    stride_abb, stride_abc, stride_abh, stride_abw,
+    stride_rb, stride_rc, stride_rh, stride_rw,
+    HAS_RES: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    i_d = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_n = o_n < N
+    m_d = o_d < D
+    o_h = o_n // W
+    o_w = o_n % W
+    o_down = H - 1 - o_h
+    o_right = W - 1 - o_w
+    b_out = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    # u = relu(g3(x1)) feeds W_out[:, :h], v = relu(g5(x2)) feeds W_out[:, h:]
+    for j0 in range(0, HID, BLOCK_J):
+        o_j = j0 + tl.arange(0, BLOCK_J)
+        m_j = o_j < HID
+        o_jl = tl.minimum(o_j, HID - 1)
+        b_u = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g3w_ptr, HID, 0,
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, BLOCK_J, BLOCK_N)
+        b_u = tl.maximum(b_u + tl.load(g3b_ptr + o_jl)[:, None], 0.0)
+        b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
+        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision="ieee")
+    for j0 in range(0, HID, BLOCK_J):
+        o_j = j0 + tl.arange(0, BLOCK_J)
+        m_j = o_j < HID
+        o_jl = tl.minimum(o_j, HID - 1)
+        b_v = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g5w_ptr, HID, HID,
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, BLOCK_J, BLOCK_N)
+        b_v = tl.maximum(b_v + tl.load(g5b_ptr + o_jl)[:, None], 0.0)
+        b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
+                       mask=m_d[:, None] & m_j[None, :], other=0.0)
+        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision="ieee")
+
+    m = m_d[:, None] & m_n[None, :]
+    b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+    if HAS_RES:
+        b_out += tl.load(res_ptr + i_b * stride_rb + o_d[:, None] * stride_rc
+                         + (o_h * stride_rh + o_w * stride_rw)[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + i_b * D * N + o_d[:, None] * N + o_n[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _ffn_bwd_uv_kernel(
+    dout_ptr,  # dout: [B, D, H, W], any strides
+    ab_ptr,  # ab: [B, 4h, H, W], any strides
+    gw_ptr,  # weight of this side's grouped conv: [h, 2, K, K] fp32
+    gb_ptr,  # its bias: [h] fp32
+    wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
+    duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous, x's dtype
+    uv_ptr,  # out: the activations cat(u, v): [B, 2h, H, W] contiguous, x's dtype (for dW_out)
+    pb_ptr,  # partials of this conv's bias grad: [B * n_tiles, 2h] fp32 (columns of this side)
+    HID, D, N, H, W,
+    x_off,  # 0 for u (reads x1), HID for v (reads x2); also the column offset in W_out / duv
+    stride_db, stride_dc, stride_dh, stride_dw,
+    stride_abb, stride_abc, stride_abh, stride_abw,
+    K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    i_j = tl.program_id(0)  # fastest: the programs of one token tile share dout in L2
+    i_n = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_j = o_j < HID
+    m_n = o_n < N
+    o_jl = tl.minimum(o_j, HID - 1)
+    o_h = o_n // W
+    o_w = o_n % W
+    o_down = H - 1 - o_h
+    o_right = W - 1 - o_w
+    b_pre = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, gw_ptr, HID, x_off,
+                                stride_abb, stride_abc, stride_abh, stride_abw, K, BLOCK_J, BLOCK_N)
+    b_pre += tl.load(gb_ptr + o_jl)[:, None]
+    m_out = m_j[:, None] & m_n[None, :]
+    o_out = i_b * (2 * HID) * N + (x_off + o_j)[:, None] * N + o_n[None, :]
+    tl.store(uv_ptr + o_out, tl.maximum(b_pre, 0.0).to(uv_ptr.dtype.element_ty), mask=m_out)
+
+    # W_out^T dout in chunks of BLOCK_D output channels (a short reduction keeps fp32 FMA dots in registers)
+    o_col = x_off + o_j
+    dout_img = dout_ptr + i_b * stride_db
+    o_dpix = (o_h * stride_dh + o_w * stride_dw)[None, :]
+    b_g = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        b_dout = tl.load(dout_img + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
+        b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
+        b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision="ieee")
+    b_g = tl.where(b_pre > 0.0, b_g, 0.0)
+    tl.store(duv_ptr + o_out, b_g.to(duv_ptr.dtype.element_ty), mask=m_out)
+    tl.store(pb_ptr + (i_b * tl.num_programs(1) + i_n) * (2 * HID) + o_col, tl.sum(b_g, axis=1), mask=m_j)
+
+
+@triton.jit
+def _ffn_bwd_x_kernel(
+    duv_ptr,  # gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous
+    ab_ptr,  # ab: [B, 4h, H, W], any strides
+    gw_ptr,  # this side's grouped-conv weight: [h, 2, K, K] fp32
+    dab_ptr,  # out: gradient of the pre-ReLU (a, b): [B, 4h, H, W] contiguous, x's dtype
+    pw_ptr,  # partials of this conv's weight grad: [B * n_tiles, 2*K*K, h] fp32 (row c*K*K + t)
+    HID, N, H, W,
+    x_off,  # 0: u side (x1), HID: v side (x2)
+    stride_abb, stride_abc, stride_abh, stride_abw,
+    K: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    R: tl.constexpr = K // 2
+    KK: tl.constexpr = K * K
+    i_n = tl.program_id(0)
+    i_j = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_j = o_j < HID
+    m_n = o_n < N
+    o_jl = tl.minimum(o_j, HID - 1)
+    o_h = o_n // W
+    o_w = o_n % W
+    o_down = H - 1 - o_h
+    o_right = W - 1 - o_w
+    # the two x-channels of group j and where they live in ab (and dab)
+    i_e = 2 * o_jl
+    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
+    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
+    ab_img = ab_ptr + i_b * stride_abb
+    o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
+    m_0 = m_n[None, :]
+    b_xe = tl.load(ab_img + (s_e[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    b_xo = tl.load(ab_img + (s_o[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    g_img = duv_ptr + i_b * (2 * HID) * N
+    o_g = (x_off + o_jl)[:, None] * N + o_n[None, :]
+    p_we = gw_ptr + o_jl * (2 * KK)
+    i_part = i_b * tl.num_programs(0) + i_n
+    p_pw = pw_ptr + i_part * (2 * KK) * HID + o_j
+    b_dxe = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
+    b_dxo = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
+    for kh in range(0, K):
+        dh = kh - R
+        # du/dv are read at p - t
+        m_h = m_n & (o_h - dh >= 0) & (o_down + dh >= 0)
+        for kw in range(0, K):
+            dw = kw - R
+            t = kh * K + kw
+            m = (m_h & (o_w - dw >= 0) & (o_right + dw >= 0))[None, :]
+            b_g = tl.load(g_img + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
+            b_dxe += tl.load(p_we + t)[:, None] * b_g
+            b_dxo += tl.load(p_we + (KK + t))[:, None] * b_g
+            tl.store(p_pw + t * HID, tl.sum(b_g * b_xe, axis=1), mask=m_j)
+            tl.store(p_pw + (KK + t) * HID, tl.sum(b_g * b_xo, axis=1), mask=m_j)
+    # the stage-1 ReLU: a = relu(pre) > 0 exactly where pre > 0
+    m = m_j[:, None] & m_n[None, :]
+    dab_img = dab_ptr + i_b * (4 * HID) * N
+    tl.store(dab_img + (s_e[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    tl.store(dab_img + (s_o[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: torch.Tensor | None) -> int:
+    """Validate x, the 12 parameters (biases may be None) and the residual; returns hidden."""
+    hidden = check_feed_forward_inputs(x, params, residual)
+    _check_image_offsets("x", x)
+    if 4 * hidden * x.shape[2] * x.shape[3] > 2**31 - 1:
+        raise ValueError(f"4 * hidden * H * W = {4 * hidden * x.shape[2] * x.shape[3]} exceeds 2**31; not supported")
+    return hidden
+
+
+def _f32(t: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    if t is None:
+        return torch.zeros(n, device=like.device, dtype=torch.float32)
+    return t.detach().to(torch.float32).contiguous().view(-1)
+
+
+def _fwd_config(dim: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the stage-2 forward: all output channels in one tile up to 128."""
+    block_d = min(128, max(16, next_pow2(dim)))
+    return block_d, 4 if block_d * FWD_BLOCK_N < 4096 else 8
+
+
+def _project_in(x: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
+    """y = W_in x without bias (the bias is added inside stage 1): [B, 2h, H, W] contiguous."""
+    B, D, H, W = x.shape
+    w = w_in.detach().reshape(w_in.shape[0], D).to(x.dtype)
+    return torch.matmul(w, x.reshape(B, D, H * W)).view(B, -1, H, W)
+
+
+def _stage1(x: torch.Tensor, y: torch.Tensor, p: dict, hidden: int) -> torch.Tensor:
+    B, _, H, W = x.shape
+    ab = torch.empty((B, 4 * hidden, H, W), device=x.device, dtype=x.dtype)
+    depthwise_conv_fwd(y, [p["dw3_weight"], p["dw5_weight"]], [p["dw3_bias"], p["dw5_bias"]], True,
+                       input_bias=p["in_bias"], out=[ab[:, : 2 * hidden], ab[:, 2 * hidden:]])
+    return ab
+
+
+def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: torch.Tensor | None = None):
+    """MSFN forward of ``x: [B, d, H, W]`` (any strides): ``project_out(...) (+ residual)``, [B, d, H, W]
+    contiguous in x's dtype. ``params`` maps :data:`PARAM_NAMES` to tensors (biases may be None)."""
+    hidden = check_inputs(x, params, residual)
+    B, D, H, W = x.shape
+    N = H * W
+    out = torch.empty((B, D, H, W), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    with device_guard(x):
+        ab = _stage1(x, _project_in(x, params["in_weight"]), params, hidden)
+        block_d, num_warps = _fwd_config(D)
+        wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
+        res = residual if residual is not None else out
+        grid = (triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(D, block_d), B)
+        _ffn_fwd_kernel[grid](
+            ab, _f32(params["g3_weight"], hidden, x), _f32(params["g3_bias"], hidden, x),
+            _f32(params["g5_weight"], hidden, x), _f32(params["g5_bias"], hidden, x),
+            wo, _f32(params["out_bias"], D, x), res, out,
+            hidden, D, N, H, W, *ab.stride(), *res.stride(),
+            HAS_RES=residual is not None, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
+            num_warps=num_warps, **LAUNCH_OPTIONS,
+        )
+    return out
+
+
+def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor | None],
+            need_input_grad: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor | None]]:
+    """Gradients of :func:`ffn_fwd` for upstream gradient ``dout`` (any strides): ``dx`` (x's dtype,
+    None unless ``need_input_grad``) and a dict of parameter gradients in fp32 (None for absent biases).
+    y and the stage-1 outputs are recomputed from x. The residual's gradient is ``dout`` itself."""
+    hidden = check_inputs(x, params, None)
+    check_tensor("grad_output", dout, shape=tuple(x.shape), device=x.device, dtypes=SUPPORTED_DTYPES)
+    if dout.dtype != x.dtype:
+        dout = dout.to(x.dtype)
+    B, D, H, W = x.shape
+    N, h2 = H * W, 2 * hidden
+    dev = x.device
+    if x.numel() == 0:
+        grads = {n: (torch.zeros(p.shape, device=dev) if p is not None else None) for n, p in params.items()}
+        return (torch.zeros_like(x) if need_input_grad else None), grads
+    grads: dict[str, torch.Tensor | None] = {}
+    with device_guard(x):
+        y = _project_in(x, params["in_weight"])
+        ab = _stage1(x, y, params, hidden)
+        wo = params["out_weight"].detach().reshape(D, h2).to(x.dtype).contiguous()
+        n_tiles = triton.cdiv(N, BWD_BLOCK_N)
+        duv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
+        uv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
+        pb_uv = torch.empty((B * n_tiles, h2), device=dev, dtype=torch.float32)
+        dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
+        n_j = triton.cdiv(hidden, BWD_BLOCK_J)
+        sides = (("g3", 3, 0), ("g5", 5, hidden))
+        for name, k, x_off in sides:
+            _ffn_bwd_uv_kernel[(n_j, n_tiles, B)](
+                dout, ab, _f32(params[f"{name}_weight"], hidden, x), _f32(params[f"{name}_bias"], hidden, x),
+                wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
+                K=k, BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
+            )
+        for name, k, x_off in sides:
+            pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
+            _ffn_bwd_x_kernel[(n_tiles, n_j, B)](
+                duv, ab, _f32(params[f"{name}_weight"], hidden, x), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
+                K=k, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
+            )
+            # fixed-order sums over programs: deterministic
+            grads[f"{name}_weight"] = pw.sum(0).view(2, k * k, hidden).permute(2, 0, 1).reshape(hidden, 2, k, k)
+        grads["g3_bias"] = pb_uv[:, :hidden].sum(0) if params["g3_bias"] is not None else None
+        grads["g5_bias"] = pb_uv[:, hidden:].sum(0) if params["g5_bias"] is not None else None
+        # dW_out = dout . cat(u, v)^T over batch and pixels (cuBLAS)
+        grads["out_weight"] = torch.einsum("bdn,bjn->dj", dout.reshape(B, D, N), uv.view(B, h2, N)).float().view(
+            D, h2, 1, 1)
+        grads["out_bias"] = dout.sum((0, 2, 3), dtype=torch.float32) if params["out_bias"] is not None else None
+
+        dy, (dw3, dw5), (db3, db5) = depthwise_conv_bwd(
+            [dab[:, :h2], dab[:, h2:]], y, [params["dw3_weight"], params["dw5_weight"]],
+            need_input_grad=True, need_weight_grad=True, need_bias_grad=True, input_bias=params["in_bias"],
+        )
+        grads["dw3_weight"], grads["dw5_weight"] = dw3, dw5
+        grads["dw3_bias"] = db3 if params["dw3_bias"] is not None else None
+        grads["dw5_bias"] = db5 if params["dw5_bias"] is not None else None
+        dy3 = dy.view(B, h2, N)
+        x3 = x.reshape(B, D, N)
+        grads["in_weight"] = torch.einsum("bon,bin->oi", dy3, x3).float().view(h2, D, 1, 1)
+        grads["in_bias"] = dy3.sum((0, 2), dtype=torch.float32) if params["in_bias"] is not None else None
+        dx = None
+        if need_input_grad:
+            w_in = params["in_weight"].detach().reshape(h2, D).to(x.dtype)
+            dx = torch.matmul(w_in.t(), dy3).view(B, D, H, W)
+    return dx, grads
+
+
+# ----------------------------------------------------------------------------------------------
+# Every configuration the launchers can choose
+# ----------------------------------------------------------------------------------------------
+
+
+@register_compile_configs
+def _compile_configs():
+    ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
+    for dtype in ("float32", "float16", "bfloat16"):
+        for dim in (16, 32, 64, 128):  # every BLOCK_D the launchers pick (dim 1..inf)
+            block_d, num_warps = _fwd_config(dim)
+            for has_res in (False, True):
+                yield CompileConfig(
+                    _ffn_fwd_kernel,
+                    {"ab_ptr": ptr(dtype), "g3w_ptr": "*fp32", "g3b_ptr": "*fp32", "g5w_ptr": "*fp32",
+                     "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
+                     "out_ptr": ptr(dtype), **{k: "i32" for k in ("HID", "D", "N", "H", "W")}, **ab_strides,
+                     **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
+                    {"HAS_RES": has_res, "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
+                    num_warps=num_warps, tag=dtype,
+                )
+        for k in (3, 5):
+            yield CompileConfig(
+                _ffn_bwd_uv_kernel,
+                {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
+                 "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
+                 **{k_: "i32" for k_ in ("HID", "D", "N", "H", "W", "x_off")},
+                 **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides},
+                {"K": k, "BLOCK_D": BWD_BLOCK_D, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                num_warps=BWD_NUM_WARPS, tag=dtype,
+            )
+            yield CompileConfig(
+                _ffn_bwd_x_kernel,
+                {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
+                 "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("HID", "N", "H", "W", "x_off")}, **ab_strides},
+                {"K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                num_warps=BWD_NUM_WARPS, tag=dtype,
+            )
