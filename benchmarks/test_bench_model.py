@@ -16,7 +16,18 @@ def scenarios():
     return [pytest.param(name, batch, 16 if SMOKE else size, id=name) for name, batch, size in benchmarking.SCENARIOS]
 
 
+@pytest.fixture
+def smoke_torch_path(monkeypatch):
+    """Smoke mode: the fast model takes its plain-PyTorch path (this suite's code is what is checked;
+    the whole model in Triton's interpreter would take minutes, and the kernels are tested in tests/)."""
+    if SMOKE:
+        from drsformer_fast import _dispatch
+
+        monkeypatch.setattr(_dispatch, "_STATE", (True, False, ""))
+
+
 @requires_gpu
+@pytest.mark.usefixtures("smoke_torch_path")
 @pytest.mark.parametrize("dtype", dtypes())
 @pytest.mark.parametrize("variant", variants())
 @pytest.mark.parametrize("name, batch, size", scenarios())

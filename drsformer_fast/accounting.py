@@ -133,26 +133,27 @@ def attention_bytes(shape, element_size: int = 4, *, residual: bool = False, bac
 
 def feedforward_bytes(shape, hidden: int, element_size: int = 4, *, residual: bool = False,
                       backward: bool = False, input_grad: bool = True) -> list[KernelBytes]:
-    """``kernels/feedforward.py`` in channel planes (B*H*W elements) with d = dim, h = hidden: forward
-    2d + 12h (+d residual), backward 3d + 22h read, d + 14h written (5176 vs 1620 / 4764 planes at
-    d = 48, h = 127)."""
+    """``kernels/feedforward.py`` in channel planes (B*H*W elements), d = dim, h = hidden: forward
+    2d + 12h (+ d with the residual), backward 5d + 40h (1620 and 5320 planes = 0.42 and 1.39 GB at
+    level 1, 256x256). The backward recomputes y and ab from x, its uv kernel writes duv and uv (for
+    dW_out by cuBLAS), and the three cuBLAS products read dout, uv, dy (twice) and x."""
     B, D, H, W = shape
     p = B * H * W * element_size
     h = hidden
     if not backward:
         return [
             KernelBytes("project_in (cuBLAS): read x, write y", D * p, 2 * h * p),
-            KernelBytes("stage 1 (depthwise 3x3 + 5x5): read y, write ab", 2 * h * p, 4 * h * p),
-            KernelBytes("_ffn_fwd_kernel: read ab (+ residual), write out",
+            KernelBytes("depthwise 3x3 + 5x5 (stage 1): read y, write ab", 2 * h * p, 4 * h * p),
+            KernelBytes("_ffn_fwd_kernel (stage 2 + project_out): read ab (+ residual), write out",
                         (4 * h + (D if residual else 0)) * p, D * p),
         ]
     return [
-        KernelBytes("recompute y, ab", (D + 2 * h) * p, 6 * h * p),
-        KernelBytes("_ffn_bwd_uv_kernel: read ab, dout, write duv", (4 * h + D) * p, 2 * h * p),
+        KernelBytes("recompute y, ab: read x, y, write y, ab", (D + 2 * h) * p, 6 * h * p),
+        KernelBytes("_ffn_bwd_uv_kernel: read ab, dout, write duv, uv", (4 * h + D) * p, 4 * h * p),
         KernelBytes("_ffn_bwd_x_kernel: read duv, ab, write dab", 6 * h * p, 4 * h * p),
-        KernelBytes("stage 1 backward: read dab, y, write dy", 6 * h * p, 2 * h * p),
-        KernelBytes("project_in backward (cuBLAS): dx = W^T dy, dW = dy x^T",
-                    (4 * h + D) * p if input_grad else (2 * h + D) * p, D * p if input_grad else 0),
+        KernelBytes("depthwise backward (stage 1): read dab, y, write dy", 6 * h * p, 2 * h * p),
+        KernelBytes("cuBLAS: dW_out = dout uv^T, dW_in = dy x^T" + (", dx = W_in^T dy" if input_grad else ""),
+                    (2 * D + (6 if input_grad else 4) * h) * p, (D if input_grad else 0) * p),
     ]
 
 
@@ -174,8 +175,21 @@ def _layer_norm_bwd_op(args, out):
     return layer_norm_bytes(args[1].shape, args[1].element_size(), backward=True)
 
 
+def _ffn_fwd_op(args, out):
+    x, in_weight, residual = args[0], args[1], args[13]
+    return feedforward_bytes(x.shape, in_weight.shape[0] // 2, x.element_size(), residual=residual is not None)
+
+
+def _ffn_bwd_op(args, out):
+    x, in_weight, need_input_grad = args[1], args[2], args[14]
+    return feedforward_bytes(x.shape, in_weight.shape[0] // 2, x.element_size(), backward=True,
+                             input_grad=bool(need_input_grad))
+
+
 # custom op name -> compulsory bytes from its (args, outputs)
 FUSED_OP_BYTES: dict[str, Callable] = {
+    "ffn_fwd": _ffn_fwd_op,
+    "ffn_bwd": _ffn_bwd_op,
     "layer_norm_fwd": _layer_norm_fwd_op,
     "layer_norm_bwd": _layer_norm_bwd_op,
     "topk_attention_fwd": _attention_fwd_op,

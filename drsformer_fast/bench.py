@@ -237,7 +237,7 @@ def check_output_path(path: str | None, option: str) -> None:
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
 def _autocast(device: torch.device, dtype: str):
