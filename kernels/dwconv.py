@@ -77,7 +77,7 @@ def _dw_fwd_kernel(
     o_h = o_n // W
     o_w = o_n % W
     # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
-    x_img = x_ptr + i_b * stride_xb
+    p_x = x_ptr + i_b * stride_xb
     o_x = o_cl[:, None] * stride_xc + (o_h * stride_xh + o_w * stride_xw)[None, :]
     p_w1 = w1_ptr + o_cl * (K1 * K1)
     p_w2 = w2_ptr + o_cl * (K2 * K2)
@@ -99,7 +99,7 @@ def _dw_fwd_kernel(
         for kw in range(0, KM):
             dw = kw - RM
             m = (m_h & (o_w + dw >= 0) & (o_w + dw < W))[None, :]
-            b_x = tl.load(x_img + (o_x + (dh * stride_xh + dw * stride_xw)), mask=m, other=0.0).to(tl.float32)
+            b_x = tl.load(p_x + (o_x + (dh * stride_xh + dw * stride_xw)), mask=m, other=0.0).to(tl.float32)
             if HAS_XBIAS:
                 b_x = tl.where(m, b_x + b_xb, 0.0)
             if TWO:
@@ -123,7 +123,7 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
-def _dw_bwd_branch(g_img, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K,
+def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K,
                    NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
     """One branch of the backward: adds its transposed convolution to b_dx and writes its weight and
     bias partial sums (rows t < K*K and K*K of this program's slot)."""
@@ -135,13 +135,13 @@ def _dw_bwd_branch(g_img, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o
         for kw in range(0, K):
             dw = kw - R
             m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
-            b_g = tl.load(g_img + (o_g - (dh * stride_gh + dw * stride_gw)), mask=m, other=0.0).to(tl.float32)
+            b_g = tl.load(p_g + (o_g - (dh * stride_gh + dw * stride_gw)), mask=m, other=0.0).to(tl.float32)
             if NEED_DX:
                 b_dx += tl.load(p_w + (kh * K + kw))[:, None] * b_g
             if NEED_PARAM_GRAD:
                 tl.store(p_p + (kh * K + kw) * C, tl.sum(b_g * b_x, axis=1), mask=m_c)
     if NEED_PARAM_GRAD:
-        tl.store(p_p + (K * K) * C, tl.sum(tl.load(g_img + o_g, mask=m_n[None, :], other=0.0).to(tl.float32), axis=1),
+        tl.store(p_p + (K * K) * C, tl.sum(tl.load(p_g + o_g, mask=m_n[None, :], other=0.0).to(tl.float32), axis=1),
                  mask=m_c)
     return b_dx
 

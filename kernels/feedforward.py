@@ -14,48 +14,53 @@ v = relu(g5(x2)) (grouped 2h -> h: output j reads input channels 2j, 2j+1), out 
                                                 cat(u, v) never reaches memory
   backward  (nothing but x and the parameters is saved: y, a, b are recomputed)
             1-2. y, ab as in the forward
-            3. du, dv (pre-ReLU)                ``_ffn_bwd_uv_kernel``: W_out^T dout by tl.dot, u/v
-                                                recomputed for the ReLU mask and for dW_out (per-program
-                                                partials dout . uv^T)
+            3. du, dv (pre-ReLU), and u, v      ``_ffn_bwd_uv_kernel``: W_out^T dout by tl.dot, u/v
+                                                recomputed for the ReLU mask; writes u, v for step 6
             4. d(pre-ReLU a, b)                 ``_ffn_bwd_x_kernel``: transposed grouped conv of du/dv,
-                                                g3/g5 weight and bias partials, the stage-1 ReLU mask
-                                                (a > 0) applied, written into one buffer dab
-            5. dy, stage-1 weight grads         ``dwconv.depthwise_conv_bwd``
-            6. dx = W_in^T dy, dW_in = dy x^T    cuBLAS
+                                                g3/g5 weight partials, the stage-1 ReLU mask (a > 0),
+                                                written into one buffer dab
+            5. dy, stage-1 weight/bias grads    ``dwconv.depthwise_conv_bwd``
+            6. dW_out = dout cat(u, v)^T,       cuBLAS (a per-program dW_out partial inside step 3
+               dx = W_in^T dy, dW_in = dy x^T   needs a tl.dot reducing over the 128 pixels of a tile,
+                                                which spills as an fp32 FMA dot)
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
 
-Bytes moved, level 1 of the default model at 256x256 (B=1, d=48, h=127, fp32, N=65536 pixels;
-one channel plane = 0.262 MB; weights and partial sums are < 2% and left out except where noted):
+Bytes moved (DRAM, activations; weights and per-program partial sums are < 1% and left out), in
+channel planes of B*H*W elements; :func:`traffic_bytes` computes them for any shape. The figures in
+GB are level 1 of the default model at 256x256: B=1, d=48, h=127, fp32, one plane = 0.262 MB.
 
-  forward                                      reads          writes         total
-  original (eager, 12 kernels)
-    project_in                                 x 48           y 254
-    dwconv3x3 + relu, dwconv5x5 + relu         y 254 x2, 254x2 254 x 4
-    chunk + cat (x1, x2)                       508            508
-    dwconv3x3_1 + relu, dwconv5x5_1 + relu     508 + 254      254
-    cat(u, v), project_out                     254 + 254      254 + 48
-    sum                                        2842 planes    2334 planes    5176 planes = 1.36 GB
+  forward                                      reads        writes       planes            GB
+  original (eager, 13 kernels)
+    project_in                                 d            2h
+    dwconv3x3, relu, dwconv5x5, relu           8h           8h
+    cat x1, cat x2                             4h           4h
+    dwconv3x3_1, relu, dwconv5x5_1, relu       6h           4h
+    cat(u, v)                                  2h           2h
+    project_out                                2h           d
+    total                                      d + 22h      d + 20h      2d + 42h = 5430   1.42
   fused, two stages (this module)
-    project_in (cuBLAS)                        x 48           y 254
-    stage 1 (dwconv, both branches)            y 254          ab 508
-    stage 2 + project_out (+ residual 48)      ab 508 (+48)   out 48
-    sum                                        810 (+48)      810            1620 planes = 0.42 GB
-                                                                             (+ residual 0.013 GB)
-  fused, stage 1 inside stage 2 (not built)    x 48, y 254    y 254, out 48  604 planes  = 0.16 GB
-    (y's 5x5 halo recomputed per tile; the 4h-channel ab never reaches memory)
+    project_in (cuBLAS)                        d            2h
+    stage 1 (dwconv, both branches)            2h           4h
+    stage 2 + project_out                      4h (+ d)     d
+    total                                      d + 6h       d + 6h       2d + 12h = 1620   0.42
+                                                                         (+ residual: 1668  0.44)
+  fused, stage 1 inside stage 2 (not built)    d + 2h       2h + d       2d + 4h  =  604   0.16
+    (y's 5x5 halo is re-read per tile; the 4h-channel ab never reaches memory)
 
-  backward                                     reads          writes         total
+  backward                                     reads        writes       planes            GB
   fused (this module)
-    recompute y, ab                            x 48, y 254    y 254, ab 508
-    stage 2 uv backward                        ab 508, dout 48  duv 254 (+ dW_out partials 0.025 GB)
-    stage 2 x backward                         duv 254, ab 508  dab 508
-    stage 1 backward (dwconv)                  dab 508, y 254   dy 254
-    dx, dW_in (cuBLAS)                         dy 254 x2, x 48  dx 48
-    sum                                        2938           1826           4764 planes = 1.25 GB
-  (saving y instead of recomputing it would save 302 planes = 0.08 GB of traffic but keep 5.3x as
-  many bytes alive between forward and backward; the original saves x, y, both ReLU outputs, x1, x2,
-  u, v and cat(u, v): 1826 planes = 0.48 GB, against x alone (48 planes) here.)
+    recompute y, stage 1                       d + 2h       2h + 4h      d + 8h   = 1064
+    stage-2 uv kernel                          4h + d       4h           d + 8h   = 1064
+    stage-2 x kernel                           6h           4h           10h      = 1270
+    stage-1 backward (dwconv)                  6h           2h           8h       = 1016
+    dW_out, dx, dW_in (cuBLAS)                 d + 6h + d   d            3d + 6h  =  906
+    total                                      3d + 24h     2d + 16h     5d + 40h = 5320   1.39
+  original (autograd's kernels, estimated the same way)
+                                               3d + 46h     d + 22h      4d + 68h = 8828   2.31
+  Saving y instead of recomputing it would save d + 2h planes of backward traffic (0.08 GB) but keep
+  2h more planes alive from forward to backward (5.3x what is saved now: x alone, d planes; the
+  original saves d + 14h planes: x, y, both ReLU outputs, x1, x2, u, v and cat(u, v)).
 """
 
 from __future__ import annotations
@@ -95,14 +100,14 @@ def _grouped_conv_chunk(
     x2 (x_off = HID) and x-channel i lives in ab channel x_off + i + HID * (i >= HID)."""
     R: tl.constexpr = K // 2
     KK: tl.constexpr = K * K
-    i_e = 2 * o_jl
-    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
-    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
+    o_ie = 2 * o_jl
+    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
+    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
     # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
-    ab_img = ab_ptr + i_b * stride_abb
+    p_ab = ab_ptr + i_b * stride_abb
     o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
-    o_e = s_e[:, None] * stride_abc + o_pix
-    o_o = s_o[:, None] * stride_abc + o_pix
+    o_e = o_ce[:, None] * stride_abc + o_pix
+    o_o = o_co[:, None] * stride_abc + o_pix
     p_we = gw_ptr + o_jl * (2 * KK)
     b_acc = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for kh in range(0, K):
@@ -112,8 +117,8 @@ def _grouped_conv_chunk(
             dw = kw - R
             m = (m_h & (o_w + dw >= 0) & (o_right - dw >= 0))[None, :]
             o_t = dh * stride_abh + dw * stride_abw
-            b_xe = tl.load(ab_img + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
-            b_xo = tl.load(ab_img + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
+            b_xe = tl.load(p_ab + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
+            b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
             b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
     return b_acc
 
@@ -218,13 +223,13 @@ def _ffn_bwd_uv_kernel(
 
     # W_out^T dout in chunks of BLOCK_D output channels (a short reduction keeps fp32 FMA dots in registers)
     o_col = x_off + o_j
-    dout_img = dout_ptr + i_b * stride_db
+    p_dout = dout_ptr + i_b * stride_db
     o_dpix = (o_h * stride_dh + o_w * stride_dw)[None, :]
     b_g = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
-        b_dout = tl.load(dout_img + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
+        b_dout = tl.load(p_dout + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
         b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
         b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision="ieee")
     b_g = tl.where(b_pre > 0.0, b_g, 0.0)
@@ -261,15 +266,15 @@ def _ffn_bwd_x_kernel(
     o_down = H - 1 - o_h
     o_right = W - 1 - o_w
     # the two x-channels of group j and where they live in ab (and dab)
-    i_e = 2 * o_jl
-    s_e = x_off + i_e + tl.where(i_e >= HID, HID, 0)
-    s_o = x_off + i_e + 1 + tl.where(i_e + 1 >= HID, HID, 0)
-    ab_img = ab_ptr + i_b * stride_abb
+    o_ie = 2 * o_jl
+    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
+    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    p_ab = ab_ptr + i_b * stride_abb
     o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
     m_0 = m_n[None, :]
-    b_xe = tl.load(ab_img + (s_e[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
-    b_xo = tl.load(ab_img + (s_o[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
-    g_img = duv_ptr + i_b * (2 * HID) * N
+    b_xe = tl.load(p_ab + (o_ce[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    b_xo = tl.load(p_ab + (o_co[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    p_g = duv_ptr + i_b * (2 * HID) * N
     o_g = (x_off + o_jl)[:, None] * N + o_n[None, :]
     p_we = gw_ptr + o_jl * (2 * KK)
     i_part = i_b * tl.num_programs(0) + i_n
@@ -284,21 +289,39 @@ def _ffn_bwd_x_kernel(
             dw = kw - R
             t = kh * K + kw
             m = (m_h & (o_w - dw >= 0) & (o_right + dw >= 0))[None, :]
-            b_g = tl.load(g_img + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
+            b_g = tl.load(p_g + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
             b_dxe += tl.load(p_we + t)[:, None] * b_g
             b_dxo += tl.load(p_we + (KK + t))[:, None] * b_g
             tl.store(p_pw + t * HID, tl.sum(b_g * b_xe, axis=1), mask=m_j)
             tl.store(p_pw + (KK + t) * HID, tl.sum(b_g * b_xo, axis=1), mask=m_j)
     # the stage-1 ReLU: a = relu(pre) > 0 exactly where pre > 0
     m = m_j[:, None] & m_n[None, :]
-    dab_img = dab_ptr + i_b * (4 * HID) * N
-    tl.store(dab_img + (s_e[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
-    tl.store(dab_img + (s_o[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    p_dab = dab_ptr + i_b * (4 * HID) * N
+    tl.store(p_dab + (o_ce[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    tl.store(p_dab + (o_co[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
+
+def traffic_bytes(batch: int, dim: int, height: int, width: int, hidden: int, elem_size: int = 4,
+                  residual: bool = False) -> dict[str, int]:
+    """The DRAM bytes of the module docstring's table for one shape: ``original_fwd``, ``original_bwd``
+    (autograd's kernels, estimated), ``fused_fwd``, ``fused_bwd`` (this module) and
+    ``stage_fused_fwd`` (stage 1 inside stage 2, not built). Activations only."""
+    d, h = dim, hidden
+    plane = batch * height * width * elem_size
+    res = d if residual else 0
+    planes = {
+        "original_fwd": 2 * d + 42 * h + 3 * res,  # + the block's separate `x + ffn(...)`: read 2, write 1
+        "original_bwd": 4 * d + 68 * h,
+        "fused_fwd": 2 * d + 12 * h + res,
+        "fused_bwd": 5 * d + 40 * h,
+        "stage_fused_fwd": 2 * d + 4 * h + res,
+    }
+    return {k: v * plane for k, v in planes.items()}
+
 
 def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: torch.Tensor | None) -> int:
     """Validate x, the 12 parameters (biases may be None) and the residual; returns hidden."""

@@ -17,7 +17,7 @@ STEPS = 2
 
 def _data():
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 16, 16, generator=g)
+    x = torch.rand(2, 3, 8, 8, generator=g)
     return x, (x * 0.8 + 0.1).clamp(0, 1)
 
 

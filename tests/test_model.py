@@ -65,8 +65,8 @@ def test_state_dict_equals_original(variant):
 def test_random_config_matches_reference(device):
     ref, fast = _pair(mefc=False, bias=True, ln="BiasFree", seed=1)
     fast = fast.to(device)
-    x = randn(2, 3, 16, 24, seed=2, device=device)
-    g = randn(2, 3, 16, 24, seed=3, device=device)
+    x = randn(2, 3, 8, 16, seed=2, device=device)
+    g = randn(2, 3, 8, 16, seed=3, device=device)
     out, grads = _grads(fast, x, g)
     out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
     out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
@@ -79,8 +79,8 @@ def test_random_config_matches_reference(device):
 def test_torch_compile_fullgraph_aot_eager(device):
     _, fast = _pair(mefc=True, seed=4)
     fast = fast.to(device)
-    x = randn(1, 3, 16, 16, seed=5, device=device)
-    g = randn(1, 3, 16, 16, seed=6, device=device)
+    x = randn(1, 3, 8, 8, seed=5, device=device)
+    g = randn(1, 3, 8, 8, seed=6, device=device)
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     out_c, grads_c = _grads(compiled, x, g)
     out_e, grads_e = _grads(fast, x, g)
@@ -92,8 +92,8 @@ def test_torch_compile_fullgraph_aot_eager(device):
 def test_torch_compile_fullgraph_inductor(device):
     ref, fast = _pair(mefc=False, seed=7)
     fast = fast.to(device)
-    x = randn(1, 3, 16, 16, seed=8, device=device)
-    g = randn(1, 3, 16, 16, seed=9, device=device)
+    x = randn(1, 3, 8, 8, seed=8, device=device)
+    g = randn(1, 3, 8, 8, seed=9, device=device)
     compiled = torch.compile(fast, backend="inductor", fullgraph=True)
     out_c, grads_c = _grads(compiled, x, g)
     out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
@@ -110,8 +110,8 @@ def test_autocast_agrees_with_reference_under_autocast(device):
     dtype = torch.float16 if device.type == "cpu" else torch.bfloat16
     ref, fast = _pair(mefc=False, seed=10)
     fast = fast.to(device)
-    x = randn(1, 3, 16, 16, seed=11, device=device)
-    g = randn(1, 3, 16, 16, seed=12, device=device)
+    x = randn(1, 3, 8, 8, seed=11, device=device)
+    g = randn(1, 3, 8, 8, seed=12, device=device)
     with torch.autocast(device.type, dtype=dtype):
         out, grads = _grads(fast, x, g)
     with torch.autocast("cpu", dtype=dtype):
@@ -127,8 +127,8 @@ def test_activation_checkpointing_over_blocks(device):
 
     _, fast = _pair(mefc=False, seed=13)
     fast = fast.to(device)
-    x = randn(1, 3, 16, 16, seed=14, device=device)
-    g = randn(1, 3, 16, 16, seed=15, device=device)
+    x = randn(1, 3, 8, 8, seed=14, device=device)
+    g = randn(1, 3, 8, 8, seed=15, device=device)
     out_e, grads_e = _grads(fast, x, g)
     for level in (fast.encoder_level1, fast.encoder_level2, fast.latent, fast.decoder_level1):
         for i, block in enumerate(level):

@@ -1,0 +1,366 @@
+"""Mixed-scale feed-forward (MSFN): the fused op and module against the original (golden files and
+the float64 reference), the depthwise-conv kernels on their own, determinism, saved memory,
+torch.compile, errors, and the plain-PyTorch fallback.
+
+Interpreter cost: every case keeps H*W and the channel count small (a few programs per kernel);
+the golden files fix their own shapes.
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import half_dtypes
+from drsformer_fast.kernels.dwconv import depthwise_conv_bwd, depthwise_conv_fwd
+from golden_data import FEEDFORWARD_FILES, load
+from helpers import assert_close, assert_golden, non_contiguous, randn
+
+from drsformer_fast import reference as R
+from drsformer_fast._validation import FFN_PARAM_NAMES
+from drsformer_fast.modules import MixedScaleFeedForward
+from drsformer_fast.ops import mixed_scale_feed_forward
+
+MODULE_PARAMS = ("project_in.weight", "project_in.bias", "dwconv3x3.weight", "dwconv3x3.bias", "dwconv5x5.weight",
+                 "dwconv5x5.bias", "dwconv3x3_1.weight", "dwconv3x3_1.bias", "dwconv5x5_1.weight",
+                 "dwconv5x5_1.bias", "project_out.weight", "project_out.bias")
+
+
+def _random_params(dim: int, bias: bool, seed: int, factor: float = 2.66) -> dict:
+    """The 12 parameters (None for absent biases) of an original FeedForward(dim, factor, bias), random:
+    weights ~ N(0, 1/fan_in), biases ~ N(0, 0.3^2), so about half of every ReLU is active."""
+    m = R.FeedForward(dim, factor, bias)
+    out = {}
+    for i, (name, mod_name) in enumerate(zip(FFN_PARAM_NAMES, MODULE_PARAMS)):
+        p = m.get_parameter(mod_name) if (bias or name.endswith("weight")) else None
+        if p is None:
+            out[name] = None
+        elif name.endswith("weight"):
+            out[name] = randn(*p.shape, seed=seed + i) / math.sqrt(p[0].numel())
+        else:
+            out[name] = randn(*p.shape, seed=seed + i, scale=0.3)
+    return out
+
+
+def _grads(fn, x, params: dict, residual, g, dtype, device):
+    """Output and gradients (x, every present parameter, residual) of fn at dtype on device."""
+    leaves = {"x": x.detach().to(device=device, dtype=dtype).requires_grad_()}
+    for n, p in params.items():
+        if p is not None:
+            leaves[n] = p.detach().to(device=device, dtype=dtype).requires_grad_()
+    if residual is not None:
+        leaves["residual"] = residual.detach().to(device=device, dtype=dtype).requires_grad_()
+    out = fn(leaves["x"], *[leaves.get(n) for n in FFN_PARAM_NAMES], leaves.get("residual"))
+    grads = torch.autograd.grad(out, list(leaves.values()), g.to(device=device, dtype=dtype))
+    return out, dict(zip(leaves, grads))
+
+
+def _reference(x, *args):
+    *params, residual = args
+    out = R.mixed_scale_feed_forward(x, *params)
+    return out + residual if residual is not None else out
+
+
+def _fast(x, *args):
+    *params, residual = args
+    return mixed_scale_feed_forward(x, *params, residual=residual)
+
+
+def _check_against_reference(x, params, residual, g, dtype, device):
+    out, grads = _grads(_fast, x, params, residual, g, dtype, device)
+    out64, grads64 = _grads(_reference, x, params, residual, g, torch.float64, torch.device("cpu"))
+    outlp, gradslp = _grads(_reference, x, params, residual, g, dtype, torch.device("cpu"))
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close("output", out, out64, outlp, dtype=dtype)
+    assert set(grads) == set(grads64)
+    for name in grads64:
+        assert grads[name].dtype == dtype, name
+        assert_close(f"grad {name}", grads[name], grads64[name], gradslp[name], dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Golden files: the original's float64 output and every gradient, fp32 run through the kernels
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FEEDFORWARD_FILES)
+def test_golden(name, device):
+    d = load(name)
+    m = MixedScaleFeedForward(d["dim"], d["ffn_expansion_factor"], d["bias"])
+    m.load_state_dict(d["state_dict"])
+    m = m.to(device)
+    x = d["input"].to(device).clone().requires_grad_()  # not the cached golden tensor itself
+    assert m.kernel_path(x) in ("triton", "triton-interpreter")
+    out = m(x)
+    (out * d["grad_weight"].to(device)).sum().backward()
+    e = d["fp32_reference_rel_err"]
+    assert_golden("output", out, d["output"], e["output"])
+    assert_golden("input_grad", x.grad, d["input_grad"], e["input_grad"])
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert set(grads) == set(d["param_grads"])
+    for n, g in grads.items():
+        assert_golden(n, g, d["param_grads"][n], e["param_grads"][n])
+
+
+# ------------------------------------------------------------------------------------------------
+# Random cases against the float64 reference
+# ------------------------------------------------------------------------------------------------
+
+# (B, dim, H, W, bias, residual, expansion): dim 8 -> hidden 21, 30 -> 79 (odd: the middle group
+# straddles a/b), 10 -> 26 and 4 -> 10 (even); H, W not multiples of any block; 1xN and Nx1 images;
+# dim 150 > 128 output channels: two output tiles in the forward (hidden kept small: 0.1 -> 15).
+CASES = [
+    (1, 8, 7, 13, True, True, 2.66),
+    (3, 8, 1, 17, False, False, 2.66),
+    (1, 30, 9, 1, True, False, 2.66),
+    (2, 10, 5, 6, False, True, 2.66),
+    (1, 4, 3, 3, True, True, 2.66),
+    (2, 150, 3, 5, True, True, 0.1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-d{}-{}x{}-bias{:d}-res{:d}-f{}".format(*c))
+def test_fp32_random(case, device):
+    B, dim, H, W, bias, res, factor = case
+    params = _random_params(dim, bias, seed=dim, factor=factor)
+    x = randn(B, dim, H, W, seed=1, device=device)
+    residual = randn(B, dim, H, W, seed=2, device=device) if res else None
+    g = randn(B, dim, H, W, seed=3, device=device)
+    _check_against_reference(x, params, residual, g, torch.float32, device)
+
+
+@pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
+def test_half_precision(dtype, device):
+    B, dim, H, W = 2, 8, 6, 7
+    params = _random_params(dim, True, seed=40)
+    x = randn(B, dim, H, W, seed=4, device=device)
+    g = randn(B, dim, H, W, seed=5, device=device)
+    _check_against_reference(x, params, randn(B, dim, H, W, seed=6, device=device), g, dtype, device)
+
+
+@pytest.mark.parametrize("x_layout, g_layout", [("pad", "pad"), ("channels_last", "transpose"),
+                                                ("transpose", "channels_last")])
+def test_non_contiguous_input_and_grad(x_layout, g_layout, device):
+    B, dim, H, W = 2, 8, 5, 9
+    params = _random_params(dim, True, seed=50)
+    x = non_contiguous(randn(B, dim, H, W, seed=7, device=device), x_layout)
+    residual = non_contiguous(randn(B, dim, H, W, seed=8, device=device), "pad")
+    g = non_contiguous(randn(B, dim, H, W, seed=9, device=device), g_layout)
+    assert not x.is_contiguous() and not g.is_contiguous()
+
+    # through the op directly, so the non-contiguous tensors reach the launchers as they are
+    leaves = [x.requires_grad_()] + [p.to(device).requires_grad_() for p in params.values()] + [residual]
+    residual.requires_grad_()
+    out = mixed_scale_feed_forward(*leaves[:-1], residual=residual)
+    grads = torch.autograd.grad(out, leaves, g)
+    out64, grads64 = _grads(_reference, x, params, residual, g, torch.float64, torch.device("cpu"))
+    out32, grads32 = _grads(_reference, x, params, residual, g, torch.float32, torch.device("cpu"))
+    assert_close("output", out, out64, out32)
+    for name, a in zip(["x", *FFN_PARAM_NAMES, "residual"], grads):
+        assert_close(f"grad {name}", a, grads64[name], grads32[name])
+
+
+def test_weight_grads_are_deterministic(device):
+    B, dim, H, W = 1, 8, 12, 13  # > 128 pixels: several token tiles write partial sums
+    params = _random_params(dim, True, seed=60)
+    x = randn(B, dim, H, W, seed=10, device=device)
+    g = randn(B, dim, H, W, seed=11, device=device)
+    _, first = _grads(_fast, x, params, None, g, torch.float32, device)
+    _, second = _grads(_fast, x, params, None, g, torch.float32, device)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+# ------------------------------------------------------------------------------------------------
+# The depthwise-conv kernels on their own
+# ------------------------------------------------------------------------------------------------
+
+DW_CASES = [  # (kernel sizes, relu, input bias, biases)
+    ((3,), False, False, (True,)),
+    ((5,), True, True, (False,)),
+    ((7,), False, False, (True,)),
+    ((3, 5), True, True, (True, True)),
+    ((5, 3), False, False, (False, True)),
+    ((7, 5), True, False, (True, False)),
+    ((3, 7), False, True, (True, True)),
+]
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=lambda c: "K{}-relu{:d}-xb{:d}".format("_".join(map(str, c[0])),
+                                                                                         c[1], c[2]))
+def test_depthwise_conv_kernels(case, device):
+    sizes, relu, has_xb, has_b = case
+    B, C, H, W = (2, 19, 7, 13) if len(sizes) == 1 else (1, 19, 12, 13)  # 156 pixels: two tiles
+    x = non_contiguous(randn(B, C, H, W, seed=20, device=device), "channels_last")
+    ws = [randn(C, 1, k, k, seed=21 + i, device=device) / k for i, k in enumerate(sizes)]
+    bs = [randn(C, seed=25 + i, device=device) if b else None for i, b in enumerate(has_b)]
+    xb = randn(C, seed=29, device=device) if has_xb else None
+    gs = [non_contiguous(randn(B, C, H, W, seed=30 + i, device=device), "pad") for i in range(len(sizes))]
+
+    outs = depthwise_conv_fwd(x, ws, bs, relu, input_bias=xb)
+    dx, dws, dbs = depthwise_conv_bwd(gs, x, ws, need_bias_grad=True, input_bias=xb)
+
+    def reference(dtype, dev):
+        xr = x.detach().to(device=dev, dtype=dtype).requires_grad_()
+        wr = [w.detach().to(device=dev, dtype=dtype).requires_grad_() for w in ws]
+        br = [b.detach().to(device=dev, dtype=dtype).requires_grad_() if b is not None else None for b in bs]
+        xin = xr + xb.to(device=dev, dtype=dtype)[:, None, None] if xb is not None else xr
+        pre = [F.conv2d(xin, w, b, padding=w.shape[-1] // 2, groups=C) for w, b in zip(wr, br)]
+        leaves = [xr] + wr + [b for b in br if b is not None]
+        grads = torch.autograd.grad(pre, leaves, [g.to(device=dev, dtype=dtype) for g in gs])
+        return [p.relu() if relu else p for p in pre], grads
+
+    cpu = torch.device("cpu")
+    (o64, g64), (o32, g32) = reference(torch.float64, cpu), reference(torch.float32, cpu)
+    for i, o in enumerate(outs):
+        assert o.is_contiguous() and o.dtype == x.dtype
+        assert_close(f"out[{i}]", o, o64[i], o32[i])
+    got = [dx] + dws + [b for b, present in zip(dbs, has_b) if present]
+    names = ["dx"] + [f"dw[{i}]" for i in range(len(sizes))] + [f"db[{i}]" for i, p in enumerate(has_b) if p]
+    for name, a, r, t in zip(names, got, g64, g32):
+        assert_close(name, a, r, t)
+
+
+def test_depthwise_conv_partial_gradients_and_out_buffers(device):
+    B, C, H, W = 1, 5, 6, 4
+    x = randn(B, C, H, W, seed=40, device=device, dtype=torch.float16)
+    w = [randn(C, 1, 3, 3, seed=41, device=device)]
+    g = [randn(B, C, H, W, seed=42, device=device, dtype=torch.float16)]
+    buf = torch.empty(B, 3 * C, H, W, device=device, dtype=torch.float16)
+    (o,) = depthwise_conv_fwd(x, w, [None], False, out=[buf[:, C:2 * C]])
+    assert o.data_ptr() == buf[:, C:2 * C].data_ptr()
+    ref = F.conv2d(x.double(), w[0].double(), padding=1, groups=C)
+    assert_close("out", buf[:, C:2 * C], ref, F.conv2d(x.float(), w[0], padding=1, groups=C).half())
+    dx, dws, dbs = depthwise_conv_bwd(g, x, w, need_weight_grad=False)
+    assert dws == [None] and dbs == [None] and dx.dtype == torch.float16
+    dx2, dws2, _ = depthwise_conv_bwd(g, x, w, need_input_grad=False)
+    assert dx2 is None and dws2[0].shape == (C, 1, 3, 3) and dws2[0].dtype == torch.float32
+    assert depthwise_conv_bwd(g, x, w, need_input_grad=False, need_weight_grad=False) == (None, [None], [None])
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory saved for backward, torch.compile, the module, errors, the fallback
+# ------------------------------------------------------------------------------------------------
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the unique storages autograd saves while ``fn()`` runs its forward."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s._cdata] = (s, s.nbytes())  # keep s alive so that its identity is not reused
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(n for _, n in storages.values())
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 256, 256), (4, 96, 64, 64)], ids=["infer256-enc1", "train-enc2"])
+def test_saves_at_most_a_third_of_the_original(shape):
+    """At real block shapes, with fake tensors (the custom op's fake kernel: no compute, same autograd
+    bookkeeping as on the device): the original keeps x, y, both ReLU outputs, x1, x2, u, v and
+    cat(u, v) (d + 14h channel planes); the fused op keeps x and the weights."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    B, dim, H, W = shape
+    with FakeTensorMode():
+        orig = R.FeedForward(dim, 2.66, False)
+        fast = MixedScaleFeedForward.from_original(orig)
+        x = torch.randn(B, dim, H, W, requires_grad=True)
+        assert fast.kernel_path(x) in ("triton", "triton-interpreter")
+        original = _saved_bytes(lambda: orig(x))
+        fused = _saved_bytes(lambda: fast(x))
+        weights = sum(p.numel() for p in fast.parameters()) * 4
+    hidden = int(dim * 2.66)
+    assert original == (dim + 14 * hidden) * B * H * W * 4 + weights
+    assert fused == x.numel() * 4 + weights
+    assert fused * 3 <= original, (fused, original)
+
+
+def test_saved_tensors_of_a_real_run(device):
+    """The eager run through the kernels saves exactly x and the weights too."""
+    fast = MixedScaleFeedForward(8, bias=True).to(device)
+    x = randn(1, 8, 5, 6, seed=70, device=device).requires_grad_()
+    r = randn(1, 8, 5, 6, seed=71, device=device).requires_grad_()
+    assert _saved_bytes(lambda: fast(x, r)) == (x.numel() + sum(p.numel() for p in fast.parameters())) * 4
+
+
+def test_torch_compile_fullgraph(device):
+    m = MixedScaleFeedForward(4, bias=True).to(device)
+    x = randn(2, 4, 3, 5, seed=80, device=device).requires_grad_()
+    r = randn(2, 4, 3, 5, seed=81, device=device).requires_grad_()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = compiled(x, r)
+    out.square().sum().backward()
+    got = [x.grad, r.grad] + [p.grad for p in m.parameters()]
+    x2, r2 = x.detach().clone().requires_grad_(), r.detach().clone().requires_grad_()
+    for p in m.parameters():
+        p.grad = None
+    eager = m(x2, r2)
+    eager.square().sum().backward()
+    assert torch.equal(out, eager)
+    for a, b in zip(got, [x2.grad, r2.grad] + [p.grad for p in m.parameters()]):
+        assert torch.equal(a, b)
+
+
+def test_from_original_shares_parameters_and_state_dict_matches(device):
+    for bias in (False, True):
+        orig = R.FeedForward(8, 2.66, bias)
+        fast = MixedScaleFeedForward.from_original(orig)
+        assert list(fast.state_dict()) == list(orig.state_dict())
+        for (n1, p1), (n2, p2) in zip(fast.named_parameters(), orig.named_parameters()):
+            assert n1 == n2 and p1 is p2
+        fresh = MixedScaleFeedForward(8, 2.66, bias)
+        assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in orig.state_dict().items()}
+        fresh.load_state_dict(orig.state_dict())
+        x = randn(1, 8, 4, 6, seed=90)
+        assert_close("module output", fresh.to(device)(x.to(device)), orig.double()(x.double()), orig.float()(x))
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    params = {n: (p.to(device) if p is not None else None) for n, p in _random_params(8, True, seed=0).items()}
+    x = randn(2, 8, 3, 3, seed=91, device=device)
+    args = list(params.values())
+    with pytest.raises(TypeError, match="dtype float64"):
+        mixed_scale_feed_forward(x.double(), *args)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        mixed_scale_feed_forward(x[0], *args)
+    with pytest.raises(ValueError, match=r"in_weight must have shape \[2 \* hidden, 9, 1, 1\]"):
+        mixed_scale_feed_forward(randn(2, 9, 3, 3, seed=92, device=device), *args)
+    bad = dict(params, g5_weight=params["g5_weight"][:, :, 1:4, 1:4])
+    with pytest.raises(ValueError, match=r"g5_weight must have shape \(21, 2, 5, 5\)"):
+        mixed_scale_feed_forward(x, *bad.values())
+    with pytest.raises(ValueError, match="is on meta"):
+        mixed_scale_feed_forward(x, *dict(params, dw3_bias=params["dw3_bias"].to("meta")).values())
+    with pytest.raises(TypeError, match="floating-point"):
+        mixed_scale_feed_forward(x, *dict(params, out_bias=params["out_bias"].long()).values())
+    with pytest.raises(ValueError, match=r"residual must have shape"):
+        mixed_scale_feed_forward(x, *args, residual=x[:, :4])
+    with pytest.raises(ValueError, match="expects"):
+        MixedScaleFeedForward(8).to(device)(randn(1, 9, 2, 2, seed=93, device=device))
+    with pytest.raises(ValueError, match="1 or 2 branches"):
+        depthwise_conv_fwd(x, [params["dw3_weight"][:8]] * 3, [None] * 3, False)
+    with pytest.raises(ValueError, match=r"K in \(3, 5, 7\)"):
+        depthwise_conv_fwd(x, [torch.ones(8, 1, 4, 4, device=device)], [None], False)
+
+
+def test_cpu_without_interpreter_runs_torch():
+    code = (
+        "import torch\n"
+        "from drsformer_fast.modules import MixedScaleFeedForward\n"
+        "from drsformer_fast import reference as R\n"
+        "o = R.FeedForward(6, 2.66, True); m = MixedScaleFeedForward.from_original(o)\n"
+        "x = torch.randn(2, 6, 5, 4); r = torch.randn(2, 6, 5, 4)\n"
+        "print(m.kernel_path(x))\n"
+        "print(float((m(x, r) - (o(x) + r)).abs().max()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    path, diff = out.stdout.split()
+    assert path == "torch"
+    assert float(diff) == 0.0
