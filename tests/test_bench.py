@@ -393,12 +393,15 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())["benchmarks"]
     blocks = [r["extra_info"] for r in runs if "block" in r["extra_info"]]
-    assert {b["block"] for b in blocks} >= {"layernorm", "attention"}
+    assert {b["block"] for b in blocks} == {"layernorm", "attention", "feedforward"}
     assert {(b["variant"], b["pass"]) for b in blocks} == {
         (v, p) for v in ("original", "fused") for p in ("forward", "forward-backward")}
     for info in blocks:
         assert {"shape", "scenario", "input", "variant", "pass", "dtype", "bytes_moved", "gbps"} <= set(info)
         assert info["shape"].startswith(info["scenario"]) and info["bytes_moved"] > 0
+    for info in blocks:
+        if info["block"] == "feedforward" and info["variant"] == "fused":
+            assert info["bytes_moved"] == info["table_bytes"]  # accounting agrees with the feed-forward's table
     models = [r["extra_info"] for r in runs if r["extra_info"].get("model") == "DRSformer"]
     assert {m["pass"] for m in models} == {"inference", "training-step"}
 
