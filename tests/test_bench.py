@@ -415,3 +415,12 @@ def test_commit_from_the_environment_without_git(monkeypatch):
     monkeypatch.setenv("DRSFORMER_FAST_GIT_COMMIT", "0123abc")
     env = bench.environment()
     assert env["git_commit"] == "0123abc" and env["git_dirty"] is None
+
+
+def test_saved_bytes_are_reproducible():
+    """Saved-for-backward figures do not depend on the allocator: the original attention saves tensors
+    in nodes freed during the forward (its discarded topk values), whose addresses get reused."""
+    from drsformer_fast.memory import saved_tensor_bytes
+
+    attn = R.Attention(96, 2, False)
+    assert len({saved_tensor_bytes(attn, (4, 96, 64, 64)) for _ in range(10)}) == 1
