@@ -96,7 +96,7 @@ def _units(doc: str, label: str) -> tuple[int, float]:
     return int(m.group(1)), float(m.group(2))
 
 
-def test_attention_bytes_match_the_kernel_docstring():
+def test_attention_bytes_match_the_kernel_docstring(device):
     """Level 1 at 256x256 (d = 48, fp32): original forward 45 units ~ 0.57 GB, fused 8 units ~ 0.10 GB
     forward and 25 units ~ 0.31 GB backward, as ``kernels/attention.py`` writes them."""
     doc = K.attention.__doc__
@@ -112,7 +112,7 @@ def test_attention_bytes_match_the_kernel_docstring():
     assert sum(k.total for k in accounting.attention_bytes(shape, residual=True)) == (fwd_u + 1) * unit
 
     # the original, counted op by op, is the docstring's 45 units (+ its C x C matrices)
-    orig = R.Attention(48, 1, False)
+    orig = R.Attention(48, 1, False).to(device)
     prof = accounting.profile(orig, shape, backward=False).summary()
     assert orig_u * unit <= prof["bytes_forward"] < (orig_u + 0.1) * unit
     assert round(prof["bytes_forward"] / 1e9, 2) == orig_gb
@@ -178,7 +178,7 @@ def test_every_custom_op_has_a_byte_model():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_fake_launch_counts_equal_real_execution(batch):
+def test_fake_launch_counts_equal_real_execution(batch, device):
     """The figures count launches on fake tensors (Triton launches counted, not run); the same
     forward and backward executed in Triton's interpreter launch exactly the same, op for op."""
     kinds = ["layernorm", "attention"] + (["feedforward", "block"] if HAVE_FAST_MODEL else [])
@@ -186,8 +186,9 @@ def test_fake_launch_counts_equal_real_execution(batch):
     for kind in kinds:
         torch.manual_seed(0)
         for module in bench._block_modules(kind, 16, 2):
+            module = module.to(device)
             fake = accounting.profile(module, (batch, 16, 6, 5))
-            real = accounting.profile(module, torch.randn(batch, 16, 6, 5), fake=False)
+            real = accounting.profile(module, torch.randn(batch, 16, 6, 5, device=device), fake=False)
             assert [r.name for r in fake.forward] == [r.name for r in real.forward], kind
             assert [r.name for r in fake.backward] == [r.name for r in real.backward], kind
             assert fake.summary() == real.summary(), kind
@@ -196,8 +197,8 @@ def test_fake_launch_counts_equal_real_execution(batch):
     assert "_attn_qk_gram_kernel" in names and "_attn_dqk_kernel" in names and "_ln_bwd_kernel" in names
 
 
-def test_fused_blocks_launch_less_and_move_fewer_bytes():
-    ln, attn = R.LayerNorm(48, "WithBias"), R.Attention(96, 2, False)
+def test_fused_blocks_launch_less_and_move_fewer_bytes(device):
+    ln, attn = R.LayerNorm(48, "WithBias").to(device), R.Attention(96, 2, False).to(device)
     for orig, fast, shape in [(ln, ChannelLayerNorm.from_original(ln), (2, 48, 64, 64)),
                               (attn, TopKSparseAttention.from_original(attn), (2, 96, 64, 64))]:
         o, f = accounting.profile(orig, shape).summary(), accounting.profile(fast, shape).summary()
