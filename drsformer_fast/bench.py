@@ -637,6 +637,10 @@ def format_figures_markdown(result: dict) -> str:
                 f"| {_pair(o['launches_forward'], f.get('launches_forward'), str)} "
                 f"| {_pair(o['launches_forward_backward'], f.get('launches_forward_backward'), str)} |")
         lines.append("")
+    if not result.get("blocks"):
+        lines += ["No per-block figures: block shapes are those of the scenarios "
+                  f"{', '.join(name for name, _, _ in benchmarking.SCENARIOS)} (benchmarking.SCENARIOS), "
+                  "none of which was chosen with --shapes.", ""]
     if result.get("whole_model"):
         lines += [
             f"Whole model (dim {cfg['dim']}, blocks {cfg['num_blocks']}, heads {cfg['heads']}, "
