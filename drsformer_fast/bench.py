@@ -248,7 +248,9 @@ def _autocast(device: torch.device, dtype: str):
 
 def _measure(model: torch.nn.Module, impl: str, scenario: Scenario, dtype: str, device: torch.device,
              reference_values: dict | None, *, repeats: int, warmup: int, seed: int) -> dict:
-    """Time one (implementation, scenario, precision); fills ``reference_values`` when it is None-free."""
+    """Time one (implementation, scenario, precision). ``reference_values``: None (nothing to compare
+    with), empty (this is the original in eager mode: its output, and for training its first-step
+    gradients, are stored there), or the original's values, which the row's differences are taken from."""
     gen = torch.Generator().manual_seed(seed + scenario.batch * 1000 + scenario.size)
     x = torch.rand(scenario.shape, generator=gen).to(device)
     target = torch.rand(scenario.shape, generator=gen).to(device)
