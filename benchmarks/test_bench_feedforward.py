@@ -1,62 +1,34 @@
-"""Mixed-scale feed-forward (MSFN) at every block shape of the default model: the original module in
-eager mode and under torch.compile, and the fused op; forward alone and forward + backward.
+"""Mixed-scale feed-forward (MSFN): the original ``FeedForward`` vs the fused kernels, per
+transformer-block shape of the default model (see ``conftest.py`` for variants and passes).
 
-``extra_info`` records the shape, the variant, the DRAM bytes of the variant from
-``kernels.feedforward.traffic_bytes`` (activations; for the original's backward an estimate) and the
-peak memory of one call, so GB/s and memory can be read off.
+Besides the common ``extra_info``, records ``hidden`` and the figures of the feed-forward's own byte
+table (``kernels.feedforward.traffic_bytes``, activations only): ``table_bytes`` for this variant and
+pass (for the original's backward an estimate of autograd's kernels) and ``stage_fused_fwd_bytes``,
+the forward with stage 1 inside stage 2 (not built), as a target.
 """
 
 import pytest
-import torch
-from conftest import requires_gpu, run_cuda
+from conftest import DTYPES, PASSES, bench_block, block_shapes, dtypes, requires_gpu, variants
+from drsformer_fast.kernels.feedforward import traffic_bytes
 
 from drsformer_fast import reference as R
-from drsformer_fast.benchmarking import block_shapes, ffn_hidden, peak_memory_bytes
+from drsformer_fast.benchmarking import ffn_hidden
 from drsformer_fast.modules import MixedScaleFeedForward
-
-VARIANTS = ("original-eager", "original-compile", "fused")
-PASSES = ("fwd", "fwd+bwd")
-
-
-def _module(variant: str, dim: int):
-    torch.manual_seed(0)
-    orig = R.FeedForward(dim, 2.66, False).cuda()
-    if variant == "fused":
-        return MixedScaleFeedForward.from_original(orig)
-    if variant == "original-compile":
-        return torch.compile(orig)
-    return orig
 
 
 @requires_gpu
+@pytest.mark.parametrize("dtype", dtypes())
 @pytest.mark.parametrize("pass_", PASSES)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variants())
 @pytest.mark.parametrize("shape", block_shapes(), ids=lambda s: s.id)
-def test_feedforward(benchmark, shape, variant, pass_):
-    from drsformer_fast.kernels.feedforward import traffic_bytes
-
-    m = _module(variant, shape.dim)
-    x = torch.randn(shape.batch, shape.dim, shape.height, shape.width, device="cuda",
-                    requires_grad=pass_ == "fwd+bwd")
-    g = torch.randn_like(x)
-
-    if pass_ == "fwd":
-        def fn():
-            with torch.no_grad():
-                m(x)
-    else:
-        def fn():
-            m(x).backward(g)
-
+def test_feedforward(benchmark, shape, variant, pass_, dtype):
+    original = R.FeedForward(shape.dim, 2.66, False)
+    module = MixedScaleFeedForward.from_original(original) if variant == "fused" else original
     hidden = ffn_hidden(shape.dim)
-    t = traffic_bytes(shape.batch, shape.dim, shape.height, shape.width, hidden, x.element_size())
+    element_size = DTYPES[dtype].itemsize  # under autocast both run their activations in bf16
+    table = traffic_bytes(shape.batch, shape.dim, shape.height, shape.width, hidden, element_size)
     kind = "fused" if variant == "fused" else "original"
-    model_bytes = t[f"{kind}_fwd"] + (t[f"{kind}_bwd"] if pass_ == "fwd+bwd" else 0)
-    fn()  # compile / autotune outside the measurement
-    benchmark.extra_info.update({
-        "op": "feed_forward", "shape": shape.id, "dim": shape.dim, "hidden": hidden, "variant": variant,
-        "pass": pass_, "dtype": "float32", "model_bytes": model_bytes,
-        "model_bytes_note": "activations only; the original's backward is an estimate of autograd's kernels",
-        "stage_fused_fwd_bytes": t["stage_fused_fwd"], "peak_memory_bytes": peak_memory_bytes(fn),
-    })
-    run_cuda(benchmark, fn)
+    table_bytes = table[f"{kind}_fwd"] + (table[f"{kind}_bwd"] if pass_ == "forward-backward" else 0)
+    bench_block(benchmark, module, shape, variant, pass_, dtype, block="feedforward",
+                extra_info={"hidden": hidden, "table_bytes": table_bytes,
+                            "stage_fused_fwd_bytes": table["stage_fused_fwd"]})

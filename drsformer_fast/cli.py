@@ -1,7 +1,8 @@
 """``drsformer-fast`` command line.
 
     drsformer-fast selfcheck      every fused kernel against the reference at small shapes
-    drsformer-fast bench          benchmarks with an NVIDIA GPU; without one, the self-check
+    drsformer-fast bench          benchmarks with an NVIDIA GPU; without one, the self-check and
+                                  device-independent figures (bytes saved, launches, bytes moved)
     drsformer-fast derain         derain images with a checkpoint of the original DRSformer
     drsformer-fast eval           PSNR/SSIM (Y channel) of a checkpoint on a folder with targets
 
@@ -61,6 +62,60 @@ def _selfcheck(args, argv) -> int:
     bad = [r for r in rows if not r.ok]
     print(f"{len(rows) - len(bad)}/{len(rows)} checks within bounds")
     return 1 if bad else 0
+
+
+def _bench(args, argv) -> int:
+    """``bench``: timings with an NVIDIA GPU; otherwise the self-check and the device-independent figures."""
+    from . import bench
+
+    for path, option in ((args.json, "--json"), (args.markdown, "--markdown")):
+        try:
+            bench.check_output_path(path, option)
+        except bench.BenchError as exc:
+            return _error(exc)
+    progress = bench.progress_to_stderr
+    if _has_cuda() and not args.interpreter:
+        scenarios = args.shapes or bench.parse_scenarios(bench.GPU_SCENARIOS)
+        print(f"drsformer-fast bench on {_cuda_name()}: {len(scenarios) * len(args.dtype) * len(args.impl)} "
+              f"measurements ({', '.join(s.name for s in scenarios)}; {', '.join(args.dtype)}; "
+              f"{', '.join(args.impl)})", file=sys.stderr)
+        on_result = (lambda result: bench.write_json(result, args.json)) if args.json else None
+        result = bench.run_gpu(scenarios, args.dtype, args.impl, variant=args.variant, repeats=args.repeats,
+                               warmup=args.warmup, seed=args.seed, progress=progress, on_result=on_result)
+        text = bench.format_gpu_markdown(result)
+        failed = any(r.get("status") == "error" for r in result["results"])
+    else:
+        code = _ensure_interpreter(argv)
+        if code is not None:
+            return code
+        from ._dispatch import kernel_path
+
+        scenarios = args.shapes or bench.parse_scenarios(bench.FIGURE_SCENARIOS)
+        print(f"drsformer-fast bench without a GPU ({kernel_path('cpu')} path)")
+        print(bench.TIMING_NOTE)
+        print("Kernels run in Triton's CPU interpreter for the self-check; the figures use fake tensors "
+              "(real shapes, no compute).", flush=True)
+        result = bench.run_figures(scenarios, variant=args.variant, selfcheck=not args.skip_selfcheck,
+                                   progress=progress)
+        text = bench.format_figures_markdown(result)
+        if "selfcheck" in result:
+            check = result["selfcheck"]
+            print(check["table"])
+            print(f"{check['passed']}/{check['total']} checks within bounds\n")
+        failed = "selfcheck" in result and result["selfcheck"]["passed"] < result["selfcheck"]["total"]
+        if args.json:
+            bench.write_json(result, args.json)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text + "\n")
+    return 1 if failed else 0
+
+
+def _cuda_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,13 +245,70 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-ema", action="store_true", help="load the checkpoint's 'params_ema' (EMA) weights")
 
 
+def _bench_type(parser_name: str):
+    def parse(text: str):
+        from . import bench
+
+        try:
+            return getattr(bench, parser_name)(text)
+        except bench.BenchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = parser_name.replace("parse_", "")
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drsformer-fast", description="Fused Triton kernels for DRSformer.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("selfcheck", help="check every fused kernel against the reference at small shapes")
     p.add_argument("--interpreter", action="store_true", help="use Triton's CPU interpreter even with a GPU")
-    p = sub.add_parser("bench", help="benchmark (NVIDIA GPU); without one, run the self-check")
-    p.add_argument("--interpreter", action="store_true", help=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "bench", help="benchmark the original vs the fast model (NVIDIA GPU); without one, the self-check "
+                      "and device-independent figures",
+        description="With an NVIDIA GPU: whole-model inference and training-step timings, peak memory and "
+                    "output differences, original (eager, torch.compile) vs fast (eager, torch.compile). "
+                    "Without one: the kernel self-check in Triton's interpreter, then bytes saved for "
+                    "backward, kernel launches and bytes moved per block shape and for the whole model.")
+    p.add_argument("--interpreter", action="store_true",
+                   help="take the no-GPU path (self-check + device-independent figures) even with a GPU")
+    p.add_argument("--shapes", type=_bench_type("parse_scenarios"), default=None, metavar="LIST",
+                   help="scenarios, comma-separated: infer<SIZE>, infer<B>x<SIZE>, train<B>x<SIZE> "
+                        "(default: infer256,infer512,train4x128 on a GPU; infer256,train2x128,train4x128 without)")
+    p.add_argument("--dtype", type=_bench_type("parse_dtypes"), default="fp32,bf16", metavar="LIST",
+                   help="GPU timings: fp32,bf16 (bf16 under torch.autocast); default both. The figures are fp32")
+    p.add_argument("--impl", type=_bench_type("parse_implementations"),
+                   default="original,original-compiled,fast,fast-compiled", metavar="LIST",
+                   help="GPU timings: which of original, original-compiled, fast, fast-compiled (default all)")
+    p.add_argument("--variant", choices=["with-mefc", "without-mefc"], default="with-mefc",
+                   help="default DRSformer with MEFC (Rain200H/DID/DDN) or without (Rain200L/SPA)")
+    p.add_argument("--repeats", type=_positive_int, default=20, metavar="N", help="timed calls (median; default 20)")
+    p.add_argument("--warmup", type=_non_negative_int, default=5, metavar="N",
+                   help="untimed calls first (compilation, autotuning; default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    p.add_argument("--skip-selfcheck", action="store_true", help="no-GPU path: figures only")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON (on a GPU: after every measurement)")
+    p.add_argument("--markdown", metavar="PATH", help="write the result table(s) as markdown")
     p = sub.add_parser("derain", help="derain images (files or folders) with a checkpoint; writes PNGs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png, jpg, jpeg, bmp)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the results (<stem>.png)")
@@ -214,8 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command in ("selfcheck", "bench"):
+    if args.command == "selfcheck":
         return _selfcheck(args, argv)
+    if args.command == "bench":
+        return _bench(args, argv)
     if args.command == "derain":
         return _user_errors(lambda: _derain(args))
     if args.command == "eval":

@@ -24,25 +24,30 @@ def saved_tensor_bytes(model: nn.Module, inputs: torch.Tensor | Sequence[int], *
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     params = {id(p) for p in model.parameters()}
-    saved: dict[int, int] = {}
+    saved: list[tuple[StorageWeakRef, int]] = []
 
     def pack(t: torch.Tensor):
         if id(t) not in params and not isinstance(t, nn.Parameter):
-            saved[StorageWeakRef(t.untyped_storage()).cdata] = t.untyped_storage().nbytes()
+            saved.append((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()))
         return t
 
-    def run(x: torch.Tensor) -> None:
+    def run(x: torch.Tensor) -> int:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x.requires_grad_())
+            out = model(x.requires_grad_())
+        # Counted while the graph is alive: the storages still held for backward, each once. A tensor
+        # saved by a node freed during the forward (e.g. a topk whose values are discarded) is gone,
+        # and its address may since belong to another saved storage: keying by address while
+        # recording made the total depend on the allocator.
+        alive = {ref.cdata: nbytes for ref, nbytes in saved if not ref.expired()}
+        del out
+        return sum(alive.values())
 
     p = next(model.parameters())
     if fake:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             x = (mode.from_tensor(inputs.detach()) if isinstance(inputs, torch.Tensor)
                  else torch.empty(tuple(inputs), dtype=p.dtype, device=p.device))
-            run(x)
-    else:
-        x = inputs.detach().clone() if isinstance(inputs, torch.Tensor) else torch.randn(
-            tuple(inputs), dtype=p.dtype, device=p.device)
-        run(x)
-    return sum(saved.values())
+            return run(x)
+    x = inputs.detach().clone() if isinstance(inputs, torch.Tensor) else torch.randn(
+        tuple(inputs), dtype=p.dtype, device=p.device)
+    return run(x)
