@@ -37,6 +37,16 @@ def _grads(model, x, g):
     return out, torch.autograd.grad(out, [x] + params, g)
 
 
+def _assert_matches_reference(fast, ref, x, g, out, grads):
+    """fp32 output and every gradient of ``fast`` against the reference (float64 truth, float32 for
+    PyTorch's own error), tensor by tensor."""
+    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
+    out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(_names(fast), grads, grads64, grads32):
+        assert_close(n, a, r, t)
+
+
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_golden_whole_model(name, device):
     d = load(name)
@@ -65,12 +75,7 @@ def test_random_config_matches_reference(device):
     fast = fast.to(device)
     x = randn(2, 3, 8, 16, seed=2, device=device)
     g = randn(2, 3, 8, 16, seed=3, device=device)
-    out, grads = _grads(fast, x, g)
-    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
-    out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
-    assert_close("output", out, out64, out32)
-    for n, a, r, t in zip(_names(fast), grads, grads64, grads32):
-        assert_close(n, a, r, t)
+    _assert_matches_reference(fast, ref, x, g, *_grads(fast, x, g))
 
 
 def test_torch_compile_fullgraph_aot_eager(device):
@@ -78,7 +83,8 @@ def test_torch_compile_fullgraph_aot_eager(device):
     fast = fast.to(device)
     x = randn(1, 3, 8, 8, seed=5, device=device)
     g = randn(1, 3, 8, 8, seed=6, device=device)
-    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True, dynamic=False)
     out_c, grads_c = _grads(compiled, x, g)
     out_e, grads_e = _grads(fast, x, g)
     torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
@@ -91,13 +97,12 @@ def test_torch_compile_fullgraph_inductor(device):
     fast = fast.to(device)
     x = randn(1, 3, 8, 16, seed=8, device=device)  # 8x16: the latent keeps 2 pixels (see the autocast test)
     g = randn(1, 3, 8, 16, seed=9, device=device)
-    compiled = torch.compile(fast, backend="inductor", fullgraph=True)
-    out_c, grads_c = _grads(compiled, x, g)
-    out64, grads64 = _grads(ref.double(), x.double().cpu(), g.double().cpu())
-    out32, grads32 = _grads(ref.float(), x.cpu(), g.cpu())
-    assert_close("output", out_c, out64, out32)
-    for n, a, r, t in zip(_names(fast), grads_c, grads64, grads32):
-        assert_close(n, a, r, t)
+    # dynamic=False: Dynamo would otherwise turn W symbolic after the other test's 8x8, and Inductor
+    # (torch 2.13, CPU) then fails on symbolic strides for the ORIGINAL model as well ("cannot
+    # determine truth value of Relational"): a PyTorch limitation, not one of these ops
+    torch._dynamo.reset()
+    compiled = torch.compile(fast, backend="inductor", fullgraph=True, dynamic=False)
+    _assert_matches_reference(fast, ref, x, g, *_grads(compiled, x, g))
 
 
 def test_autocast_agrees_with_reference_under_autocast(device):

@@ -35,8 +35,8 @@ def test_layer_norm_ops(device):
     torch.library.opcheck(torch.ops.drsformer_fast.layer_norm_fwd.default, (x, w, None), test_utils=UTILS)
     _, mean, rstd = torch.ops.drsformer_fast.layer_norm_fwd(x.detach(), w.detach(), b.detach())
     dy = _cl(randn(2, 5, 3, 7, seed=4, device=device))
-    torch.library.opcheck(torch.ops.drsformer_fast.layer_norm_bwd.default, (dy, x.detach(), w.detach(), mean, rstd, True),
-                          test_utils=BWD_UTILS)
+    torch.library.opcheck(torch.ops.drsformer_fast.layer_norm_bwd.default,
+                          (dy, x.detach(), w.detach(), mean, rstd, True), test_utils=BWD_UTILS)
 
 
 def test_attention_ops(device):
