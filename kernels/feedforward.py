@@ -48,6 +48,16 @@ GB are level 1 of the default model at 256x256: B=1, d=48, h=127, fp32, one plan
   fused, stage 1 inside stage 2 (not built)    d + 2h       2h + d       2d + 4h  =  604   0.16
     (y's 5x5 halo is re-read per tile; the 4h-channel ab never reaches memory)
 
+Why stage 1 is not fused into stage 2. Triton has no shared-memory tile one can index with shifts,
+so inside one kernel a stage-2 output can only get its stage-1 inputs by recomputing them per tap:
+a u/v value reads 2 channels x K*K stage-1 values, each K*K taps of y, i.e. 2*(9*9 + 25*25) = 1412
+FMAs per output pair against 2*(9 + 25) = 68 now. Level 1 at 256x256 (h = 127) that is
+65536 * 127 * 1412 = 11.8 G FMA = 23.5 GFLOP on CUDA cores (no tensor-core form), >= 0.35 ms at
+H100's ~67 TFLOP/s fp32, against 0.42 GB = 0.13 ms at ~3.3 TB/s for the two-stage version: the
+recomputing kernel would be compute-bound and slower, by arithmetic. A halo-tile version (stage 1
+for a tile plus its 2-pixel border kept on chip) needs CUDA/CUTLASS-level shared-memory control;
+left for a GPU session that can measure it.
+
   backward                                     reads        writes       planes            GB
   fused (this module)
     recompute y, stage 1                       d + 2h       2h + 4h      d + 8h   = 1064
