@@ -18,6 +18,10 @@ import torch  # noqa: E402
 if GPU_MODE and not torch.cuda.is_available():
     raise RuntimeError("DRSFORMER_FAST_TEST_GPU=1 but torch sees no CUDA device")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core: more threads per worker only oversubscribe the cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def device() -> torch.device:

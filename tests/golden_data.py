@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -15,8 +16,15 @@ FEEDFORWARD_FILES = ("feedforward_dim48_bias0", "feedforward_dim96_bias1")
 
 
 @functools.cache
-def load(name: str) -> dict:
+def _load(name: str) -> dict:
     return torch.load(GOLDEN_DIR / f"{name}.pt", weights_only=True)
+
+
+def load(name: str) -> dict:
+    """A fresh copy of a golden file's contents: tests call ``requires_grad_()`` on its tensors
+    (``.to()`` of a tensor already in that dtype is the tensor itself), and a cached, shared tensor
+    would carry one test's autograd state and ``.grad`` into the next."""
+    return copy.deepcopy(_load(name))
 
 
 @functools.cache

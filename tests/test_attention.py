@@ -5,6 +5,7 @@ import torch
 from conftest import half_dtypes
 from golden_data import ATTENTION_FILES, load
 from helpers import assert_close, assert_golden, non_contiguous, randn
+from original_arch import perturb_
 
 from drsformer_fast import reference as R
 from drsformer_fast.modules import TopKSparseAttention
@@ -12,18 +13,9 @@ from drsformer_fast.ops.attention import _attention_torch, topk_ranks, topk_spar
 
 
 def _perturbed_original(dim, heads, bias, seed):
-    """An original Attention whose every parameter matters (as in the golden files)."""
-    m = R.Attention(dim, heads, bias)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name == "temperature":
-                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.5)
-            elif name.startswith("attn"):
-                p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.05)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return m
+    """An original Attention whose every parameter matters (as in the golden files), a function of
+    ``seed`` alone (see ``original_arch.perturb_``)."""
+    return perturb_(R.Attention(dim, heads, bias), seed)
 
 
 def _grads(module, x, g, residual=None):

@@ -388,9 +388,10 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "micro.json"
     env = dict(os.environ, DRSFORMER_FAST_BENCH_SMOKE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks",
-                           "--benchmark-json", str(out)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {k: v for k, v in env.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "benchmarks", "--benchmark-json", str(out)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())["benchmarks"]
     blocks = [r["extra_info"] for r in runs if "block" in r["extra_info"]]
