@@ -1,5 +1,6 @@
 """Checkpoint loading: configuration inference, layouts, strictness, and errors that name everything."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,10 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 p.copy_(0.5 + noise.abs())
             elif ".norm" in name and name.endswith("weight"):
                 p.copy_(1.0 + noise)
+            elif p.dim() > 1:  # a function of the seed alone, not of the global-RNG init (any test order)
+                p.copy_(noise * 10 / math.sqrt(p[0].numel()))  # std 1/sqrt(fan_in)
             else:
-                p.add_(noise)
+                p.copy_(noise)
     return model
 
 
