@@ -634,8 +634,8 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
     """Gradients of :func:`attention_fwd` (without the residual, whose gradient is ``dout`` itself).
 
     dout: [B, d, H, W], any strides. Returns ``(dx, d_qkv_w, d_qkv_b, d_dw_w, d_dw_b, d_temperature,
-    [d_attn1..4], d_proj_w, d_proj_b)``: dx in x's dtype (None unless ``needs_input_grad``), parameter
-    gradients fp32 in the parameters' shapes, bias gradients None without biases.
+    [d_attn1..4], d_proj_w, d_proj_b)``: dx contiguous in x's dtype (None unless ``needs_input_grad``),
+    parameter gradients contiguous fp32 in the parameters' shapes, bias gradients None without biases.
     """
     B, D, H, W = x.shape
     heads = num_heads
@@ -698,20 +698,17 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
                     conv=False, has_bias=False, half_dot=_half_dot(t0.dtype))
 
-        dt0, d_dw_w, d_dw_b = _depthwise_bwd(dt, t0, dw_weight, has_bias)
+        dt0, (d_dw_w,), (d_dw_b,) = depthwise_conv_bwd([dt], t0, [dw_weight], need_bias_grad=has_bias)
         # 1x1 projection backward: the same cuDNN/cuBLAS call autograd makes for the original conv
         dx, d_qkv_w, d_qkv_b = torch.ops.aten.convolution_backward(
             dt0, x, qkv_weight.to(x.dtype), [3 * D] if has_bias else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
             [needs_input_grad, True, has_bias],
         )
-    return (dx, d_qkv_w.float(), d_qkv_b.float() if has_bias else None, d_dw_w, d_dw_b, d_temp, d_attn,
+    # aten lays dx (and the weight gradient) out like a channels-last x (weight): contiguous, as
+    # documented (a no-op for NCHW tensors)
+    dx = dx.contiguous() if dx is not None else None
+    return (dx, d_qkv_w.float().contiguous(), d_qkv_b.float() if has_bias else None, d_dw_w, d_dw_b, d_temp, d_attn,
             d_proj_w, d_proj_b)
-
-
-def _depthwise_bwd(dt, t0, dw_weight, has_bias):
-    """The 3x3 depthwise conv's backward: dt0 and the weight (and bias) gradients, deterministic."""
-    dt0, dws, dbs = depthwise_conv_bwd([dt], t0, [dw_weight], need_bias_grad=has_bias)
-    return dt0, dws[0], dbs[0]
 
 
 # ----------------------------------------------------------------------------------------------

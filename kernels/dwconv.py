@@ -371,7 +371,9 @@ def depthwise_conv_bwd(
             k = sizes[i]
             total = parts[j].sum(0)  # fixed-order reduction over programs: deterministic
             if need_weight_grad:
-                dws[i] = total[: k * k].t().reshape(C, 1, k, k)
+                # the partials are tap-major ([K*K, C], coalesced writes); the gradient is [C, 1, K, K]
+                # contiguous like the weight (C*K*K floats: the copy is negligible)
+                dws[i] = total[: k * k].t().contiguous().view(C, 1, k, k)
             if need_bias_grad:
                 dbs[i] = total[k * k].clone()  # its own storage: callers may return it beside dws[i]
     return dx, dws, dbs

@@ -435,7 +435,9 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
                 K=k, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
             )
             # fixed-order sums over programs: deterministic
-            grads[f"{name}_weight"] = pw.sum(0).view(2, k * k, hidden).permute(2, 0, 1).reshape(hidden, 2, k, k)
+            # partials are [2, K*K, h] (coalesced writes); the gradient is contiguous like the weight
+            grads[f"{name}_weight"] = (pw.sum(0).view(2, k * k, hidden).permute(2, 0, 1).contiguous()
+                                       .view(hidden, 2, k, k))
         grads["g3_bias"] = pb_uv[:, :hidden].sum(0) if params["g3_bias"] is not None else None
         grads["g5_bias"] = pb_uv[:, hidden:].sum(0) if params["g5_bias"] is not None else None
         # dW_out = dout . cat(u, v)^T over batch and pixels (cuBLAS)

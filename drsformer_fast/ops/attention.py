@@ -53,10 +53,8 @@ def _attention_bwd(
         proj_weight, num_heads, needs_input_grad,
     )
 
-    def or_empty(t):
-        # custom ops return tensors, each its own (no aliasing between outputs); contiguous as the fake
-        # promises (aten's convolution_backward lays dx out like a channels-last x: a no-op for NCHW)
-        return t.contiguous() if t is not None else dqw.new_empty(0)
+    def or_empty(t):  # custom ops return tensors, each its own (no aliasing between outputs)
+        return t if t is not None else dqw.new_empty(0)
 
     return [or_empty(t) for t in (dx, dqw, dqb, ddw, ddb, dtemp, dattn, dpw, dpb)]
 

@@ -59,11 +59,9 @@ def _ffn_bwd(
     params = _params(in_weight, in_bias, dw3_weight, dw3_bias, dw5_weight, dw5_bias,
                      g3_weight, g3_bias, g5_weight, g5_bias, out_weight, out_bias)
     dx, grads = ffn_bwd(dout, x, params, need_input_grad)
-    # absent gradients as distinct empty tensors: outputs of a custom op may not alias each other;
-    # contiguous because the fake says so (a weight passed channels-last gets a grad laid out like it)
+    # absent gradients as distinct empty tensors: outputs of a custom op may not alias each other
     return [dx if dx is not None else x.new_empty(0)] + [
-        grads[n].contiguous() if grads[n] is not None else x.new_empty(0, dtype=torch.float32)
-        for n in PARAM_NAMES]
+        grads[n] if grads[n] is not None else x.new_empty(0, dtype=torch.float32) for n in PARAM_NAMES]
 
 
 @_ffn_bwd.register_fake
