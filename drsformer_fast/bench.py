@@ -608,6 +608,17 @@ def _pair(orig, fast, fmt) -> str:
     return f"{fmt(orig)} → {fmt(fast)}{ratio}"
 
 
+_FIGURE_COLUMNS = (("saved_bytes", _fmt_bytes), ("bytes_forward", _fmt_bytes), ("bytes_forward_backward", _fmt_bytes),
+                   ("launches_forward", str), ("launches_forward_backward", str))
+
+
+def _figure_cells(row: dict) -> str:
+    """The five original -> fast cells of a figures row (a dash where the original has no figure,
+    e.g. backward for inference)."""
+    o, f = row["original"], row["fast"] or {}
+    return " | ".join(_pair(o.get(key), f.get(key), fmt) for key, fmt in _FIGURE_COLUMNS)
+
+
 def format_figures_markdown(result: dict) -> str:
     """Tables of the no-GPU report (markdown; also what the command line prints)."""
     cfg = result["model"]["config"]
@@ -631,13 +642,7 @@ def format_figures_markdown(result: dict) -> str:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in result["blocks"]:
-            o, f = r["original"], r["fast"] or {}
-            lines.append(
-                f"| {r['shape']} | {r['block']} | {_pair(o['saved_bytes'], f.get('saved_bytes'), _fmt_bytes)} "
-                f"| {_pair(o['bytes_forward'], f.get('bytes_forward'), _fmt_bytes)} "
-                f"| {_pair(o['bytes_forward_backward'], f.get('bytes_forward_backward'), _fmt_bytes)} "
-                f"| {_pair(o['launches_forward'], f.get('launches_forward'), str)} "
-                f"| {_pair(o['launches_forward_backward'], f.get('launches_forward_backward'), str)} |")
+            lines.append(f"| {r['shape']} | {r['block']} | {_figure_cells(r)} |")
         lines.append("")
     if not result.get("blocks"):
         lines += ["No per-block figures: block shapes are those of the scenarios "
@@ -652,14 +657,7 @@ def format_figures_markdown(result: dict) -> str:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in result["whole_model"]:
-            o, f = r["original"], r["fast"] or {}
-            lines.append(
-                f"| {r['scenario']} | {'x'.join(map(str, r['input']))} "
-                f"| {_pair(o['saved_bytes'], f.get('saved_bytes'), _fmt_bytes)} "
-                f"| {_pair(o['bytes_forward'], f.get('bytes_forward'), _fmt_bytes)} "
-                f"| {_pair(o.get('bytes_forward_backward'), f.get('bytes_forward_backward'), _fmt_bytes)} "
-                f"| {_pair(o['launches_forward'], f.get('launches_forward'), str)} "
-                f"| {_pair(o.get('launches_forward_backward'), f.get('launches_forward_backward'), str)} |")
+            lines.append(f"| {r['scenario']} | {'x'.join(map(str, r['input']))} | {_figure_cells(r)} |")
         lines.append("")
     lines.append("How these are measured:")
     lines += [f"* {name}: {text}." for name, text in result["methods"].items()]

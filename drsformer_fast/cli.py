@@ -258,24 +258,20 @@ def _bench_type(parser_name: str):
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a one-line error otherwise."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    parse.__name__ = "integer"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU timings: which of original, original-compiled, fast, fast-compiled (default all)")
     p.add_argument("--variant", choices=["with-mefc", "without-mefc"], default="with-mefc",
                    help="default DRSformer with MEFC (Rain200H/DID/DDN) or without (Rain200L/SPA)")
-    p.add_argument("--repeats", type=_positive_int, default=20, metavar="N", help="timed calls (median; default 20)")
-    p.add_argument("--warmup", type=_non_negative_int, default=5, metavar="N",
+    p.add_argument("--repeats", type=_int_at_least(1), default=20, metavar="N", help="timed calls (median; default 20)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=5, metavar="N",
                    help="untimed calls first (compilation, autotuning; default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--skip-selfcheck", action="store_true", help="no-GPU path: figures only")
