@@ -19,6 +19,25 @@ from .._validation import SUPPORTED_DTYPES, check_tensor  # noqa: F401 (re-expor
 LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 
 
+def conv_fp32_precision() -> str:
+    """``input_precision`` for an fp32 ``tl.dot`` that stands in for a convolution: what ``nn.Conv2d``
+    does for the original under PyTorch's current setting. ``"tf32"`` when cuDNN convolutions may use
+    TF32 (PyTorch's default on Ampere/Hopper: ``torch.backends.cudnn.conv.fp32_precision == "tf32"``,
+    legacy ``torch.backends.cudnn.allow_tf32``), ``"ieee"`` otherwise. Read at launch time, so a user
+    who switches TF32 off gets exact fp32 dots from the next call on. fp16/bf16 dots ignore it.
+    Dots whose values choose top-k entries never use this: they are always ``"ieee"``.
+    """
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: the per-operator flags
+        # "none" inherits from the parent flag (cudnn, then the global backend flag)
+        for flag in (conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision):
+            if flag != "none":
+                return "tf32" if flag == "tf32" else "ieee"
+        return "ieee"
+    return "tf32" if cudnn.allow_tf32 else "ieee"
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
