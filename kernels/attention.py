@@ -51,8 +51,8 @@ import triton.language as tl
 
 from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, device_guard, multiprocessor_count, next_pow2
-from .dwconv import _check_image_offsets, depthwise_conv_bwd
+from ._utils import LAUNCH_OPTIONS, conv_fp32_precision, device_guard, multiprocessor_count, next_pow2
+from .dwconv import depthwise_conv_bwd
 
 L2_EPS = 1e-12
 __all__ = ["attention_fwd", "attention_bwd", "MAX_CHANNELS_PER_HEAD", "topk_counts"]
@@ -66,6 +66,12 @@ def topk_counts(c: int) -> tuple[int, int, int, int]:
 # ----------------------------------------------------------------------------------------------
 # shared device functions
 # ----------------------------------------------------------------------------------------------
+#
+# Loop trip counts are constexprs (ITERS, K_ITERS, ...), functions of channel counts and of a
+# power-of-two split size, never runtime integers: Triton 3.6's interpreter cannot run range() over
+# runtime integers with NumPy >= 2.4, and a constant trip count is what the software pipeliner wants.
+# Offsets: every channel offset is int64 (t0 spans 3*d*H*W elements); offsets within one channel
+# plane are int32 (the launchers guarantee a plane spans < 2**31 elements, copying if needed).
 
 
 @triton.jit
@@ -82,7 +88,7 @@ def _dwconv3x3_tile(
 ):
     """3x3 depthwise conv (zero padding 1) at the given channels and pixels, fp32, 0 where masked."""
     b_acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    p_c = t_ptr + o_c * stride_c
+    p_c = t_ptr + o_c.to(tl.int64) * stride_c
     # a runtime loop over the taps (not unrolled): only one shifted tile is live at a time, which
     # keeps the register footprint of the callers' larger tiles free of spills
     for tap in range(9):
@@ -99,10 +105,31 @@ def _dwconv3x3_tile(
 
 
 @triton.jit
+def _ghat_tile(
+    p_g,  # NORMALISE: summed Gram of one (sample, head) [C*C + 2C] (G, then sums of squares of Q and K
+          # rows); else the stored normalised Gram Ghat [C, C]. fp32
+    o_r, m_r,  # rows: [BLOCK_R]
+    o_l,  # columns: [L]
+    C, eps,
+    NORMALISE: tl.constexpr,
+):
+    """Ghat[r, l] = G[r, l] / (max(|q_r|, eps) max(|k_l|, eps)), IEEE sqrt and division: the values
+    that choose the top-k entries, bit for bit the same wherever they are rebuilt. 0 outside C x C."""
+    m_l = o_l < C
+    b_g = tl.load(p_g + o_r[:, None] * C + o_l[None, :], mask=m_r[:, None] & m_l[None, :], other=0.0)
+    if NORMALISE:
+        b_nq = tl.maximum(tl.sqrt_rn(tl.load(p_g + C * C + o_r, mask=m_r, other=1.0)), eps)
+        b_nk = tl.maximum(tl.sqrt_rn(tl.load(p_g + C * C + C + o_l, mask=m_l, other=1.0)), eps)
+        b_g = tl.div_rn(b_g, b_nq[:, None] * b_nk[None, :])
+    return b_g
+
+
+@triton.jit
 def _topk_softmax_rows(
-    p_ghat,  # normalised Gram Ghat of one (sample, head): [C, C] fp32
+    p_g,  # see _ghat_tile
     o_r, m_r,  # the rows of this program and their mask: [BLOCK_R]
-    tau, k1, k2, k3, k4, C,
+    tau, k1, k2, k3, k4, C, eps,
+    NORMALISE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -113,18 +140,17 @@ def _topk_softmax_rows(
     One rank per entry decides all four nested masks (kept in mask i iff rank < k_i). rank_j counts
     the entries of its row that beat j: larger, or equal with a lower column index, so ties at the
     k-th value go to the lower column index (deterministic; torch.topk leaves the choice open).
-    The forward and the backward both call this on the same stored Ghat: identical masks.
+    The forward (from the summed Gram) and the backward (from the stored Ghat) see the same bits.
     """
     o_j = tl.arange(0, BLOCK_C)
     m_rj = m_r[:, None] & (o_j < C)[None, :]
-    b_ghat = tl.load(p_ghat + o_r[:, None] * C + o_j[None, :], mask=m_rj, other=0.0)
+    b_ghat = _ghat_tile(p_g, o_r, m_r, o_j, C, eps, NORMALISE)
     b_a = tl.where(m_rj, b_ghat * tau, float("-inf"))
     b_rank = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-    for l0 in range(0, C, CHUNK):
-        o_l = l0 + tl.arange(0, CHUNK)
+    for i_l in range(BLOCK_C // CHUNK):  # constexpr trip count over the padded row; padding is masked
+        o_l = i_l * CHUNK + tl.arange(0, CHUNK)
         m_rl = m_r[:, None] & (o_l < C)[None, :]
-        b_al = tl.where(m_rl, tl.load(p_ghat + o_r[:, None] * C + o_l[None, :], mask=m_rl, other=0.0) * tau,
-                        float("-inf"))
+        b_al = tl.where(m_rl, _ghat_tile(p_g, o_r, m_r, o_l, C, eps, NORMALISE) * tau, float("-inf"))
         # [BLOCK_R, CHUNK, BLOCK_C]: does entry l of the row beat entry j?
         beats = (b_al[:, :, None] > b_a[:, None, :]) | (
             (b_al[:, :, None] == b_a[:, None, :]) & (o_l[None, :, None] < o_j[None, None, :]))
@@ -136,11 +162,11 @@ def _topk_softmax_rows(
     b_s2 = tl.where(b_rank < k2, b_e, 0.0)
     b_s3 = tl.where(b_rank < k3, b_e, 0.0)
     b_s4 = tl.where(b_rank < k4, b_e, 0.0)
-    # padded rows are all zero: divide by 1 there instead of 0
-    b_s1 = b_s1 / tl.where(m_r, tl.sum(b_s1, axis=1), 1.0)[:, None]
-    b_s2 = b_s2 / tl.where(m_r, tl.sum(b_s2, axis=1), 1.0)[:, None]
-    b_s3 = b_s3 / tl.where(m_r, tl.sum(b_s3, axis=1), 1.0)[:, None]
-    b_s4 = b_s4 / tl.where(m_r, tl.sum(b_s4, axis=1), 1.0)[:, None]
+    # IEEE division as PyTorch's softmax; padded rows are all zero: divide by 1 there instead of 0
+    b_s1 = tl.div_rn(b_s1, tl.where(m_r, tl.sum(b_s1, axis=1), 1.0)[:, None])
+    b_s2 = tl.div_rn(b_s2, tl.where(m_r, tl.sum(b_s2, axis=1), 1.0)[:, None])
+    b_s3 = tl.div_rn(b_s3, tl.where(m_r, tl.sum(b_s3, axis=1), 1.0)[:, None])
+    b_s4 = tl.div_rn(b_s4, tl.where(m_r, tl.sum(b_s4, axis=1), 1.0)[:, None])
     return b_ghat, b_s1, b_s2, b_s3, b_s4
 
 
@@ -154,14 +180,14 @@ def _attn_qk_gram_kernel(
     t_ptr,  # t0: [B, 3d, H, W], any strides
     w_ptr,  # depthwise weight: [3d, 9] fp32
     b_ptr,  # depthwise bias: [3d] fp32
-    gram_ptr,  # out, partial Q K^T: [B*heads, S, C, C] fp32
-    ssq_ptr,  # out, partial row sums of squares: [B*heads, S, 2, C] fp32 (0: Q rows, 1: K rows)
-    C, D, HEADS, H, W, blocks_per_split,
+    part_ptr,  # out, partials: [B*heads, S, C*C + 2C] fp32 (Q K^T, then row sums of squares of Q, of K)
+    C, D, HEADS, H, W,
     n_cb,  # channel blocks per side: the C x C Gram is n_cb x n_cb tiles
     stride_b, stride_c, stride_h, stride_w,
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ITERS: tl.constexpr,  # token blocks per split (program)
 ):
     i_s = tl.program_id(0)
     i_t = tl.program_id(1)
@@ -181,9 +207,8 @@ def _attn_qk_gram_kernel(
     b_gram = tl.zeros([BLOCK_C, BLOCK_C], dtype=tl.float32)
     b_ssq_q = tl.zeros([BLOCK_C], dtype=tl.float32)
     b_ssq_k = tl.zeros([BLOCK_C], dtype=tl.float32)
-    blk_end = tl.minimum((i_s + 1) * blocks_per_split, tl.cdiv(N, BLOCK_N))
-    for blk in range(i_s * blocks_per_split, blk_end):
-        o_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_n >= N)
+        o_n = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = o_n < N
         o_h = o_n // W
         o_w = o_n % W
@@ -191,58 +216,27 @@ def _attn_qk_gram_kernel(
                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
         b_k = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+        # exact fp32 whatever PyTorch's TF32 setting: these values choose the top-k entries
         b_gram += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
         b_ssq_q += tl.sum(b_q * b_q, axis=1)
         b_ssq_k += tl.sum(b_k * b_k, axis=1)
 
-    i_part = i_bh.to(tl.int64) * S + i_s
-    tl.store(gram_ptr + i_part * C * C + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
+    p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
+    tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
     # each row's sum of squares is written by the tiles of the first column (Q) / first row (K)
-    tl.store(ssq_ptr + i_part * 2 * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
-    tl.store(ssq_ptr + i_part * 2 * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
-
-
-@triton.jit
-def _attn_gram_reduce_kernel(
-    gram_ptr,  # partial Q K^T: [B*heads, S, C, C] fp32
-    ssq_ptr,  # partial sums of squares: [B*heads, S, 2, C] fp32
-    ghat_ptr,  # out, normalised Gram Q_n K_n^T: [B*heads, C, C] fp32
-    norm_ptr,  # out, clamped L2 norms max(|.|, eps): [B*heads, 2, C] fp32 (0: Q rows, 1: K rows)
-    C, S, eps,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    i_rb = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    o_r = i_rb * BLOCK_R + tl.arange(0, BLOCK_R)
-    o_j = tl.arange(0, BLOCK_C)
-    m_r = o_r < C
-    m_j = o_j < C
-    m_rj = m_r[:, None] & m_j[None, :]
-    # fixed-order reduction of the token splits: the masks do not change from run to run
-    b_g = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    b_sq = tl.zeros([BLOCK_R], dtype=tl.float32)
-    b_sk = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for s in range(S):
-        i_part = i_bh * S + s
-        b_g += tl.load(gram_ptr + i_part * C * C + o_r[:, None] * C + o_j[None, :], mask=m_rj, other=0.0)
-        b_sq += tl.load(ssq_ptr + i_part * 2 * C + o_r, mask=m_r, other=0.0)
-        b_sk += tl.load(ssq_ptr + i_part * 2 * C + C + o_j, mask=m_j, other=0.0)
-    b_nq = tl.maximum(tl.sqrt(b_sq), eps)
-    b_nk = tl.maximum(tl.sqrt(b_sk), eps)
-    tl.store(ghat_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_g / (b_nq[:, None] * b_nk[None, :]),
-             mask=m_rj)
-    tl.store(norm_ptr + i_bh * 2 * C + o_r, b_nq, mask=m_r)
-    tl.store(norm_ptr + i_bh * 2 * C + C + o_j, b_nk, mask=m_j & ((o_j * 0 + i_rb) == 0))
+    tl.store(p_part + C * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
+    tl.store(p_part + C * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
 
 
 @triton.jit
 def _attn_topk_softmax_kernel(
-    ghat_ptr,  # normalised Gram: [B*heads, C, C] fp32
+    g_ptr,  # summed Gram and sums of squares: [B*heads, C*C + 2C] fp32
     temp_ptr,  # temperature: [heads] fp32
     a1_ptr, a2_ptr, a3_ptr, a4_ptr,  # attn1..attn4: [1] fp32 each
+    ghat_ptr,  # out, normalised Gram Q_n K_n^T: [B*heads, C, C] fp32
+    norm_ptr,  # out, clamped L2 norms max(|.|, eps): [B*heads, 2, C] fp32 (0: Q rows, 1: K rows)
     p_ptr,  # out, P = sum_i attn_i S_i: [B*heads, C, C] fp32
-    C, HEADS, k1, k2, k3, k4,
+    C, HEADS, k1, k2, k3, k4, eps,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -252,11 +246,19 @@ def _attn_topk_softmax_kernel(
     o_r = i_rb * BLOCK_R + tl.arange(0, BLOCK_R)
     m_r = o_r < C
     o_j = tl.arange(0, BLOCK_C)
+    m_j = o_j < C
+    m_rj = m_r[:, None] & m_j[None, :]
+    p_g = g_ptr + i_bh * (C * C + 2 * C)
     tau = tl.load(temp_ptr + i_bh % HEADS)
-    _, b_s1, b_s2, b_s3, b_s4 = _topk_softmax_rows(ghat_ptr + i_bh * C * C, o_r, m_r, tau, k1, k2, k3, k4, C,
-                                                   BLOCK_R, BLOCK_C, CHUNK)
+    b_ghat, b_s1, b_s2, b_s3, b_s4 = _topk_softmax_rows(p_g, o_r, m_r, tau, k1, k2, k3, k4, C, eps, True,
+                                                        BLOCK_R, BLOCK_C, CHUNK)
     b_p = tl.load(a1_ptr) * b_s1 + tl.load(a2_ptr) * b_s2 + tl.load(a3_ptr) * b_s3 + tl.load(a4_ptr) * b_s4
-    tl.store(p_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_p, mask=m_r[:, None] & (o_j < C)[None, :])
+    tl.store(p_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_p, mask=m_rj)
+    tl.store(ghat_ptr + i_bh * C * C + o_r[:, None] * C + o_j[None, :], b_ghat, mask=m_rj)
+    tl.store(norm_ptr + i_bh * 2 * C + o_r, tl.maximum(tl.sqrt_rn(tl.load(p_g + C * C + o_r, mask=m_r, other=1.0)),
+                                                        eps), mask=m_r)
+    b_nk = tl.maximum(tl.sqrt_rn(tl.load(p_g + C * C + C + o_j, mask=m_j, other=1.0)), eps)
+    tl.store(norm_ptr + i_bh * 2 * C + C + o_j, b_nk, mask=m_j & ((o_j * 0 + i_rb) == 0))
 
 
 @triton.jit
@@ -276,10 +278,12 @@ def _attn_mix_kernel(
     CONV: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
-    HALF_DOT: tl.constexpr,  # operands in src's fp16/bf16 on tensor cores (fp32 accumulate); else fp32 ieee
+    HALF_DOT: tl.constexpr,  # operands in src's fp16/bf16 on tensor cores (fp32 accumulate)
+    DOT_PRECISION: tl.constexpr,  # fp32 operands: "tf32" or "ieee", PyTorch's setting for convolutions
     BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    K_ITERS: tl.constexpr,  # cdiv(D, BLOCK_K)
 ):
     i_n = tl.program_id(0)
     i_o = tl.program_id(1)
@@ -295,29 +299,31 @@ def _attn_mix_kernel(
     p_m = m_ptr + i_b * stride_mb
 
     b_acc = tl.zeros([BLOCK_O, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
+    for i_k in range(K_ITERS):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         m_k = o_k < D
         if CONV:
             b_v = _dwconv3x3_tile(p_src, w_ptr, dwb_ptr, v_offset + o_k, m_k, o_h, o_w, m_n, H, W,
                                   stride_sc, stride_sh, stride_sw, HAS_BIAS, BLOCK_K, BLOCK_N)
         else:
-            b_v = tl.load(p_src + o_k[:, None] * stride_sc + (o_h * stride_sh + o_w * stride_sw)[None, :],
+            b_v = tl.load(p_src + (o_k.to(tl.int64) * stride_sc)[:, None]
+                          + (o_h * stride_sh + o_w * stride_sw)[None, :],
                           mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)
         b_m = tl.load(p_m + o_o[:, None] * stride_mo + o_k[None, :] * stride_mk,
                       mask=m_o[:, None] & m_k[None, :], other=0.0)
         if HALF_DOT:
             b_acc += tl.dot(b_m.to(src_ptr.dtype.element_ty), b_v.to(src_ptr.dtype.element_ty))
         else:
-            b_acc += tl.dot(b_m, b_v, input_precision="ieee")
+            b_acc += tl.dot(b_m, b_v, input_precision=DOT_PRECISION)
 
     m_out = m_o[:, None] & m_n[None, :]
+    o_oc = o_o.to(tl.int64)
     if CONV and HAS_BIAS:
         b_acc += tl.load(ob_ptr + o_o, mask=m_o, other=0.0)[:, None]
     if HAS_RESIDUAL:
-        b_acc += tl.load(res_ptr + i_b * stride_rb + o_o[:, None] * stride_rc
+        b_acc += tl.load(res_ptr + i_b * stride_rb + (o_oc * stride_rc)[:, None]
                          + (o_h * stride_rh + o_w * stride_rw)[None, :], mask=m_out, other=0.0).to(tl.float32)
-    tl.store(out_ptr + i_b * stride_ob + o_o[:, None] * stride_oc + (o_h * stride_oh + o_w * stride_ow)[None, :],
+    tl.store(out_ptr + i_b * stride_ob + (o_oc * stride_oc)[:, None] + (o_h * stride_oh + o_w * stride_ow)[None, :],
              b_acc.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
@@ -334,13 +340,16 @@ def _attn_dout_v_kernel(
     b_ptr,  # depthwise bias [3d] fp32
     g_ptr,  # out, partial G = dOut V^T: [B, S, D, D] fp32
     rs_ptr,  # out, partial row sums of dOut: [B, S, D] fp32
-    D, H, W, blocks_per_split,
+    D, H, W,
     n_db,  # channel blocks per side of the D x D tile grid
     stride_db, stride_dc, stride_dh, stride_dw,
     stride_tb, stride_tc, stride_th, stride_tw,
     HAS_BIAS: tl.constexpr,
+    HALF_DOT: tl.constexpr,  # operands in dOut's fp16/bf16 on tensor cores (fp32 accumulate)
+    DOT_PRECISION: tl.constexpr,  # fp32 operands: PyTorch's setting for convolutions (G folds project_out)
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ITERS: tl.constexpr,  # token blocks per split (program)
 ):
     i_s = tl.program_id(0)
     i_t = tl.program_id(1)
@@ -354,21 +363,23 @@ def _attn_dout_v_kernel(
     m_o = o_o < D
     m_k = o_k < D
     p_t = t_ptr + i_b * stride_tb
-    p_do = do_ptr + i_b * stride_db
+    p_do = do_ptr + i_b * stride_db + (o_o.to(tl.int64) * stride_dc)[:, None]
     b_g = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     b_rs = tl.zeros([BLOCK_D], dtype=tl.float32)
-    blk_end = tl.minimum((i_s + 1) * blocks_per_split, tl.cdiv(N, BLOCK_N))
-    for blk in range(i_s * blocks_per_split, blk_end):
-        o_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_n >= N)
+        o_n = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = o_n < N
         o_h = o_n // W
         o_w = o_n % W
-        b_do = tl.load(p_do + o_o[:, None] * stride_dc + (o_h * stride_dh + o_w * stride_dw)[None, :],
-                       mask=m_o[:, None] & m_n[None, :], other=0.0).to(tl.float32)
+        b_do = tl.load(p_do + (o_h * stride_dh + o_w * stride_dw)[None, :],
+                       mask=m_o[:, None] & m_n[None, :], other=0.0)
         b_v = _dwconv3x3_tile(p_t, w_ptr, b_ptr, 2 * D + o_k, m_k, o_h, o_w, m_n, H, W,
                               stride_tc, stride_th, stride_tw, HAS_BIAS, BLOCK_D, BLOCK_N)
-        b_g += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
-        b_rs += tl.sum(b_do, axis=1)
+        if HALF_DOT:
+            b_g += tl.dot(b_do, tl.trans(b_v.to(do_ptr.dtype.element_ty)))
+        else:
+            b_g += tl.dot(b_do.to(tl.float32), tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_rs += tl.sum(b_do.to(tl.float32), axis=1)
     i_part = i_b * S + i_s
     tl.store(g_ptr + i_part * D * D + o_o[:, None] * D + o_k[None, :], b_g, mask=m_o[:, None] & m_k[None, :])
     tl.store(rs_ptr + i_part * D + o_o, b_rs, mask=m_o & ((o_o * 0 + i_kb) == 0))
@@ -400,10 +411,10 @@ def _attn_softmax_bwd_kernel(
     m_rj = m_r[:, None] & m_j[None, :]
     o_rj = i_bh * C * C + o_r[:, None] * C + o_j[None, :]
 
-    # the forward's rows of A, bit for bit: same stored Ghat, same code -> same masks
+    # the forward's rows of A, bit for bit: same Ghat, same code -> same masks
     tau = tl.load(temp_ptr + i_bh % HEADS)
     b_ghat, b_s1, b_s2, b_s3, b_s4 = _topk_softmax_rows(ghat_ptr + i_bh * C * C, o_r, m_r, tau, k1, k2, k3, k4, C,
-                                                        BLOCK_R, BLOCK_C, CHUNK)
+                                                        eps, False, BLOCK_R, BLOCK_C, CHUNK)
     b_dp = tl.load(dp_ptr + o_rj, mask=m_rj, other=0.0)
     # P = sum_i w_i S_i:  d w_i = <dP, S_i>;  softmax backward: dA = sum_i w_i S_i (dP - <dP, S_i>)
     b_d1 = tl.sum(b_dp * b_s1, axis=1)
@@ -424,11 +435,11 @@ def _attn_softmax_bwd_kernel(
     b_nq = tl.load(norm_ptr + i_bh * 2 * C + o_r, mask=m_r, other=1.0)
     b_nk = tl.load(norm_ptr + i_bh * 2 * C + C + o_j, mask=m_j, other=1.0)
     b_colterm = b_dghat * b_ghat
-    tl.store(dgram_ptr + o_rj, b_dghat / (b_nq[:, None] * b_nk[None, :]), mask=m_rj)
+    tl.store(dgram_ptr + o_rj, tl.div_rn(b_dghat, b_nq[:, None] * b_nk[None, :]), mask=m_rj)
     tl.store(colterm_ptr + o_rj, b_colterm, mask=m_rj)
     # |q| = sqrt(sum q^2) matters only where it was not clamped to eps; d|q|/dq = q / |q|
-    b_dnq = -tl.sum(b_colterm, axis=1) / b_nq
-    tl.store(alpha_ptr + i_bh * C + o_r, tl.where(b_nq > eps, b_dnq / b_nq, 0.0), mask=m_r)
+    b_dnq = tl.div_rn(-tl.sum(b_colterm, axis=1), b_nq)
+    tl.store(alpha_ptr + i_bh * C + o_r, tl.where(b_nq > eps, tl.div_rn(b_dnq, b_nq), 0.0), mask=m_r)
 
 
 @triton.jit
@@ -446,6 +457,7 @@ def _attn_dqk_kernel(
     BLOCK_C: tl.constexpr,  # rows of dQ / dK per program
     BLOCK_J: tl.constexpr,  # contraction chunk (16: fp32 FMA dots keep their operands small)
     BLOCK_N: tl.constexpr,
+    J_ITERS: tl.constexpr,  # cdiv(C, BLOCK_J)
 ):
     i_n = tl.program_id(0)
     i_ib = tl.program_id(1)
@@ -462,15 +474,16 @@ def _attn_dqk_kernel(
     p_t = t_ptr + i_b * stride_b
     p_dg = dg_ptr + i_bh.to(tl.int64) * C * C
 
-    # dQ = dG K + alpha Q,  dK = dG^T Q + beta K   (rows i of this program, all columns j)
+    # dQ = dG K + alpha Q,  dK = dG^T Q + beta K   (rows i of this program, all columns j); these dots
+    # stand for the backward of the original's Q K^T matmul: exact fp32 ("ieee"), as torch.matmul
     b_dq = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
                            stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
     b_dq *= tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
     b_dk = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
                            stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
     b_dk *= tl.load(beta_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
-    for j0 in range(0, C, BLOCK_J):
-        o_j = j0 + tl.arange(0, BLOCK_J)
+    for i_j in range(J_ITERS):
+        o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < C
         b_qj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
                                stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
@@ -484,8 +497,9 @@ def _attn_dqk_kernel(
 
     p_dt = dt_ptr + i_b * 3 * D * N
     m_out = m_i[:, None] & m_n[None, :]
-    tl.store(p_dt + (i_h * C + o_i)[:, None] * N + o_n[None, :], b_dq.to(dt_ptr.dtype.element_ty), mask=m_out)
-    tl.store(p_dt + (D + i_h * C + o_i)[:, None] * N + o_n[None, :], b_dk.to(dt_ptr.dtype.element_ty), mask=m_out)
+    o_qc = (i_h * C + o_i).to(tl.int64) * N
+    tl.store(p_dt + o_qc[:, None] + o_n[None, :], b_dq.to(dt_ptr.dtype.element_ty), mask=m_out)
+    tl.store(p_dt + (o_qc + D * N)[:, None] + o_n[None, :], b_dk.to(dt_ptr.dtype.element_ty), mask=m_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,6 +509,13 @@ def _attn_dqk_kernel(
 
 # fp32 dots run as FMA loops where every thread holds its rows' whole K extent: K = 16 throughout
 DOT_K = 16
+# Triton's default software pipelining depth, passed explicitly at every launch and registered in
+# _compile_configs so that the compile check compiles exactly what runs
+NUM_STAGES = 3
+# token blocks per program of the split-N kernels (1 and 2): a constexpr trip count from this set
+SPLIT_ITERS = (4, 16, 64)
+# largest image plane one kernel addresses with int32 offsets (channel offsets are int64)
+_PLANE_LIMIT = 2**31 - 2**16
 
 
 def _gram_config(c: int) -> tuple[int, int, int]:
@@ -512,13 +533,13 @@ def _dqk_config(c: int) -> tuple[int, int, int, int]:
 
 
 def _row_config(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_C, CHUNK, num_warps) of the row kernels: BLOCK_R whole rows per program
-    (~1K values), each ranked against CHUNK entries at a time (a [BLOCK_R, CHUNK, BLOCK_C]
-    comparison of at most 8K elements)."""
+    """(BLOCK_R, BLOCK_C, CHUNK, num_warps) of the row kernels: few rows per program (one row from
+    C = 64 up: C programs per (sample, head), not a handful of serial ones), each ranked against
+    CHUNK entries at a time (a [BLOCK_R, CHUNK, BLOCK_C] comparison of at most 4K elements)."""
     block = max(16, next_pow2(c))
-    rows = max(1, min(16, 1024 // block))
-    chunk = max(1, min(block, 8192 // (rows * block)))
-    return rows, block, chunk, (4 if block <= 128 else 8)
+    rows = max(1, min(4, 64 // block))
+    chunk = max(1, min(block, 4096 // (rows * block)))
+    return rows, block, chunk, (4 if block <= 256 else 8)
 
 
 def _mix_config(d: int) -> tuple[int, int, int, int]:
@@ -533,17 +554,28 @@ def _dout_v_config(d: int) -> tuple[int, int, int]:
     return block_d, DOT_K, (8 if block_d == 64 else 4)
 
 
-def _splits(n_blocks: int, programs_per_split: int, device: torch.device, cap: int) -> tuple[int, int]:
-    """Split the token blocks into contiguous ranges so that about 4 programs per SM run; returns
-    (splits, blocks_per_split). Depends only on shapes and the device: deterministic."""
-    target = 4 * multiprocessor_count(device)
-    splits = max(1, min(n_blocks, cap, -(-target // max(1, programs_per_split))))
-    per = -(-n_blocks // splits)
-    return -(-n_blocks // per), per
+def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
+    """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
+    longest ranges that still give about two programs per SM; returns (splits, iters). Depends only
+    on shapes and the device: deterministic. The partials cost at most C*C+2C floats per range of
+    64 x 16 tokens (<= 3% of the tokens' bytes at 8K)."""
+    target = 2 * multiprocessor_count(device)
+    iters = SPLIT_ITERS[0]
+    for it in SPLIT_ITERS:
+        if triton.cdiv(n_blocks, it) * programs_per_split >= target:
+            iters = it
+    return triton.cdiv(n_blocks, iters), iters
 
 
 def _half_dot(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
+
+
+def _plane_ok(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if one channel plane of it spans < 2**31 elements (int32 offsets in the kernels), else a
+    contiguous copy (whose planes are H*W elements)."""
+    span = (t.shape[2] - 1) * abs(t.stride(2)) + (t.shape[3] - 1) * abs(t.stride(3))
+    return t if span < _PLANE_LIMIT else t.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -563,11 +595,9 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
     check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
                            proj_bias, num_heads, residual)
     B, D, H, W = x.shape
-    # offsets inside one image are int32 in the kernels (batch offsets are int64); t0 has 3d channels
-    _check_image_offsets("x", x)
-    if 3 * D * H * W > 2**31 - 1:
-        raise ValueError(f"x: one image's qkv projection spans {3 * D * H * W} > 2**31 elements; not supported")
     N = H * W
+    if N >= _PLANE_LIMIT:  # at d = 48 in fp32 x alone would be ~400 GB
+        raise ValueError(f"x: {H}x{W} = {N} pixels per image; at most {_PLANE_LIMIT} are supported")
     heads = num_heads
     C = D // heads
     dev = x.device
@@ -576,34 +606,32 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         # dense (NCHW), the layout the op's fake implementation promises to torch.compile.
         x_dense = x if x.is_contiguous() else x.contiguous()
         t0 = F.conv2d(x_dense, qkv_weight.to(x.dtype), qkv_bias.to(x.dtype) if qkv_bias is not None else None)
+        t0 = _plane_ok(t0)
         dw_w = dw_weight.reshape(3 * D, 9).float()
         dw_b = dw_bias.float() if dw_bias is not None else dw_w
         has_bias = dw_bias is not None
 
         block_c, block_n, nw = _gram_config(C)
         n_cb = triton.cdiv(C, block_c)
-        n_blocks = triton.cdiv(N, block_n)
-        splits, per = _splits(n_blocks, B * heads * n_cb * n_cb, dev, cap=max(1, (1 << 22) // (B * heads * C * C)))
-        gram = torch.empty((B * heads, splits, C, C), device=dev, dtype=torch.float32)
-        ssq = torch.empty((B * heads, splits, 2, C), device=dev, dtype=torch.float32)
+        splits, iters = _splits(triton.cdiv(N, block_n), B * heads * n_cb * n_cb, dev)
+        part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
         _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
-            t0, dw_w, dw_b, gram, ssq, C, D, heads, H, W, per, n_cb, *t0.stride(),
-            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+            t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
+            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
+            **LAUNCH_OPTIONS,
         )
+        # the split partials summed by one parallel, deterministic reduction (no atomics)
+        gsum = part.sum(1)
 
         ghat = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
         norms = torch.empty((B * heads, 2, C), device=dev, dtype=torch.float32)
-        rows, row_block, chunk, row_warps = _row_config(C)
-        row_grid = (triton.cdiv(C, rows), B * heads)
-        _attn_gram_reduce_kernel[row_grid](
-            gram, ssq, ghat, norms, C, splits, L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, num_warps=row_warps,
-            **LAUNCH_OPTIONS,
-        )
         p = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
+        rows, row_block, chunk, row_warps = _row_config(C)
         a1, a2, a3, a4 = (a.float() for a in attn_weights)
-        _attn_topk_softmax_kernel[row_grid](
-            ghat, temperature.reshape(heads).float(), a1, a2, a3, a4, p, C, heads, *topk_counts(C),
-            BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps, **LAUNCH_OPTIONS,
+        _attn_topk_softmax_kernel[(triton.cdiv(C, rows), B * heads)](
+            gsum, temperature.reshape(heads).float(), a1, a2, a3, a4, ghat, norms, p, C, heads, *topk_counts(C),
+            L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps, num_stages=NUM_STAGES,
+            **LAUNCH_OPTIONS,
         )
 
         # project_out folded into the per-head mix: M_b = W_o blockdiag(P_b), d x d per sample
@@ -611,8 +639,9 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         m = torch.einsum("ohc,bhcj->bohj", w_o, p.view(B, heads, C, C)).reshape(B, D, D)
         out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         out = torch.empty((B, D, H, W), device=dev, dtype=out_dtype)
-        _launch_mix(m, t0, out, dw_w, dw_b, proj_bias.float() if proj_bias is not None else dw_w, residual,
-                    conv=True, has_bias=has_bias, half_dot=_half_dot(x.dtype))
+        _launch_mix(m, t0, out, dw_w, dw_b, proj_bias.float() if proj_bias is not None else dw_w,
+                    _plane_ok(residual) if residual is not None else None, conv=True, has_bias=has_bias,
+                    half_dot=_half_dot(x.dtype))
     return out, t0, ghat, norms, p
 
 
@@ -625,7 +654,8 @@ def _launch_mix(m, src, out, dw_w, dw_b, out_bias, residual, *, conv, has_bias, 
     _attn_mix_kernel[grid](
         m, src, dw_w, dw_b, out_bias, res, out, D, H, W, 2 * D, *m.stride(), *src.stride(), *res.stride(),
         *out.stride(), CONV=conv, HAS_BIAS=has_bias, HAS_RESIDUAL=residual is not None, HALF_DOT=half_dot,
-        BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+        DOT_PRECISION="ieee" if half_dot else conv_fp32_precision(), BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_N=block_n,
+        K_ITERS=triton.cdiv(D, block_k), num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
     )
 
 
@@ -646,20 +676,23 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         raise ValueError(f"grad_output has shape {tuple(dout.shape)}, expected {(B, D, H, W)}")
     if dout.dtype != t0.dtype:
         dout = dout.to(t0.dtype)
+    dout = _plane_ok(dout)
+    t0 = _plane_ok(t0)
     with device_guard(x):
         dw_w = dw_weight.reshape(3 * D, 9).float()
         dw_b = dw_bias.float() if has_bias else dw_w
+        half = _half_dot(t0.dtype)
 
         # G = dOut V^T: everything project_out and P need from the token axis
         block_d, block_n, nw = _dout_v_config(D)
         n_db = triton.cdiv(D, block_d)
-        n_blocks = triton.cdiv(H * W, block_n)
-        splits, per = _splits(n_blocks, B * n_db * n_db, dev, cap=max(1, (1 << 22) // (B * D * D)))
+        splits, iters = _splits(triton.cdiv(H * W, block_n), B * n_db * n_db, dev)
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
         rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
         _attn_dout_v_kernel[(splits, n_db * n_db, B)](
-            dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, per, n_db, *dout.stride(), *t0.stride(),
-            HAS_BIAS=has_bias, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=nw, **LAUNCH_OPTIONS,
+            dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, n_db, *dout.stride(), *t0.stride(),
+            HAS_BIAS=has_bias, HALF_DOT=half, DOT_PRECISION="ieee" if half else conv_fp32_precision(), BLOCK_D=block_d,
+            BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         g = g_part.sum(1).view(B, D, heads, C)
         p4 = p.view(B, heads, C, C)
@@ -668,7 +701,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         d_proj_b = rs_part.sum((0, 1)) if has_bias else None
         dp = torch.einsum("ohc,bohj->bhcj", w_o, g).reshape(B * heads, C, C).contiguous()
 
-        # softmax / top-k / normalisation backward, one program per row
+        # softmax / top-k / normalisation backward, a few rows per program
         dgram = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
         colterm = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
         alpha = torch.empty((B * heads, C), device=dev, dtype=torch.float32)
@@ -680,7 +713,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _attn_softmax_bwd_kernel[(triton.cdiv(C, rows), B * heads)](
             ghat, norms, dp, tau, a1, a2, a3, a4, dgram, colterm, alpha, dw_part, dtau_part,
             C, heads, *topk_counts(C), L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps,
-            **LAUNCH_OPTIONS,
+            num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         d_attn = dw_part.sum((0, 1))  # [4]: attn1..attn4
         d_temp = dtau_part.view(B, heads, C).sum((0, 2)).view(heads, 1, 1)
@@ -692,11 +725,12 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         block_c, block_j, block_nq, nwq = _dqk_config(C)
         _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
             t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
-            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, num_warps=nwq, **LAUNCH_OPTIONS,
+            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
+            num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
-                    conv=False, has_bias=False, half_dot=_half_dot(t0.dtype))
+                    conv=False, has_bias=False, half_dot=half)
 
         dt0, (d_dw_w,), (d_dw_b,) = depthwise_conv_bwd([dt], t0, [dw_weight], need_bias_grad=has_bias)
         # 1x1 projection backward: the same cuDNN/cuBLAS call autograd makes for the original conv
@@ -724,41 +758,45 @@ def _ints(*names):
 
 @register_compile_configs
 def _compile_configs():
+    """Every configuration the launchers choose for the model's channel counts (d = 48, 96, 192, 384;
+    C = 48, 96) and the tests' small ones; loop trip counts (K_ITERS, J_ITERS) follow the channel
+    count, so other widths compile their own variants of the same code."""
     strides4 = ("stride_b", "stride_c", "stride_h", "stride_w")
-    # kernel 1: C = 16 .. 64 in one tile, then 64 x 64 tiles; kernel 6: 16 .. 64 rows per program
-    for c in (16, 32, 64):
+    kw = dict(num_stages=NUM_STAGES)
+    precisions = {"float32": ("ieee", "tf32"), "float16": ("ieee",), "bfloat16": ("ieee",)}
+    # kernels 1 and 6: one C x C tile up to C = 64, then 64 x 64 tiles
+    for c in (16, 32, 48, 96):
         block_c, block_n, nw = _gram_config(c)
         dq_c, dq_j, dq_n, dq_w = _dqk_config(c)
         for dtype in _DTYPES:
             for has_bias in (False, True):
-                yield CompileConfig(
-                    _attn_qk_gram_kernel,
-                    {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "gram_ptr": "*fp32",
-                     "ssq_ptr": "*fp32", **_ints("C", "D", "HEADS", "H", "W", "blocks_per_split", "n_cb", *strides4)},
-                    {"HAS_BIAS": has_bias, "BLOCK_C": block_c, "BLOCK_N": block_n}, num_warps=nw, tag=dtype,
-                )
+                if c != 96:  # the Gram kernel does not depend on C beyond BLOCK_C
+                    for iters in SPLIT_ITERS:
+                        yield CompileConfig(
+                            _attn_qk_gram_kernel,
+                            {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32",
+                             **_ints("C", "D", "HEADS", "H", "W", "n_cb", *strides4)},
+                            {"HAS_BIAS": has_bias, "BLOCK_C": block_c, "BLOCK_N": block_n, "ITERS": iters},
+                            num_warps=nw, tag=dtype, **kw,
+                        )
                 yield CompileConfig(
                     _attn_dqk_kernel,
                     {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "dg_ptr": "*fp32",
                      "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "dt_ptr": ptr(dtype),
                      **_ints("C", "D", "HEADS", "H", "W", *strides4)},
-                    {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n},
-                    num_warps=dq_w, tag=dtype,
+                    {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
+                     "J_ITERS": triton.cdiv(c, dq_j)},
+                    num_warps=dq_w, tag=dtype, **kw,
                 )
     # kernels 2 and 5: the per-row kernels, fp32 only
     for c in (16, 32, 64, 128, 256, 512, 1024):
         rows, block, chunk, nw = _row_config(c)
         yield CompileConfig(
-            _attn_gram_reduce_kernel,
-            {"gram_ptr": "*fp32", "ssq_ptr": "*fp32", "ghat_ptr": "*fp32", "norm_ptr": "*fp32", **_ints("C", "S"),
-             "eps": "fp32"},
-            {"BLOCK_R": rows, "BLOCK_C": block}, num_warps=nw,
-        )
-        yield CompileConfig(
             _attn_topk_softmax_kernel,
-            {"ghat_ptr": "*fp32", "temp_ptr": "*fp32", "a1_ptr": "*fp32", "a2_ptr": "*fp32", "a3_ptr": "*fp32",
-             "a4_ptr": "*fp32", "p_ptr": "*fp32", **_ints("C", "HEADS", "k1", "k2", "k3", "k4")},
-            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw,
+            {"g_ptr": "*fp32", "temp_ptr": "*fp32", "a1_ptr": "*fp32", "a2_ptr": "*fp32", "a3_ptr": "*fp32",
+             "a4_ptr": "*fp32", "ghat_ptr": "*fp32", "norm_ptr": "*fp32", "p_ptr": "*fp32",
+             **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
+            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
         )
         yield CompileConfig(
             _attn_softmax_bwd_kernel,
@@ -766,12 +804,12 @@ def _compile_configs():
              "a2_ptr": "*fp32", "a3_ptr": "*fp32", "a4_ptr": "*fp32", "dgram_ptr": "*fp32", "colterm_ptr": "*fp32",
              "alpha_ptr": "*fp32", "dw_ptr": "*fp32", "dtau_ptr": "*fp32",
              **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
-            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw,
+            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
         )
     # kernel 3: forward (CONV, optional bias, residual of the same or fp32 dtype) and dV (plain source)
     mix_ints = _ints("D", "H", "W", "v_offset", "stride_mb", "stride_mo", "stride_mk",
                      *(f"stride_{t}{a}" for t in "sro" for a in "bchw"))
-    for d in (16, 32, 64, 128):
+    for d in (16, 48, 96, 192, 384):
         block_o, block_k, block_n, nw = _mix_config(d)
         for dtype in _DTYPES:
             variants = [(True, hb, None) for hb in (False, True)]
@@ -779,23 +817,29 @@ def _compile_configs():
             variants += [(False, False, None)]
             for conv, has_bias, res_dtype in variants:
                 out_dtype = res_dtype or dtype
-                yield CompileConfig(
-                    _attn_mix_kernel,
-                    {"m_ptr": "*fp32", "src_ptr": ptr(dtype), "w_ptr": "*fp32", "dwb_ptr": "*fp32", "ob_ptr": "*fp32",
-                     "res_ptr": ptr(out_dtype), "out_ptr": ptr(out_dtype), **mix_ints},
-                    {"CONV": conv, "HAS_BIAS": has_bias, "HAS_RESIDUAL": res_dtype is not None,
-                     "HALF_DOT": dtype != "float32", "BLOCK_O": block_o, "BLOCK_K": block_k, "BLOCK_N": block_n},
-                    num_warps=nw, tag=f"{dtype}->{out_dtype}",
-                )
+                for prec in precisions[dtype]:
+                    yield CompileConfig(
+                        _attn_mix_kernel,
+                        {"m_ptr": "*fp32", "src_ptr": ptr(dtype), "w_ptr": "*fp32", "dwb_ptr": "*fp32",
+                         "ob_ptr": "*fp32", "res_ptr": ptr(out_dtype), "out_ptr": ptr(out_dtype), **mix_ints},
+                        {"CONV": conv, "HAS_BIAS": has_bias, "HAS_RESIDUAL": res_dtype is not None,
+                         "HALF_DOT": dtype != "float32", "DOT_PRECISION": prec, "BLOCK_O": block_o,
+                         "BLOCK_K": block_k, "BLOCK_N": block_n, "K_ITERS": triton.cdiv(d, block_k)},
+                        num_warps=nw, tag=f"{dtype}->{out_dtype}", **kw,
+                    )
     # kernel 4
     for d in (16, 32, 64):
         block_d, block_n, nw = _dout_v_config(d)
         for dtype in _DTYPES:
             for has_bias in (False, True):
-                yield CompileConfig(
-                    _attn_dout_v_kernel,
-                    {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "g_ptr": "*fp32",
-                     "rs_ptr": "*fp32", **_ints("D", "H", "W", "blocks_per_split", "n_db"),
-                     **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bchw"))},
-                    {"HAS_BIAS": has_bias, "BLOCK_D": block_d, "BLOCK_N": block_n}, num_warps=nw, tag=dtype,
-                )
+                for prec in precisions[dtype]:
+                    for iters in SPLIT_ITERS:
+                        yield CompileConfig(
+                            _attn_dout_v_kernel,
+                            {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32",
+                             "g_ptr": "*fp32", "rs_ptr": "*fp32", **_ints("D", "H", "W", "n_db"),
+                             **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bchw"))},
+                            {"HAS_BIAS": has_bias, "HALF_DOT": dtype != "float32", "DOT_PRECISION": prec,
+                             "BLOCK_D": block_d, "BLOCK_N": block_n, "ITERS": iters},
+                            num_warps=nw, tag=dtype, **kw,
+                        )
