@@ -13,12 +13,12 @@ Forward (per sample b and head h)::
 
 Kernels:
   1. ``_attn_qk_gram_kernel``: Q, K tiles from t0, accumulates Q K^T and the row sums of squares over
-     token blocks; each split of the tokens writes its own partial (deterministic, no atomics), fp32
-     ``ieee`` dot (TF32 would change which entries are in the top k).
-  2. ``_attn_topk_softmax_kernel``: one program per row of A: reduces the partials in a fixed order,
-     normalises, ranks the row once (one descending sort decides all four nested masks; ties go to the
-     lower column index), one exp shared by the four softmaxes, writes the row of P. No -inf tensors,
-     no masks in memory.
+     token blocks; each split of the tokens writes its own partial (deterministic, no atomics); the
+     partials are summed by one parallel torch reduction (fixed order for a given shape and device).
+  2. ``_attn_topk_softmax_kernel``: a few rows of A per program (one row from C = 64 up): normalises
+     (IEEE sqrt and division), ranks each row once (one rank decides all four nested masks; ties go
+     to the lower column index), one exp shared by the four softmaxes, writes Ghat, the norms and P.
+     No -inf tensors, no masks in memory.
   3. ``_attn_mix_kernel``: out = M V with V recomputed from t0, project_out folded into M (a d x d
      matrix per sample, formed by a tiny einsum), output bias and the block's residual add in the
      epilogue. Also used in the backward for dV = M^T dOut.
@@ -31,6 +31,21 @@ Backward (dT = gradient of t = [dQ; dK; dV], then the depthwise conv's and the 1
   6. ``_attn_dqk_kernel``: dQ = dG K + alpha Q, dK = dG^T Q + beta K with Q, K recomputed from t0.
   7. dV with kernel 3 (M^T via strides), the 3x3 depthwise conv backward (``dwconv.py``), and the
      1x1 projection's backward (cuBLAS via ``aten.convolution_backward``).
+
+Precision of the dots ("fp32" means what it means for the original under PyTorch's settings):
+  - the Gram Q K^T, whose values choose the top-k entries: exact fp32 ("ieee") always, in every
+    dtype (fp32 operands rebuilt from t0); its normalisation and the softmaxes use IEEE sqrt and
+    division (``tl.sqrt_rn``, ``tl.div_rn``), as PyTorch does.
+  - dots that contain a convolution (project_out is folded into M): the forward mix M V, and in the
+    backward G = dOut V^T (dW_o and dP) and dV = M^T dOut: in fp32 they follow PyTorch's setting for
+    convolutions, ``conv_fp32_precision()`` read at launch ("tf32" by default on Ampere/Hopper,
+    "ieee" with ``torch.backends.cudnn.allow_tf32 = False``), passed as the constexpr
+    ``DOT_PRECISION``; the original's matmul P V is not TF32, but it is followed by the TF32
+    project_out conv, whose rounding the fused product then shares.
+  - dots that stand only for the original's ``torch.matmul`` (the backward of Q K^T in
+    ``_attn_dqk_kernel``): exact fp32, as torch.matmul's default (no TF32).
+  - fp16/bf16: operands in the input dtype on tensor cores with fp32 accumulation (mix, dOut V^T),
+    except the Gram and dQ/dK, which rebuild fp32 Q and K and stay exact fp32.
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,

@@ -255,3 +255,41 @@ def test_torch_compile_fullgraph(device):
     assert torch.equal(out_c, out_e)
     for a, b in zip(grads_c, grads_e):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("allow_tf32", [True, False])
+def test_fp32_dots_follow_the_convolution_tf32_setting(allow_tf32, monkeypatch):
+    """The interpreter runs every dot in exact fp32, so TF32 cannot be seen in the numbers: check what
+    the launches receive. The dots that fold project_out (forward mix M V, backward dOut V^T and
+    dV = M^T dOut) follow cuDNN's TF32 setting for convolutions; the Gram (top-k) and the dQ/dK dots
+    are exact fp32 by construction (no precision argument); half precision ignores the setting."""
+    from drsformer_fast.kernels import attention as A
+
+    seen = []
+
+    class Recorder:  # stands in for a kernel: records the constexprs of each launch, runs nothing
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((self.name, kwargs.get("DOT_PRECISION")))
+
+    for name in ("_attn_mix_kernel", "_attn_dout_v_kernel"):
+        monkeypatch.setattr(A, name, Recorder(name))
+    orig = _perturbed_original(16, 2, True, seed=26)
+    fast = TopKSparseAttention.from_original(orig)
+    expected = "tf32" if allow_tf32 else "ieee"
+    for dtype in (torch.float32, torch.float16):
+        seen.clear()
+        x = randn(1, 16, 3, 4, seed=27, dtype=dtype)
+        g = randn(1, 16, 3, 4, seed=28, dtype=dtype)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
+            args = (x, fast.qkv.weight, fast.qkv.bias, fast.qkv_dwconv.weight, fast.qkv_dwconv.bias,
+                    fast.temperature, (fast.attn1, fast.attn2, fast.attn3, fast.attn4), fast.project_out.weight,
+                    fast.project_out.bias, 2)
+            out, t0, ghat, norms, p = A.attention_fwd(*args)
+            A.attention_bwd(g, x, t0, ghat, norms, p, fast.qkv.weight, fast.qkv_dwconv.weight, fast.qkv_dwconv.bias,
+                            fast.temperature, args[6], fast.project_out.weight, 2)
+        want = expected if dtype == torch.float32 else "ieee"
+        assert seen == [("_attn_mix_kernel", want), ("_attn_dout_v_kernel", want), ("_attn_mix_kernel", want)], (
+            dtype, seen)
