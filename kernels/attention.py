@@ -527,40 +527,48 @@ DOT_K = 16
 # Triton's default software pipelining depth, passed explicitly at every launch and registered in
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
-# token blocks per program of the split-N kernels (1 and 2): a constexpr trip count from this set
-SPLIT_ITERS = (4, 16, 64)
+# token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
+# (a trip count of 4 is unrolled and spills the Gram kernel at 128 registers)
+SPLIT_ITERS = (16, 64)
 # largest image plane one kernel addresses with int32 offsets (channel offsets are int64)
 _PLANE_LIMIT = 2**31 - 2**16
 
 
-def _gram_config(c: int) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_N, num_warps) of the Gram kernel: the whole C x C Gram in one tile up to
-    C = 64, else 64 x 64 tiles; 16 tokens (the dot's K) per step. An fp32 FMA dot keeps
-    (rows + cols per thread) x K operands in registers: 64 x 64 tiles need 8 warps."""
+def _gram_config(c: int) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_N, num_warps, maxnreg) of the Gram kernel: the whole C x C Gram in one tile up to
+    C = 64, else 64 x 64 tiles. An fp32 FMA dot keeps (rows + cols per thread) x K operands in
+    registers: 64 x 64 tiles take 8 warps and 8 tokens (the dot's K) per step, which fits in 128
+    registers (sm_90: 2 CTAs, 16 warps per SM; 16 tokens took 208-214 registers, 1 CTA)."""
     block_c = min(max(16, next_pow2(c)), 64)
-    return block_c, DOT_K, (8 if block_c == 64 else 4)
+    if block_c == 64:
+        return block_c, 8, 8, 128
+    return block_c, DOT_K, 4, 255
 
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel."""
+    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel. 64 rows take 8 warps and 16 tokens:
+    88 registers on sm_90 (2 CTAs, 16 warps per SM; 32 tokens took 216-219 registers, 1 CTA)."""
     block_c = min(max(16, next_pow2(c)), 64)
-    return block_c, DOT_K, 32, (8 if block_c == 64 else 4)
+    return block_c, DOT_K, (16 if block_c == 64 else 32), (8 if block_c == 64 else 4)
 
 
 def _row_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_R, BLOCK_C, CHUNK, num_warps) of the row kernels: few rows per program (one row from
     C = 64 up: C programs per (sample, head), not a handful of serial ones), each ranked against
-    CHUNK entries at a time (a [BLOCK_R, CHUNK, BLOCK_C] comparison of at most 4K elements)."""
+    CHUNK entries at a time (a [BLOCK_R, CHUNK, BLOCK_C] comparison of at most 2K elements: 71
+    registers at C = 96 on sm_90, where 4K elements took 159)."""
     block = max(16, next_pow2(c))
     rows = max(1, min(4, 64 // block))
-    chunk = max(1, min(block, 4096 // (rows * block)))
+    chunk = max(1, min(block, 2048 // (rows * block)))
     return rows, block, chunk, (4 if block <= 256 else 8)
 
 
 def _mix_config(d: int) -> tuple[int, int, int, int]:
-    """(BLOCK_O, BLOCK_K, BLOCK_N, num_warps) of the channel-mix kernel."""
+    """(BLOCK_O, BLOCK_K, BLOCK_N, num_warps) of the channel-mix kernel: 32 tokens from 64 output
+    channels up (sm_90, fp32/TF32: 88-112 registers at 8 warps, 16 warps per SM; 64 tokens at 64
+    channels took 152 registers, 8 warps per SM)."""
     block_o = min(max(16, next_pow2(d)), 128)
-    return block_o, DOT_K, (32 if block_o == 128 else 64), (8 if block_o >= 64 else 4)
+    return block_o, DOT_K, (32 if block_o >= 64 else 64), (8 if block_o >= 64 else 4)
 
 
 def _dout_v_config(d: int) -> tuple[int, int, int]:
@@ -626,14 +634,14 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         dw_b = dw_bias.float() if dw_bias is not None else dw_w
         has_bias = dw_bias is not None
 
-        block_c, block_n, nw = _gram_config(C)
+        block_c, block_n, nw, maxnreg = _gram_config(C)
         n_cb = triton.cdiv(C, block_c)
         splits, iters = _splits(triton.cdiv(N, block_n), B * heads * n_cb * n_cb, dev)
         part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
         _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
             t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
-            **LAUNCH_OPTIONS,
+            **{**LAUNCH_OPTIONS, "maxnreg": maxnreg},
         )
         # the split partials summed by one parallel, deterministic reduction (no atomics)
         gsum = part.sum(1)
@@ -664,6 +672,9 @@ def _launch_mix(m, src, out, dw_w, dw_b, out_bias, residual, *, conv, has_bias, 
     B, D = out.shape[:2]
     H, W = out.shape[2:]
     block_o, block_k, block_n, nw = _mix_config(D)
+    # small latents (e.g. 384@32^2, ~5 MB with the residual): smaller token blocks until one wave fills the GPU
+    while block_n > 16 and triton.cdiv(H * W, block_n) * triton.cdiv(D, block_o) * B < multiprocessor_count(out.device):
+        block_n //= 2
     res = residual if residual is not None else out
     grid = (triton.cdiv(H * W, block_n), triton.cdiv(D, block_o), B)
     _attn_mix_kernel[grid](
@@ -781,7 +792,7 @@ def _compile_configs():
     precisions = {"float32": ("ieee", "tf32"), "float16": ("ieee",), "bfloat16": ("ieee",)}
     # kernels 1 and 6: one C x C tile up to C = 64, then 64 x 64 tiles
     for c in (16, 32, 48, 96):
-        block_c, block_n, nw = _gram_config(c)
+        block_c, block_n, nw, maxnreg = _gram_config(c)
         dq_c, dq_j, dq_n, dq_w = _dqk_config(c)
         for dtype in _DTYPES:
             for has_bias in (False, True):
@@ -792,7 +803,7 @@ def _compile_configs():
                             {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32",
                              **_ints("C", "D", "HEADS", "H", "W", "n_cb", *strides4)},
                             {"HAS_BIAS": has_bias, "BLOCK_C": block_c, "BLOCK_N": block_n, "ITERS": iters},
-                            num_warps=nw, tag=dtype, **kw,
+                            num_warps=nw, tag=dtype, extra={"maxnreg": maxnreg}, **kw,
                         )
                 yield CompileConfig(
                     _attn_dqk_kernel,
@@ -824,8 +835,8 @@ def _compile_configs():
     # kernel 3: forward (CONV, optional bias, residual of the same or fp32 dtype) and dV (plain source)
     mix_ints = _ints("D", "H", "W", "v_offset", "stride_mb", "stride_mo", "stride_mk",
                      *(f"stride_{t}{a}" for t in "sro" for a in "bchw"))
-    for d in (16, 48, 96, 192, 384):
-        block_o, block_k, block_n, nw = _mix_config(d)
+    for d, block_n in [(d, n) for d in (16, 48, 96, 192, 384) for n in (64, 32, 16) if n <= _mix_config(d)[2]]:
+        block_o, block_k, _, nw = _mix_config(d)
         for dtype in _DTYPES:
             variants = [(True, hb, None) for hb in (False, True)]
             variants += [(True, hb, rd) for hb in (False, True) for rd in sorted({dtype, "float32"})]

@@ -293,3 +293,23 @@ def test_fp32_dots_follow_the_convolution_tf32_setting(allow_tf32, monkeypatch):
         want = expected if dtype == torch.float32 else "ieee"
         assert seen == [("_attn_mix_kernel", want), ("_attn_dout_v_kernel", want), ("_attn_mix_kernel", want)], (
             dtype, seen)
+
+
+def test_configs_chosen_for_a_large_gpu(device, monkeypatch):
+    """The launchers pick their token blocks from the SM count: on the interpreter's 4 "SMs" the
+    smaller mix blocks of small latents never run, so pretend to have an H100's 132."""
+    from drsformer_fast.kernels import attention as A
+
+    monkeypatch.setattr(A, "multiprocessor_count", lambda dev: 132)
+    assert A._mix_config(24)[2] > 16  # the launch below halves it
+    B, D, heads, H, W = 1, 24, 3, 5, 7
+    orig = _perturbed_original(D, heads, True, seed=29)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(B, D, H, W, seed=30, device=device)
+    g = randn(B, D, H, W, seed=31, device=device)
+    out, grads = _grads(fast, x, g)
+    out64, grads64 = _reference(orig, x, g, torch.float64)
+    out32, grads32 = _reference(orig, x, g, torch.float32)
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(_names(fast, False), grads, grads64, grads32):
+        assert_close(n, a, r, t)
