@@ -47,6 +47,25 @@ Precision of the dots ("fp32" means what it means for the original under PyTorch
   - fp16/bf16: operands in the input dtype on tensor cores with fp32 accumulation (mix, dOut V^T),
     except the Gram and dQ/dK, which rebuild fp32 Q and K and stay exact fp32.
 
+sm_90 as launched (num_stages=3, 16-byte-aligned pointers, batch 1, 256x256, fp32 with TF32 on):
+programs, registers at num_warps, resident warps per SM (65536 registers), and a predicted time =
+max(bytes / 3.35 TB/s, FFMA / 33.5 T/s, TF32 MAC / ~250 T/s), before -> after issue 9:
+  level 1 (48@256^2, C = 48)     programs      regs @ warps   warps/SM  bytes    FFMA        predicted
+  _attn_qk_gram_kernel           512 -> 512    212@8 -> 128@8   8 -> 16   30 MB   344 M       10 us (FMA)
+  gram reduce / topk_softmax     3+3 -> torch sum + 48 programs (serial 16-row loops -> 1 row each)
+  _attn_mix_kernel (fwd, +res)   1024 -> 2048  142@8 -> 96@8    8 -> 16   38 MB   28 M+201 M MAC: FFMA -> TF32, 11 us (HBM)
+  _attn_dout_v_kernel            512 -> 256    96@8 -> 64@8    16 -> 32   28 MB   306 M FFMA -> 38 M+TF32: 9 -> 8 us (HBM)
+  _attn_dqk_kernel               2048 -> 4096  209@8 -> 94@8    8 -> 16   50 MB   535 M       16 us (FMA, 1.07x)
+  _attn_mix_kernel (dV)          1024 -> 2048  78@8 -> 40@8    24 -> 48   25 MB   201 M MAC: FFMA -> TF32, 7.5 us (HBM)
+  decoder level 1 (96@256^2, C = 96)
+  _attn_qk_gram_kernel           512 -> 512    213@8 -> 128@8   8 -> 16   50 MB   1.38 G      41 us (FMA, 2.7x HBM)
+  _attn_mix_kernel (fwd, +res)   2048 -> 2048  104@8 -> 112@8  16 -> 16   76 MB   805 M MAC: 26 us FFMA -> 22.5 us HBM (TF32)
+  _attn_dout_v_kernel            512 -> 1024   96@8 -> 66@8    16 -> 24   50 MB   1.07 G MAC: 32 us FFMA -> 15 us HBM (TF32)
+  _attn_dqk_kernel               4096 -> 8192  209@8 -> 94@8    8 -> 16  100 MB   1.99 G      59 us (FMA, 2x HBM)
+  _attn_topk_softmax_kernel      12 -> 96      128@4 -> 71@4   16 -> 28   tiny (plus 12 programs of gram reduce before)
+The Gram and dQ/dK stay exact fp32 FFMA (top-k values; torch.matmul is not TF32): at C = 96 they are
+FMA-bound. Stencil taps still load as scalars (LDG.E) with lanes 16 B apart (not yet addressed).
+
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
                      project_out 2                                            = 45 units = 0.57 GB
