@@ -565,10 +565,11 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel. 64 rows take 8 warps and 16 tokens:
-    88 registers on sm_90 (2 CTAs, 16 warps per SM; 32 tokens took 216-219 registers, 1 CTA)."""
+    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel, 16 tokens per program. 64 rows take
+    8 warps: 94-111 registers on sm_90 (2 CTAs, 16 warps per SM; 32 tokens took 216-219 registers,
+    1 CTA); 16-32 rows with 32 tokens spilled 8-32 bytes in the compile check."""
     block_c = min(max(16, next_pow2(c)), 64)
-    return block_c, DOT_K, (16 if block_c == 64 else 32), (8 if block_c == 64 else 4)
+    return block_c, DOT_K, 16, (8 if block_c == 64 else 4)
 
 
 def _row_config(c: int) -> tuple[int, int, int, int]:
