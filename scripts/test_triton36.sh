@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The kernel tests of each op on the oldest Triton that pyproject.toml admits (3.6, what the GPU
+# machine has), in a second virtual environment, `.venv-triton36` (gitignored): torch 2.13
+# (`pip install torch==2.13.0`, the local wheel where there is one) + triton==3.6.0 from PyPI +
+# an editable install of this checkout. Runs in Triton's interpreter like scripts/test.sh, on the
+# golden, random-fp32, half-precision and depthwise-convolution tests of every op's test file
+# (tests/test_{layernorm,attention,feedforward,mefc}*.py, those that exist), a few minutes on 2 cores.
+# Arguments are passed to pytest. CI (.ci/run) runs it after scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DRSFORMER_FAST_VENV="${DRSFORMER_FAST_VENV_TRITON36:-$ROOT/.venv-triton36}"
+export DRSFORMER_FAST_PIP_PINS="triton==3.6.0"
+source "$ROOT/scripts/_env.sh"
+"$PY" -c "import triton, torch; print('triton', triton.__version__, 'torch', torch.__version__)"
+shopt -s nullglob
+FILES=(tests/test_layernorm.py tests/test_attention.py tests/test_feedforward.py tests/test_mefc*.py)
+WORKERS="${DRSFORMER_FAST_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+"$PY" -m pytest -n "$WORKERS" --dist worksteal -q -p no:cacheprovider \
+    -k "golden or fp32_random or half_precision or depthwise_conv_kernels" "${FILES[@]}" "$@"
