@@ -143,7 +143,9 @@ def capture(module: torch.nn.Module, shape, *, backward: bool, sms: int = H100_S
             prof = accounting.profile(module, tuple(shape), backward=backward, fake=True, keep_calls=True)
     finally:
         cudnn.allow_tf32 = saved
-    return (_launches(prof.forward, {**tags, "pass": "fwd"}), _launches(prof.backward, {**tags, "pass": "bwd"}))
+    # each launch also carries its pass's bytes by accounting's byte tables (every op, cuBLAS included)
+    return (_launches(prof.forward, {**tags, "pass": "fwd", "pass_bytes": prof.bytes_of(prof.forward)}),
+            _launches(prof.backward, {**tags, "pass": "bwd", "pass_bytes": prof.bytes_of(prof.backward)}))
 
 
 # --------------------------------------------------------------------------------------------
