@@ -699,7 +699,9 @@ def main(argv=None) -> int:
     meta = {"triton": triton.__version__, "torch": torch.__version__,
             "fp32 dots that replace convolutions": "TF32 allowed (PyTorch's default)" if not args.no_tf32
             else "exact fp32 (allow_tf32 = False)",
-            "runtime": f"{time.perf_counter() - t0:.0f} s"}
+            "bf16": "the block's parameters and input in bf16 (work counted from the same block in fp16)",
+            "work": "one program (the middle of the grid) run in Triton's interpreter, x programs",
+            "runtime": f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPUs"}
     md = format_markdown(rows, args.arch, meta)
     if args.markdown:
         with open(args.markdown, "w") as f:
