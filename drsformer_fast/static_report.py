@@ -438,6 +438,7 @@ def _count_worker(request: dict) -> list:
             if key not in cache:
                 cache[key] = count_work(launch)
             out.append({"shape": shape_id, "dtype": dtype, "index": i, "kernel": launch.name, **cache[key]})
+        print(f"counted {shape_id} {dtype}", file=sys.stderr, flush=True)
     return out
 
 
@@ -461,10 +462,10 @@ def count_in_subprocess(cases: list, tf32: bool) -> list:
         req, res = os.path.join(d, "req.json"), os.path.join(d, "res.json")
         with open(req, "w") as f:
             json.dump({"cases": cases, "tf32": tf32}, f)
-        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.static_report", "--_count", req, res],
-                              env=env, capture_output=True, text=True)
+        # its stderr (progress, errors) goes to ours
+        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.static_report", "--_count", req, res], env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"the interpreter's work count failed:\n{proc.stderr[-4000:]}")
+            raise RuntimeError("the interpreter's work count failed (its error is above)")
         with open(res) as f:
             return json.load(f)
 
