@@ -613,14 +613,21 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
               "reductions between them are not modelled). Whole pass roofline: every op of the pass, cuBLAS "
               "included, at 3.35 TB/s, from the byte tables of `drsformer_fast.accounting` (compulsory bytes "
               "of the fused ops, inputs + outputs of the others).", ""]
-    worst = sorted(rows, key=lambda r: -r.model["predicted_us"] + r.model["hbm_us"])[:15]
-    lines += ["## Largest excess over the roofline (predicted - roofline)", "",
-              "| shape | dtype | pass | kernel | predicted us | roofline us | bound | resident warps |",
-              "|---|---|---|---|---:|---:|---|---:|"]
-    for r in worst:
+    def excess(r):
+        return r.model["predicted_us"] - r.model["hbm_us"]
+
+    worst = {}
+    for r in rows:
+        if r.kernel not in worst or excess(r) > excess(worst[r.kernel]):
+            worst[r.kernel] = r
+    lines += ["## Each kernel at its largest excess over the roofline (predicted - roofline)", "",
+              "| kernel | shape | dtype | pass | programs | predicted us | roofline us | ratio | bound "
+              "| resident warps | loads |", "|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in sorted(worst.values(), key=lambda r: -excess(r)):
         m = r.model
-        lines.append(f"| {r.shape} | {r.dtype} | {r.pass_} | {r.kernel} | {m['predicted_us']:.1f} | "
-                     f"{m['hbm_us']:.1f} | {m['bound']} | {m.get('warps_per_sm', '-')} |")
+        lines.append(f"| {r.kernel} | {r.shape} | {r.dtype} | {r.pass_} | {r.programs} | {m['predicted_us']:.1f} | "
+                     f"{m['hbm_us']:.1f} | {m['ratio']:.2f} | {m['bound']} | {m.get('warps_per_sm', '-')} | "
+                     f"{load_pattern(r.compile['sass']) if 'sass' in r.compile else '-'} |")
     for (shape, dtype, pass_), rs in groups.items():
         lines += ["", f"## {shape} {dtype} {pass_}", "",
                   "| # | kernel | config | grid | programs | waves | warps | regs | smem KB | resident warps | "
@@ -646,6 +653,13 @@ def _row_json(r: Row) -> dict:
     d = asdict(r)
     d["pass"] = d.pop("pass_")
     return d
+
+
+def _row_from_json(d: dict) -> Row:
+    d = dict(d)
+    d["pass_"] = d.pop("pass")
+    d["grid"] = tuple(d["grid"])
+    return Row(**d)
 
 
 def parse_shapes(text: str | None) -> list[str]:
@@ -681,11 +695,23 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the report here (else print it)")
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default 2)")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="render the markdown of an earlier run's --json output (nothing is compiled or run)")
     parser.add_argument("--no-tf32", action="store_true",
                         help="capture with torch.backends.cudnn.allow_tf32 = False (exact fp32 dots)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the report compiles the kernels")
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        md = format_markdown([_row_from_json(r) for r in saved["rows"]], args.arch, saved["meta"])
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(md)
+        else:
+            print(md)
+        return 0
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in ("fp32", "bf16", "fp16")]
     if bad:

@@ -2,6 +2,8 @@
 work/bytes of one small launch counted in the interpreter (the compilation path is exercised by
 tests/test_compile_targets.py, which compiles every captured launch through the same code)."""
 
+import json
+
 import pytest
 
 from drsformer_fast import launches as L
@@ -78,3 +80,24 @@ def test_layer_norm_launch_work_and_compulsory_bytes():
     assert model["ffma"] > elems  # normalise and scale: several float ops per element
     assert model["hbm_us"] == pytest.approx(expected / S.HBM_BYTES_PER_S * 1e6)
     assert model["predicted_us"] >= model["hbm_us"]
+
+
+def test_markdown_and_json_round_trip():
+    """The markdown renders every launch, and --from-json renders the same from the saved rows."""
+    work = {"program": {"load_bytes": 4096, "store_bytes": 4096, "ffma": 2048, "dot": {"tf32": 1 << 20}},
+            "tensors": {"x_ptr": {"program_bytes": 4096, "extent_bytes": 1 << 22},
+                        "y_ptr": {"program_bytes": 4096, "extent_bytes": 1 << 22}}}
+    comp = {"regs": 100, "shared": 8192, "local": 0, "stack": 0,
+            "sass": S.sass_counts(SASS)}
+    rows = []
+    for i, (kernel, programs) in enumerate((("_a_kernel", 1024), ("_b_kernel", 3))):
+        row = S.Row("infer256-enc1-1x48x256x256", "enc1", "infer256", "fp32", "fwd", i, kernel, f"{kernel}(X=1;w4,s3)",
+                    (programs, 1, 1), programs, 4, 3, 1 << 24, comp, work)
+        row.model = S.predict(programs, 4, comp, work)
+        rows.append(row)
+    assert rows[1].model["predicted_us"] > rows[0].model["predicted_us"] / 100  # 3 programs: 3 of 132 SMs
+    md = S.format_markdown(rows, 90, {"triton": "x"})
+    assert "_a_kernel" in md and "_b_kernel" in md and "| 1024 |" in md
+    saved = json.loads(json.dumps([S._row_json(r) for r in rows], default=str))
+    again = S.format_markdown([S._row_from_json(r) for r in saved], 90, {"triton": "x"})
+    assert again == md
