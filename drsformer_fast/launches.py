@@ -297,3 +297,25 @@ def grid_problems(launch: Launch) -> list[str]:
     """What in the launch's grid a CUDA GPU would refuse (empty when it fits)."""
     return [f"grid {'xyz'[i]} = {g} > {limit}" for i, (g, limit) in enumerate(zip(launch.grid, GRID_LIMITS))
             if g > limit] + [f"grid {'xyz'[i]} = {g} < 1" for i, g in enumerate(launch.grid) if g < 1]
+
+
+# the whole default model (with MEFC): (batch, size, training)
+MODEL_CASES = {"model-infer256": (1, 256, False), "model-train4x128": (4, 128, True)}
+
+
+def capture_case(case: str, dtype: torch.dtype, *, sms: int = H100_SMS, tf32: bool = True) -> list[Launch]:
+    """The launches of a block shape id (``benchmarking.block_shapes()``) or of a whole-model case
+    (:data:`MODEL_CASES`: every block, MEFC and the rest of the default model)."""
+    if case in MODEL_CASES:
+        batch, size, training = MODEL_CASES[case]
+        m = build_module("model", 48, 1, dtype)
+        tags = {"shape": case, "level": "model", "scenario": case.split("-", 1)[1],
+                "dtype": str(dtype).split(".")[-1], "kind": "model"}
+        fwd, bwd = capture(m, (batch, 3, size, size), backward=True, sms=sms, tags=tags, tf32=tf32)
+        if not training:
+            fwd, _ = capture(m, (batch, 3, size, size), backward=False, sms=sms, tags=tags, tf32=tf32)
+        return fwd + bwd
+    shapes = {s.id: s for s in block_shapes()}
+    if case not in shapes:
+        raise ValueError(f"unknown shape {case!r}: choose from {', '.join([*shapes, *MODEL_CASES])}")
+    return capture_block(shapes[case], dtype, sms=sms, tf32=tf32)

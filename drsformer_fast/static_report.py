@@ -6,7 +6,8 @@
 For each of the default model's transformer-block shapes (``benchmarking.block_shapes()``: batch-1
 256x256 inference levels and 4x128x128 training levels), forward and backward, fp32 and bf16:
 
-1. **Launches.** The fast block runs on fake tensors (``launches.capture_block``): every Triton launch
+1. **Launches.** The fast block (or, with ``--shapes model-infer256,model-train4x128``, the whole
+   default model, MEFC included) runs on fake tensors (``launches.capture_case``): every Triton launch
    is recorded with its grid, arguments, constexprs, ``num_warps``/``num_stages`` and Triton's own
    specialisation of its arguments (``launches.specialise``).
 2. **Compilation.** Each distinct specialisation is compiled for ``GPUTarget("cuda", arch, 32)`` with
@@ -428,12 +429,11 @@ def _count_worker(request: dict) -> list:
 
     from . import launches as L
 
-    shapes = {s.id: s for s in L.block_shapes()}
     out = []
     cache = {}
     for shape_id, dtype in request["cases"]:
         torch_dtype = torch.float16 if dtype in ("bf16", "fp16") else torch.float32
-        for i, launch in enumerate(L.capture_block(shapes[shape_id], torch_dtype, tf32=request["tf32"])):
+        for i, launch in enumerate(L.capture_case(shape_id, torch_dtype, tf32=request["tf32"])):
             key = (launch.name, launch.grid, _arg_key(launch))
             if key not in cache:
                 cache[key] = count_work(launch)
@@ -539,7 +539,6 @@ def build_rows(shape_ids: list[str], dtypes: list[str], arch: int, jobs: int | N
 
     from . import launches as L
 
-    shapes = {s.id: s for s in L.block_shapes()}
     cases = [(s, d) for s in shape_ids for d in dtypes]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(1) as bg:  # the interpreter's count runs beside the compilations
@@ -547,8 +546,7 @@ def build_rows(shape_ids: list[str], dtypes: list[str], arch: int, jobs: int | N
         captured = []
         for shape_id, dtype in cases:
             torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-            for i, launch in enumerate(L.capture_block(shapes[shape_id], torch_dtype, sms=L.SMS.get(arch, SMS),
-                                                       tf32=tf32)):
+            for i, launch in enumerate(L.capture_case(shape_id, torch_dtype, sms=L.SMS.get(arch, SMS), tf32=tf32)):
                 captured.append((shape_id, dtype, i, launch, L.specialise(launch, arch)))
         progress(f"captured {len(captured)} launches in {time.perf_counter() - t0:.1f} s; compiling "
                  f"{len({c[4] for c in captured})} distinct specialisations for sm_{arch}")
@@ -629,6 +627,26 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
                      f"{m['hbm_us']:.1f} | {m['ratio']:.2f} | {m['bound']} | {m.get('warps_per_sm', '-')} | "
                      f"{load_pattern(r.compile['sass']) if 'sass' in r.compile else '-'} |")
     for (shape, dtype, pass_), rs in groups.items():
+        if rs[0].level == "model":  # hundreds of launches: one row per kernel
+            lines += ["", f"## {shape} {dtype} {pass_} (per kernel)", "",
+                      "| kernel | launches | programs | regs | resident warps | spill B | loads | MB | roofline us | "
+                      "predicted us | ratio |", "|---|---:|---|---|---|---:|---|---:|---:|---:|---:|"]
+            by_kernel = {}
+            for r in rs:
+                by_kernel.setdefault(r.kernel, []).append(r)
+            for kernel, ks in sorted(by_kernel.items(), key=lambda kv: -sum(r.model["predicted_us"] for r in kv[1])):
+                pred = sum(r.model["predicted_us"] for r in ks)
+                roof = sum(r.model["hbm_us"] for r in ks)
+                regs = sorted({r.compile.get("regs", 0) for r in ks})
+                warps = sorted({r.model.get("warps_per_sm", 0) for r in ks})
+                progs = [r.programs for r in ks]
+                spill = max(r.compile.get("local", 0) + r.compile.get("stack", 0) for r in ks)
+                pattern = load_pattern(ks[0].compile["sass"]) if "sass" in ks[0].compile else "-"
+                lines.append(f"| {kernel} | {len(ks)} | {min(progs)}-{max(progs)} | {regs[0]}-{regs[-1]} | "
+                             f"{warps[0]}-{warps[-1]} | {spill} | {pattern} | "
+                             f"{_mb(sum(r.model['compulsory_bytes'] for r in ks))} | {roof:.1f} | {pred:.1f} | "
+                             f"{pred / roof if roof else float('inf'):.2f} |")
+            continue
         lines += ["", f"## {shape} {dtype} {pass_}", "",
                   "| # | kernel | config | grid | programs | waves | warps | regs | smem KB | resident warps | "
                   "spill B | loads | TC/FFMA | MB | roofline us | predicted us | bound | ratio |",
@@ -664,15 +682,17 @@ def _row_from_json(d: dict) -> Row:
 
 def parse_shapes(text: str | None) -> list[str]:
     from .benchmarking import block_shapes
+    from .launches import MODEL_CASES
 
     ids = [s.id for s in block_shapes()]
     if not text:
         return ids
     out = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
-        match = [i for i in ids if i == item or i.startswith(item + "-") or f"-{item}-" in i or item in i]
+        pool = list(MODEL_CASES) if item.startswith("model") else ids
+        match = [i for i in pool if item in i]
         if not match:
-            raise SystemExit(f"error: unknown shape {item!r}: choose from {', '.join(ids)}")
+            raise ValueError(f"unknown shape {item!r}: choose from {', '.join([*ids, *MODEL_CASES])}")
         out.extend(m for m in match if m not in out)
     return out
 
@@ -690,22 +710,28 @@ def main(argv=None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SMEM_PER_CTA))
     parser.add_argument("--shapes", help="comma-separated block shapes (ids or parts of ids: infer256-enc1, "
-                                         "latent, train4x128); default: all")
+                                         "latent, train4x128), or the whole model: model-infer256, "
+                                         "model-train4x128 (MEFC included); default: every block shape")
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 (default both)")
     parser.add_argument("--markdown", help="write the report here (else print it)")
     parser.add_argument("--json", help="write every row here")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default 2)")
-    parser.add_argument("--from-json", metavar="PATH",
-                        help="render the markdown of an earlier run's --json output (nothing is compiled or run)")
+    parser.add_argument("--from-json", metavar="PATH", nargs="+",
+                        help="render the markdown of earlier runs' --json outputs, their rows in order (nothing "
+                             "is compiled or run; the first run's settings are shown)")
     parser.add_argument("--no-tf32", action="store_true",
                         help="capture with torch.backends.cudnn.allow_tf32 = False (exact fp32 dots)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the report compiles the kernels")
     if args.from_json:
-        with open(args.from_json) as f:
-            saved = json.load(f)
-        md = format_markdown([_row_from_json(r) for r in saved["rows"]], args.arch, saved["meta"])
+        rows, meta = [], None
+        for path in args.from_json:
+            with open(path) as f:
+                saved = json.load(f)
+            rows += [_row_from_json(r) for r in saved["rows"]]
+            meta = meta or saved["meta"]
+        md = format_markdown(rows, args.arch, meta)
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write(md)
@@ -716,7 +742,10 @@ def main(argv=None) -> int:
     bad = [d for d in dtypes if d not in ("fp32", "bf16", "fp16")]
     if bad:
         parser.error(f"unknown dtype {bad[0]!r}: choose from fp32, bf16, fp16")
-    shapes = parse_shapes(args.shapes)
+    try:
+        shapes = parse_shapes(args.shapes)
+    except ValueError as exc:
+        parser.error(str(exc))
     t0 = time.perf_counter()
     rows = build_rows(shapes, dtypes, args.arch, args.jobs, not args.no_tf32,
                       progress=lambda s: print(s, file=sys.stderr))
