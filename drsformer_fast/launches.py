@@ -238,7 +238,8 @@ class Specialisation:
             return names[i] if isinstance(i, int) and i < len(names) else str(path)
 
         consts = ",".join(f"{name(k)}={v}" for k, v in self.constexprs)
-        return f"{self.kernel}({consts};w{self.num_warps},s{self.num_stages})"
+        dtypes = ",".join(sorted({t[1:] for _, t in self.signature if isinstance(t, str) and t.startswith("*")}))
+        return f"{self.kernel}[{dtypes}]({consts};w{self.num_warps},s{self.num_stages})"
 
 
 def _freeze(v):

@@ -578,6 +578,12 @@ def _mb(n):
     return f"{n / 1e6:.1f}"
 
 
+def _config_cell(config: str) -> str:
+    """``kernel[fp32](A=1,B=2;w8,s3)`` (or, from older runs, ``kernel(A=1;w8,s3)``) -> ``fp32: A=1,B=2;w8,s3``."""
+    rest = config.split("[", 1)[1].replace("](", ": ", 1) if "[" in config else config.split("(", 1)[1]
+    return rest.rstrip(")")
+
+
 def _sass_cell(s: dict) -> str:
     tc = s.get("hmma", 0) + s.get("hgmma", 0)
     return f"{tc}/{s.get('ffma', 0)}"
@@ -659,7 +665,7 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
                              f"{c.get('error', '')[:80]} |")
                 continue
             lines.append(
-                f"| {r.index} | {r.kernel} | {r.config.split('(', 1)[1].rstrip(')')} | {'x'.join(map(str, r.grid))} | "
+                f"| {r.index} | {r.kernel} | {_config_cell(r.config)} | {'x'.join(map(str, r.grid))} | "
                 f"{r.programs} | {m['waves']:.2f} | {r.num_warps} | {c['regs']} | {c['shared'] / 1024:.1f} | "
                 f"{m['warps_per_sm']} ({m['limited_by']}) | {c['local'] + c['stack']} | "
                 f"{load_pattern(c['sass'])} | {_sass_cell(c['sass'])} | {_mb(m['compulsory_bytes'])} | "

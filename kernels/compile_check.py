@@ -1,7 +1,7 @@
 """Compile what runs, for real GPUs, with no GPU present: fail on spills or too much shared memory.
 
     python -m drsformer_fast.kernels.compile_check [--arch 80 90] [--json PATH] [--jobs N] [--quiet]
-                                                  [--registered]
+                                                  [--registered] [--filter TEXT]
 
 The fast model and its blocks run on fake tensors at a few small shapes chosen to reach every
 configuration the launchers choose (``CHECK_CASES``: every level's channel and head count, fp32
@@ -91,7 +91,7 @@ def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
     return rows
 
 
-def run(archs=(80, 90), jobs: int | None = None, registered: bool = False) -> list[dict]:
+def run(archs=(80, 90), jobs: int | None = None, registered: bool = False, name_filter: str = "") -> list[dict]:
     from .. import launches as L
     from .. import static_report as S
     from . import KERNEL_MODULES
@@ -105,9 +105,10 @@ def run(archs=(80, 90), jobs: int | None = None, registered: bool = False) -> li
         launches = captured_launches(L.SMS[arch])
         first = {}
         for launch in launches:
-            spec = L.specialise(launch, arch)
-            first.setdefault(spec, launch)
             captured_names.add(launch.name)
+            spec = L.specialise(launch, arch)
+            if name_filter in spec.describe():
+                first.setdefault(spec, launch)
         compiled = S.compile_all(list(first), arch, jobs, sass=False)
         for spec, launch in first.items():
             rows.append({"name": spec.describe(), "source": launch.tags["case"], **compiled[spec]})
@@ -115,9 +116,9 @@ def run(archs=(80, 90), jobs: int | None = None, registered: bool = False) -> li
 
     all_kernels = {n for m in KERNEL_MODULES for n, v in vars(m).items()
                    if isinstance(v, triton.runtime.jit.JITFunction) and n.endswith("_kernel")}
-    missing = all_kernels - captured_names
+    missing = {n for n in all_kernels - captured_names if name_filter in n}
     if registered:
-        rows += _registered_rows(archs, jobs)
+        rows += [r for r in _registered_rows(archs, jobs) if name_filter in r["name"]]
     elif missing:
         rows += _registered_rows(archs, jobs, missing)
     return rows
@@ -141,11 +142,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the per-launch report here")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    parser.add_argument("--filter", default="", help="only launches whose description contains this")
     parser.add_argument("--registered", action="store_true",
                         help="also compile every configuration registered with @register_compile_configs")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(tuple(args.arch), args.jobs, args.registered)
+    rows = run(tuple(args.arch), args.jobs, args.registered, args.filter)
     bad = [r for r in rows if "error" in r]
     print(format_table(bad if args.quiet else rows))
     n_reg = sum(1 for r in rows if r.get("source") == "registered")
