@@ -604,7 +604,7 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
     groups = {}
     for r in rows:
         groups.setdefault((r.shape, r.dtype, r.pass_), []).append(r)
-    lines += ["## Whole block (sum over its Triton launches)", "",
+    lines += ["## Whole block or model (sum over its Triton launches)", "",
               "| shape | dtype | pass | launches | predicted us | HBM roofline us | ratio | whole pass roofline us |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for (shape, dtype, pass_), rs in groups.items():
