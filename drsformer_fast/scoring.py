@@ -1,8 +1,9 @@
 """Scoring folders of existing results against their targets (no model): pairing, reading, the table.
 
 Pairing (``pair_by``):
-- ``"name"``: by file stem, with a trailing ``_<tag>`` or ``-<tag>`` dropped (letter case ignored):
-  result tags :data:`RESULT_TAGS` (``1_DR.png``), target tags :data:`TARGET_TAGS` (``1_GT.png``).
+- ``"name"``: by file stem, with a trailing ``_<tag>`` or ``-<tag>`` dropped (letter case ignored)
+  on both sides, the tags being :data:`RESULT_TAGS` (``1_DR.png``) and :data:`TARGET_TAGS`
+  (``1_GT.png``): ``1_DR.png`` pairs with ``1_GT.png``, ``1.png`` or ``1_DR.png``.
   Every result needs a target and every target a result. When RESULTS and TARGETS are the same
   folder (the DID script's layout: ``<i>_DR.png`` beside ``<i>_GT.png``), the files with a result
   tag are the results and those with a target tag the targets.
@@ -123,8 +124,8 @@ def pair_images(results: str | os.PathLike, targets: str | os.PathLike,
             raise ImageError(f"pairing by order: {len(res_files)} results but {len(tgt_files)} targets; {more} "
                              f"without a {fewer[:-1]}: {_shown([f.name for f in extra])}")
         return list(zip(res_files, tgt_files, strict=True))
-    by_res = _keyed(res_files, RESULT_TAGS, "results")
-    by_tgt = _keyed(tgt_files, TARGET_TAGS, "targets")
+    by_res = _keyed(res_files, RESULT_TAGS + TARGET_TAGS, "results")
+    by_tgt = _keyed(tgt_files, RESULT_TAGS + TARGET_TAGS, "targets")
     for src, dst, what, where in ((by_res, by_tgt, "results have no target", targets),
                                   (by_tgt, by_res, "targets have no result", results)):
         missing = [f.name for k, f in src.items() if k not in dst]
