@@ -18,7 +18,8 @@ Reading: the MATLAB protocols read like ``imread``: 8-bit RGB as stored (no EXIF
 grayscale, palette and 16-bit images are refused, since the scripts score only 3-channel images
 (``evaluate_PSNR_SSIM.m`` would take grey levels for Y, ``statistic.m`` stops on them). ``basicsr``
 reads like BasicSR's ``cv2.imread``: EXIF rotation applied, grey repeated into RGB, alpha dropped
-(:func:`drsformer_fast.imageio.read_image_uint8`).
+(:func:`drsformer_fast.imageio.read_image_uint8`). PNG decodes exactly everywhere; JPEG decoders
+(Pillow's libjpeg-turbo, MATLAB's libjpeg) may differ by a level on some pixels.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ _REFUSED_MODES = {
     "L": "a grayscale image", "LA": "a grayscale image with alpha", "1": "a 1-bit image", "P": "a palette image",
     "PA": "a palette image with alpha", "I": "a 32-bit image", "F": "a 32-bit float image",
     "I;16": "a 16-bit grayscale image", "I;16B": "a 16-bit grayscale image", "I;16L": "a 16-bit grayscale image",
-    "I;16N": "a 16-bit grayscale image", "CMYK": "a CMYK image",
+    "I;16N": "a 16-bit grayscale image", "RGB;16": "a 16-bit RGB image", "CMYK": "a CMYK image",
 }
 
 
@@ -150,6 +151,8 @@ def _open_for_matlab(path: Path, read: bool) -> tuple[np.ndarray | None, tuple[i
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
+            if im.format == "PNG" and any(";16" in str(t.args) for t in im.tile):  # Pillow keeps the high byte
+                mode = "RGB;16"
             if mode in _REFUSED_MODES or mode not in ("RGB", "RGBA"):
                 what = _REFUSED_MODES.get(mode, f"an image of mode {mode!r}")
                 raise ImageError(f"{path} is {what}; the paper's MATLAB scripts score only 3-channel 8-bit RGB "

@@ -6,7 +6,7 @@ Needs GNU Octave with its image package (Debian: ``apt-get install octave octave
 ``evaluations`` folder of a checkout of the original repository (github.com/cschenxiang/DRSformer),
 whose scripts are used unchanged and never copied into this project:
 
-    python scripts/octave_reference.py /path/to/DRSformer/evaluations [-o tests/data/matlab_reference.json]
+    python scripts/octave_reference.py /path/to/DRSformer/evaluations [--upstream-commit SHA] [-o FILE.json]
     python scripts/octave_reference.py /path/to/DRSformer/evaluations --pair RESULT.png TARGET.png
 
 How each script runs, one image pair per Octave process (each script sums over its whole folder):
@@ -111,6 +111,7 @@ def main() -> int:
     parser.add_argument("evaluations", type=Path, help="the 'evaluations' folder of a DRSformer checkout")
     parser.add_argument("-o", "--output", type=Path,
                         default=Path(__file__).resolve().parent.parent / "tests" / "data" / "matlab_reference.json")
+    parser.add_argument("--upstream-commit", default="unknown", help="the commit of that checkout, recorded")
     parser.add_argument("--pair", nargs=2, type=Path, metavar=("RESULT", "TARGET"),
                         help="print the figures of one pair of image files instead")
     args = parser.parse_args()
@@ -141,6 +142,7 @@ def main() -> int:
                  "(result, target). 'error': the script stopped with that error.",
         "octave": version[0] if version else "unknown",
         "octave_image_package": version[1] if len(version) > 1 else "unknown",
+        "upstream_commit": args.upstream_commit,
         "images": images,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 import json
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -174,6 +176,24 @@ def test_score_rgba_drops_alpha_with_a_note_grey_and_palette_are_refused(did_sty
     Image.fromarray(arrays["1_DR.png"][0]).convert("P").save(res / "1_DR.png")
     code, _, err = run(capsys, "score", res, tgt, "--protocol", "matlab-did")
     assert_one_line_error(code, err, "1_DR.png", "palette")
+    Image.fromarray(arrays["1_DR.png"][1][..., 0].astype(np.uint16) * 257).save(res / "1_DR.png")  # 16-bit grey
+    code, _, err = run(capsys, "score", res, tgt, "--protocol", "matlab-rain200")
+    assert_one_line_error(code, err, "1_DR.png", "16-bit")
+    _write_rgb16(res / "1_DR.png", arrays["1_DR.png"][1].astype(np.uint16) * 257)  # Pillow would read it as RGB
+    code, _, err = run(capsys, "score", res, tgt, "--protocol", "matlab-rain200")
+    assert_one_line_error(code, err, "1_DR.png", "16-bit RGB")
+
+
+def _write_rgb16(path, arr):
+    """A 16-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def test_score_user_errors(did_style, tmp_path, capsys):
