@@ -176,7 +176,7 @@ def _mefc_step_kernel(
     s_ptr,  # s: [B, C, H, W], any strides
     t_ptr,  # t: [B, 4, C, H, W] contiguous (sep_inner_fwd's output)
     dw2_ptr,  # dw2 of the 4 sep convs packed: [84 * C] fp32, like dw1
-    dwd_ptr,  # the 3 dilated depthwise weights and the pool's ones: [(9 + 25 + 49 + 9) * C] fp32
+    dwd_ptr,  # the 3 dilated depthwise weights packed: [(9 + 25 + 49) * C] fp32: [C, 9], [C, 25], [C, 49]
     m_ptr,  # m: [B, C, 8C], compute dtype, any strides
     out_ptr,  # s_out: [B, C, H, W] contiguous, s's dtype
     C, H, W,
@@ -240,7 +240,7 @@ def _mefc_step_kernel(
 
     # ops 4-7 on s, one at a time (one accumulator: sharing the dilated taps between three live
     # accumulators spilled at 128 registers): dil_conv 3/5/7 (dilation 2, padding k - 1) and the pooling,
-    # a 3x3 "depthwise" of ones (dwd's last [C, 9] block) scaled by 1 / (taps inside the image)
+    # a 3x3 "depthwise" of ones scaled by 1 / (taps inside the image)
     p_s = s_ptr + i_b * stride_sb + h0.to(tl.int64) * stride_sh + w0.to(tl.int64) * stride_sw
     o_pix = o_lh * stride_sh + o_lw * stride_sw
     cnt = ((tl.minimum(o_h + 1, H - 1) - tl.maximum(o_h - 1, 0) + 1)
@@ -250,12 +250,13 @@ def _mefc_step_kernel(
         K = tl.where(o == 7, 3, 2 * o - 5)  # 3, 5, 7, then 3 for the pool
         D = tl.where(o == 7, 1, 2)  # dilation
         R = K // 2
-        # dwd packed: [C, 9] at 0, [C, 25] at 9C, [C, 49] at 34C, ones [C, 9] at 83C
-        p_dw = dwd_ptr + C * tl.where(o == 4, 0, tl.where(o == 5, 9, tl.where(o == 6, 34, 83)))
+        # dwd packed: [C, 9] at 0, [C, 25] at 9C, [C, 49] at 34C; the pool's weights are ones (masked loads)
+        p_dw = dwd_ptr + C * tl.where(o == 4, 0, tl.where(o == 5, 9, 34))
         b_f = tl.where(o == 7, b_rcnt, 1.0)
         for c0 in range(0, C, BLOCK_K):
             o_k = c0 + tl.arange(0, BLOCK_K)
             o_kl = tl.minimum(o_k, C - 1)
+            m_w = (o_kl >= 0) & (o < 7)
             p_c = p_s + tl.cast(c0, tl.int64) * stride_sc
             o_rel = (o_kl - c0)[:, None] * stride_sc + o_pix
             p_wk = p_dw + o_kl * (K * K)
@@ -267,7 +268,7 @@ def _mefc_step_kernel(
                     dw = D * (kw - R)
                     m = m_h & (o_w + dw >= 0) & (o_w + dw < W)
                     b_x = tl.load(p_c + (dh * stride_sh + dw * stride_sw + o_rel), mask=m, other=0.0).to(tl.float32)
-                    b_z += tl.load(p_wk + (kh * K + kw))[:, None] * b_x
+                    b_z += tl.load(p_wk + (kh * K + kw), mask=m_w, other=1.0)[:, None] * b_x
             b_z = b_z * b_f
             b_m = tl.load(p_m + ((o * C + o_k) * stride_mc)[None, :], mask=m_co[:, None] & (o_k < C)[None, :],
                           other=0.0)
@@ -348,13 +349,9 @@ def _prepare_s(s: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_depthwise(ws, C: int) -> torch.Tensor:
-    """Depthwise weights [C, 1, k, k] -> one dense fp32 vector, op after op ([C, k*k] each)."""
-    return torch.cat([w.detach().to(torch.float32).reshape(C * w.shape[-1] ** 2) for w in ws])
-
-
-def _ones3x3(C: int, device) -> torch.Tensor:
-    """The pooling as a depthwise 3x3 of ones (the kernel divides by the taps inside the image)."""
-    return torch.ones((C, 1, 3, 3), device=device, dtype=torch.float32)
+    """Depthwise weights [C, 1, k, k] -> one dense fp32 vector, op after op ([C, k*k] each): one
+    concatenation (plus one conversion for half-precision weights), not one launch per tensor."""
+    return torch.cat([w.detach().reshape(C * w.shape[-1] ** 2) for w in ws]).to(torch.float32)
 
 
 def _compute_dtype(s: torch.Tensor) -> tuple[torch.dtype, str]:
@@ -370,14 +367,14 @@ def _grid_sizes(H: int, W: int, bh: int) -> tuple[int, int]:
     return n_tw, cdiv(H, bh) * n_tw
 
 
-def _launch_inner(s: torch.Tensor, dw1, w1, cfg) -> torch.Tensor:
+def _launch_inner(s: torch.Tensor, dwp: torch.Tensor, w1, cfg) -> torch.Tensor:
+    """dwp: dw1 packed by _pack_depthwise ([84 C] fp32)."""
     B, C, H, W = s.shape
     cp, bh, warps = cfg
     dtype, precision = _compute_dtype(s)
     t = torch.empty((B, 4, C, H, W), device=s.device, dtype=s.dtype)
     if t.numel() == 0:
         return t
-    dwp = _pack_depthwise(dw1, C)
     w1p = torch.stack([w.detach().reshape(C, C) for w in w1]).to(dtype).contiguous()
     n_tw, n_tiles = _grid_sizes(H, W, bh)
     with device_guard(s):
@@ -401,7 +398,7 @@ def sep_inner_fwd(s: torch.Tensor, dw1, w1) -> torch.Tensor:
     _check_weights("w1", w1, SEP_SIZES, C, s.device, pointwise=True)
     s = _prepare_s(s)
     B, _, H, W = s.shape
-    return _launch_inner(s, dw1, w1, launch_config(B, C, H, W, multiprocessor_count(s.device)))
+    return _launch_inner(s, _pack_depthwise(dw1, C), w1, launch_config(B, C, H, W, multiprocessor_count(s.device)))
 
 
 def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.Tensor:
@@ -428,14 +425,16 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
     if out.numel() == 0:
         return out
     cfg = launch_config(B, C, H, W, multiprocessor_count(s.device))
-    t = _launch_inner(s, dw1, w1, cfg)
+    # every depthwise weight in one vector (one launch): dw1 [84 C], dw2 [84 C], dwd [83 C]
+    dwp = _pack_depthwise((*dw1, *dw2, *dwd), C)
+    t = _launch_inner(s, dwp[: 84 * C], w1, cfg)
     cp, bh, warps = cfg
     dtype, precision = _compute_dtype(s)
     mc = m.detach().to(dtype)
     n_tw, n_tiles = _grid_sizes(H, W, bh)
     with device_guard(s):
         _mefc_step_kernel[(B * n_tiles,)](
-            s, t, _pack_depthwise(dw2, C), _pack_depthwise((*dwd, _ones3x3(C, s.device)), C), mc, out, C, H, W, n_tw, n_tiles,
+            s, t, dwp[84 * C: 168 * C], dwp[168 * C:], mc, out, C, H, W, n_tw, n_tiles,
             *s.stride(), *mc.stride(),
             CP=cp, BLOCK_K=BLOCK_K, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
             num_warps=warps, num_stages=NUM_STAGES, **_OPTIONS,
