@@ -58,6 +58,19 @@ Work per pixel and channel: 84 + 84 + 83 + 9 stencil FMAs (CUDA cores) and 4C + 
 that replace convolutions (W1, m) follow PyTorch's cuDNN TF32 setting, read at launch
 (:func:`~drsformer_fast.kernels._utils.conv_fp32_precision`).
 
+As launched on sm_90 (triton.compile with the launch's constexprs, specialisation and maxnreg=128):
+  1x48x256x256: CP=64, 2x32-pixel tiles, 8 warps; inner 4096 programs, 105 registers (fp32) / 104
+                (bf16); step 1024 programs, 124 / 116 registers; 16 resident warps per SM; no spills
+  1x96x256x256: CP=128, 1x32-pixel tiles, 8 warps; inner 8192 programs, 96 / 96 registers; step
+                2048 programs, 111 / 105 registers; 16 resident warps per SM; no spills
+Tap loads are one fp32/bf16 element per lane along W (TTGIR layout sizePerThread [1, 1],
+threadsPerWarp [1, 32]); the dots are HGMMA (TF32 or bf16) or FFMA ("ieee").
+Predicted (a model, not a measurement): the kernels are L1-bound, not HBM-bound. Per channel and
+pixel they issue 84 (inner) + 84 + 92 (step) = 260 tap loads; 1x48x256x256 fp32 is 25.6 M warp
+loads, ~2 L1 wavefronts each (a shifted 128-byte row straddles two lines): ~220 us per step on an
+H100 against ~41 us for its 138 MB at 3.35 TB/s (the original's 1284 MB are >= 380 us). Fewer
+loads need data reuse across taps (a halo tile in shared memory), which Triton does not expose.
+
 Not built: t never reaching DRAM. Rebuilding t inside the step kernel costs k^2 W1 products per
 output (49 for the 7x7), compute-bound by arithmetic; keeping a t halo tile on chip needs indexed
 shared memory, which Triton does not expose. It would save 8C of the 11C planes.
