@@ -69,6 +69,7 @@ def test_step_matches_original(device, dtype, C, B, H, W, layout):
     s = s64.to(device=device, dtype=dtype)
     if layout is not None:
         s = non_contiguous(s, layout)
+        m = m.transpose(1, 2).contiguous().transpose(1, 2)  # m with any strides too
     out = mefc.mefc_step_fwd(s, dw1, w1, dw2, dwd, m)
     assert out.dtype == dtype and out.is_contiguous() and out.shape == (B, C, H, W)
     assert_close("s_out", out.cpu(), truth, torch_lp)
