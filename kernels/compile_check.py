@@ -47,7 +47,7 @@ def _compile_one(index: int, arch: int) -> dict:
     t0 = time.perf_counter()
     try:
         src = ASTSource(cfg.kernel, cfg.signature, constexprs=cfg.constexprs)
-        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS}
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS, **cfg.extra}
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as exc:  # report every failure, not just the first
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
