@@ -5,6 +5,7 @@
                                   device-independent figures (bytes saved, launches, bytes moved)
     drsformer-fast derain         derain images with a checkpoint of the original DRSformer
     drsformer-fast eval           PSNR/SSIM (Y channel) of a checkpoint on a folder with targets
+    drsformer-fast train          train from an options file of the original (drsformer_fast.training)
 
 ``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
 (the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the reference model and report the largest difference from it")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     _add_run_options(p)
+    from .training import add_parser as add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -330,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         return _user_errors(lambda: _derain(args))
     if args.command == "eval":
         return _user_errors(lambda: _eval(args))
+    if args.command == "train":
+        from .training import run as run_train
+
+        return run_train(args)
     raise AssertionError(args.command)
 
 
