@@ -157,23 +157,6 @@ def prepare(args: TrainArgs) -> Plan:
         raise OptionsError(f"--precision must be fp32, bf16 or fp16, got {args.precision!r}")
     opt = validate(apply_overrides(load_options(args.options), list(args.overrides)))
     dist, rank, world, local_rank = _dist_env()
-    num_gpu = opt["num_gpu"]
-    if num_gpu > 0:
-        if not torch.cuda.is_available():
-            raise OptionsError(f"options: num_gpu: {num_gpu} but this machine has no CUDA device "
-                               "(--set num_gpu=0 trains on the CPU)")
-        if not dist and num_gpu > 1:
-            raise OptionsError(f"options: num_gpu: {num_gpu} GPUs train as {num_gpu} processes: "
-                               f"torchrun --nproc_per_node={num_gpu} -m drsformer_fast.cli train ... "
-                               "(or --set num_gpu=1 for one GPU)")
-        if dist and local_rank >= torch.cuda.device_count():
-            raise OptionsError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
-        device = torch.device("cuda", local_rank if dist else 0)
-    else:
-        device = torch.device("cpu")
-    if args.precision == "fp16" and device.type != "cuda":
-        raise OptionsError("--precision fp16 trains with a GradScaler on CUDA only; on the CPU use bf16 or fp32")
-
     t = opt["datasets"]["train"]
     pairs = data_mod.pair_files(t["dataroot_gt"], t["dataroot_lq"], t["filename_tmpl"], "datasets.train")
     data_mod.check_dataset(pairs, "datasets.train", min_size=t["gt_size"])
@@ -197,6 +180,23 @@ def prepare(args: TrainArgs) -> Plan:
                 if (h % ws and -h % ws >= h) or (w % ws and -w % ws >= w):
                     raise OptionsError(f"options: val.window_size: {lq} ({h}x{w}) is too small to reflect-pad "
                                        f"to a multiple of {ws}")
+
+    num_gpu = opt["num_gpu"]
+    if num_gpu > 0:
+        if not torch.cuda.is_available():
+            raise OptionsError(f"options: num_gpu: {num_gpu} but this machine has no CUDA device "
+                               "(--set num_gpu=0 trains on the CPU)")
+        if not dist and num_gpu > 1:
+            raise OptionsError(f"options: num_gpu: {num_gpu} GPUs train as {num_gpu} processes: "
+                               f"torchrun --nproc_per_node={num_gpu} -m drsformer_fast.cli train ... "
+                               "(or --set num_gpu=1 for one GPU)")
+        if dist and local_rank >= torch.cuda.device_count():
+            raise OptionsError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", local_rank if dist else 0)
+    else:
+        device = torch.device("cpu")
+    if args.precision == "fp16" and device.type != "cuda":
+        raise OptionsError("--precision fp16 trains with a GradScaler on CUDA only; on the CPU use bf16 or fp32")
 
     exp_root = Path(args.root).resolve() / "experiments" / opt["name"]
     resume_path, auto = None, False
