@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from drsformer_fast import cli, load_checkpoint, save_checkpoint
+from drsformer_fast.training import data as data_mod
 from drsformer_fast.training import trainer
 from drsformer_fast.training.options import load_options, validate
 from drsformer_fast.training.schedulers import build_scheduler, warmup_lrs
@@ -282,6 +283,59 @@ def test_pretrained_network_that_does_not_fit(data, tmp_path, capsys, monkeypatc
     save_checkpoint(DRSformer(**net, mefc=False), tmp_path / "plain.pth")
     code, _, err = run(capsys, "train", path, "--set", f"path.pretrain_network_g={tmp_path / 'plain.pth'}")
     assert_user_error(code, err, "pretrain_network_g", "missing key", "encoder_level0")
+
+
+# --------------------------------------------------------------------------------------------
+# Data: the original's crops, flips/rotations and order
+# --------------------------------------------------------------------------------------------
+
+
+def _numpy_augmentation(img: np.ndarray, mode: int) -> np.ndarray:
+    """The original's data_augmentation on an [H, W, C] array (modes 0-7)."""
+    ops = {0: lambda x: x, 1: np.flipud, 2: np.rot90, 3: lambda x: np.flipud(np.rot90(x)),
+           4: lambda x: np.rot90(x, k=2), 5: lambda x: np.flipud(np.rot90(x, k=2)),
+           6: lambda x: np.rot90(x, k=3), 7: lambda x: np.flipud(np.rot90(x, k=3))}
+    return ops[mode](img)
+
+
+@pytest.mark.parametrize("mode", range(8))
+def test_augment_equals_the_original_modes(mode):
+    img = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(mode))
+    expected = _numpy_augmentation(img.permute(1, 2, 0).numpy(), mode)
+    np.testing.assert_array_equal(data_mod.augment(img, mode).permute(1, 2, 0).numpy(), expected)
+
+
+def test_crops_are_the_same_window_of_input_and_target(tmp_path):
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 256, size=(19, 23, 3)).astype(np.uint8)
+    Image.fromarray(clean).save(tmp_path / "gt.png")
+    Image.fromarray(255 - clean).save(tmp_path / "lq.png")
+    plain = data_mod.TrainPairs([(tmp_path / "lq.png", tmp_path / "gt.png")], 8, False, seed=5)
+    augmented = data_mod.TrainPairs([(tmp_path / "lq.png", tmp_path / "gt.png")], 8, True, seed=5)
+    full = torch.from_numpy(clean).permute(2, 0, 1).float() / 255
+    windows = {(t, l): full[:, t:t + 8, l:l + 8] for t in range(12) for l in range(16)}
+    seen = set()
+    for position in range(12):
+        item = plain[(0, 3, position)]
+        torch.testing.assert_close(item["lq"], 1 - item["gt"], rtol=0, atol=1e-6)
+        where = [k for k, w in windows.items() if torch.equal(w, item["gt"])]
+        assert len(where) == 1
+        seen.add(where[0])
+        aug = augmented[(0, 3, position)]  # same generator draws: same window, then a mode
+        torch.testing.assert_close(aug["lq"], 1 - aug["gt"], rtol=0, atol=1e-6)
+        assert any(torch.equal(data_mod.augment(item["gt"], m), aug["gt"]) for m in range(8))
+        assert torch.equal(plain[(0, 3, position)]["gt"], item["gt"])  # a function of the key alone
+    assert len(seen) > 6, "crops do not move"
+
+
+def test_epoch_order_is_the_enlarged_sampler_split_by_rank():
+    single = data_mod.epoch_positions(5, 1, 0, 2, epoch=3, shuffle=True)
+    assert sorted(i for i, _ in single) == sorted(list(range(5)) * 2)
+    ranks = [data_mod.epoch_positions(5, 2, r, 2, epoch=3, shuffle=True) for r in range(2)]
+    merged = [x for pair in zip(*ranks) for x in pair]
+    assert merged == single  # rank r takes positions r, r + 2, ...: one process sees the same global batches
+    assert data_mod.epoch_positions(5, 1, 0, 2, epoch=4, shuffle=True) != single
+    assert [i for i, _ in data_mod.epoch_positions(5, 1, 0, 1, epoch=3, shuffle=False)] == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------------------------

@@ -274,7 +274,8 @@ def _check_tree(schema: Mapping, opt, path: str) -> dict:
         else:
             raise _err(p, "unknown key" + _closest(key, schema))
         if isinstance(spec, Mapping):
-            out[key] = _check_tree(spec, value if value is not None else {}, p)
+            # `val: ~` means no validation, as in the original (`opt.get('val') is not None`)
+            out[key] = None if value is None else _check_tree(spec, value, p)
         else:
             out[key] = _check_leaf(p, spec, value)
     return out
@@ -296,7 +297,7 @@ def _setdefault(opt: dict, dotted: str, value) -> None:
         if node.get(p) is None:
             node[p] = {}
         node = node[p]
-    if parts[-1] not in node:
+    if parts[-1] not in node or (node[parts[-1]] is None and isinstance(value, dict)):
         node[parts[-1]] = copy.deepcopy(value)
 
 
@@ -335,7 +336,10 @@ def validate(raw: Mapping) -> dict:
     _positive(opt, "num_gpu", 0)
 
     t = opt["datasets"]["train"]
-    for phase, ds in opt["datasets"].items():
+    for phase, ds in list(opt["datasets"].items()):
+        if ds is None:
+            del opt["datasets"][phase]
+            continue
         dtype = ds.get("type", "Dataset_PairedImage")
         if dtype != "Dataset_PairedImage":
             raise _err(f"datasets.{phase}.type", f"only Dataset_PairedImage is supported, got {dtype!r}")
@@ -425,7 +429,9 @@ def validate(raw: Mapping) -> dict:
         raise _err("train.mixing_augs.mixup_beta", f"must be positive, got {m['mixup_beta']}")
     _validate_scheduler(opt)
 
-    if opt.get("val") is not None:
+    if opt.get("val") is None:
+        opt.pop("val", None)
+    else:
         v = opt["val"]
         v.setdefault("val_freq", None)
         v.setdefault("window_size", 0)
