@@ -7,6 +7,7 @@
     drsformer-fast eval           PSNR/SSIM (Y channel) of a checkpoint on a folder with targets
     drsformer-fast score          PSNR/SSIM of existing results against targets, as the paper's
                                   MATLAB scripts (or BasicSR) compute them; no model, no GPU
+    drsformer-fast train          train from an options file of the original (drsformer_fast.training)
 
 ``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
 (the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name: same stem, a suffix like _DR/_GT dropped (default); order: sorted as MATLAB's dir "
                         "lists them (.jpg then .png, by character code), as evaluate_PSNR_SSIM.m pairs")
     p.add_argument("--json", metavar="PATH", help="write {protocol, images: [{name, psnr, ssim}], mean} as JSON")
+    from .training import add_parser as add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -386,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         return _user_errors(lambda: _eval(args))
     if args.command == "score":
         return _score(args)
+    if args.command == "train":
+        from .training import run as run_train
+
+        return run_train(args)
     raise AssertionError(args.command)
 
 
