@@ -236,6 +236,10 @@ ERRORS = [
     (["--set", "datasets.train.mini_batch_sizes=[4,1]"], ["mini_batch_sizes[0]", "batch_size_per_gpu"]),
     (["--set", "network_g.heads=[1,1,3,1]"], ["network_g.heads[2]"]),
     (["--set", "path.resume_state=nowhere/3.state"], ["path.resume_state", "not found"]),
+    (["--set", "val.protocol=matlab"], ["val.protocol", "matlab-rain200"]),
+    (["--set", "val.protocol=matlab-did", "--set", "val.metrics.psnr.crop_border=2"],
+     ["val.metrics.psnr.crop_border", "must be 0"]),
+    (["--set", "val.protocol=matlab-rain200", "--set", "val.use_image=false"], ["val.use_image", "8-bit"]),
 ]
 
 
@@ -511,3 +515,27 @@ def test_torchrun_two_gloo_processes_equal_one_process(data, tmp_path):
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"iter {it}: {k}")
     first = _params(tmp_path / "experiments/one/models/net_g_1.pth")
     assert any(not torch.equal(first[k], a[k]) for k in a), "iterations 2 and 3 changed nothing"
+
+
+def test_validation_scores_with_the_papers_protocol(data, tmp_path, capsys, monkeypatch, torch_path):
+    """val.protocol: validation PSNR is the MATLAB protocol's (the same function `score` uses)."""
+    from drsformer_fast import metrics
+
+    calls = []
+
+    def spy(result, target, protocol):
+        calls.append((protocol, metrics.psnr_matlab_did(result, target)))
+        return real(result, target, protocol)
+
+    real = metrics.score_pair
+    monkeypatch.setattr(metrics, "score_pair", spy)
+    monkeypatch.chdir(tmp_path)
+    path = _write(_tiny_options(data, "did"), tmp_path / "o.yml")
+    torch.set_num_threads(1)
+    code, _, err = run(capsys, "train", path, "--set", "val.protocol=matlab-did")
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "experiments/did/train_log.jsonl").read_text().splitlines()]
+    vals = [r for r in records if r["kind"] == "val"]
+    assert vals and [p for p, _ in calls] == ["matlab-did"] * 2 * len(vals)  # the two validation images each time
+    for i, val in enumerate(vals):
+        assert val["psnr"] == pytest.approx((calls[2 * i][1] + calls[2 * i + 1][1]) / 2, rel=1e-12)

@@ -8,8 +8,9 @@ without a dot is a *string* in YAML 1.1, ``!!float 3e-4`` or ``3.0e-4`` a float)
 
 Additions to the original schema, all optional: ``network_g.mefc`` (the original chooses the
 variant by editing its architecture file; default ``true``, the full model), ``val.protocol``
-(reserved for the scoring protocols of ``drsformer-fast eval --protocol``; only ``basicsr``, the
-original's own validation, is implemented here).
+(how validation PSNR/SSIM are computed, the choices of ``drsformer-fast score --protocol``:
+``basicsr``, the original's own validation and the default, or the paper's MATLAB scripts
+``matlab-rain200`` / ``matlab-did``, Y channel of the whole 8-bit image).
 """
 
 from __future__ import annotations
@@ -442,9 +443,14 @@ def validate(raw: Mapping) -> dict:
             raise _err("val.val_freq", "required when val is given")
         _positive(opt, "val.val_freq")
         _positive(opt, "val.window_size", 0)
-        if v["protocol"] != "basicsr":
-            raise _err("val.protocol", f"only 'basicsr' (the original's validation) is implemented, "
-                                       f"got {v['protocol']!r}")
+        from ..metrics import PROTOCOLS
+
+        if v["protocol"] not in PROTOCOLS:
+            raise _err("val.protocol", f"choose one of {', '.join(PROTOCOLS)} (basicsr: the original's "
+                                       f"validation), got {v['protocol']!r}")
+        if v["protocol"] != "basicsr" and not v["use_image"]:
+            raise _err("val.use_image", f"the MATLAB protocol {v['protocol']} scores 8-bit images: "
+                                        "use_image must be true")
         if opt["datasets"].get("val") is None:
             raise _err("datasets.val", "required when val is given (the validation images)")
         for mname, mopt in (v.get("metrics") or {}).items():
@@ -454,6 +460,9 @@ def validate(raw: Mapping) -> dict:
             mopt.setdefault("crop_border", 0)
             mopt.setdefault("test_y_channel", False)
             _positive(opt, f"val.metrics.{mname}.crop_border", 0)
+            if v["protocol"] != "basicsr" and mopt["crop_border"]:
+                raise _err(f"val.metrics.{mname}.crop_border", f"the MATLAB protocol {v['protocol']} scores the "
+                                                               "whole image: crop_border must be 0")
     _positive(opt, "logger.print_freq")
     _positive(opt, "logger.save_checkpoint_freq")
     if opt["dist_params"]["backend"] not in ("nccl", "gloo"):

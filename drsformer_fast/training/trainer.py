@@ -373,9 +373,10 @@ def _mixup(gt, lq, rng: random.Random, beta: float, use_identity: bool):
 def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
     from ..imageio import to_uint8
     from ..inference import pad_to_multiple
-    from ..metrics import calculate_psnr, calculate_ssim
+    from ..metrics import calculate_psnr, calculate_ssim, score_pair
 
     vopt = plan.opt["val"]
+    protocol = vopt["protocol"]
     metrics = vopt.get("metrics") or {}
     totals = {m: 0.0 for m in metrics}
     ws = vopt["window_size"]
@@ -395,8 +396,12 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
                 sr = out[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0
                 gt = item["gt"].permute(1, 2, 0).numpy() * 255.0
             for m, mopt in metrics.items():
-                fn = calculate_psnr if mopt["type"] == "calculate_psnr" else calculate_ssim
-                totals[m] += fn(sr, gt, crop_border=mopt["crop_border"], test_y_channel=mopt["test_y_channel"])
+                is_psnr = mopt["type"] == "calculate_psnr"
+                if protocol == "basicsr":
+                    fn = calculate_psnr if is_psnr else calculate_ssim
+                    totals[m] += fn(sr, gt, crop_border=mopt["crop_border"], test_y_channel=mopt["test_y_channel"])
+                else:  # the paper's MATLAB scripts: Y channel, whole image (crop_border was checked to be 0)
+                    totals[m] += score_pair(sr, gt, protocol)[0 if is_psnr else 1]
     net.train(was_training)
     results = {m: v / len(ds) for m, v in totals.items()}
     name = plan.opt["datasets"]["val"].get("name") or "val"
