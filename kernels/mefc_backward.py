@@ -68,20 +68,37 @@ import triton
 import triton.language as tl
 
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, conv_fp32_precision, device_guard, next_pow2
+from ._utils import (
+    LAUNCH_OPTIONS,
+    SUPPORTED_DTYPES,
+    check_tensor,
+    conv_fp32_precision,
+    device_guard,
+    is_interpreter,
+    next_pow2,
+)
 from .mefc import sep_inner_fwd
 
 SEP_SIZES = (1, 3, 5, 7)
 DIL_SIZES = (3, 5, 7)
 NUM_OPS = 8
 MAX_CHANNELS = 128
-TILE = 4096  # elements of a full-channel [BLOCK_C, BLOCK_N] tile (16 fp32 per thread at 8 warps)
+TILE = 2048  # elements of a full-channel [BLOCK_C, BLOCK_N] tile (8 fp32 per thread at 8 warps)
 BLOCK_K = 16  # channel chunk of the dots' operands
 NUM_WARPS = 8
+# the transposed-tap kernels: LLVM unrolls the runtime tap loops for loads in flight (~14 registers
+# per tile element held by a thread), so they spread a tile over 16 warps: <= 128 registers, one
+# 16-warp CTA per SM
+TAP_NUM_WARPS = 16
 NUM_STAGES = 2
 DW_BLOCK_C = 16  # depthwise (per-channel) kernels: 16 channels x 128 pixels
 DW_BLOCK_N = 128
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs for the chunked reductions
+# Triton's CPU interpreter pays per executed operation, not per element: it runs the same kernels on
+# larger tiles (still several tiles and channel blocks at the tests' sizes, so the cross-program
+# reductions are exercised)
+INTERPRETER_TILE = 8192
+INTERPRETER_DW_BLOCK_C = 32
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -328,12 +345,13 @@ def _mefc_bwd_sep_kernel(
     o_c64 = o_cl.to(tl.int64)
     DT = dt_ptr.dtype.element_ty
     m_cn = m_c[:, None] & m_n[None, :]
-    b_t = tl.load(t_ptr + i_b * stride_tb + j * stride_to + o_c64[:, None] * stride_tc
-                  + (o_h * stride_th + o_w * stride_tw)[None, :], mask=m_cn, other=0.0)
     K = 2 * j + 1
     p_w = w2_ptr + C * _tap_offset(j, 1) + o_cl * (K * K)
     b_dt = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     b_dt = _tdw_chunk(b_dt, dz_ptr + (i_b * 8 * C + j * C + o_c64) * N, p_w, K, 1, o_n, o_h, o_w, m_n, H, W)
+    # t_o only for its ReLU mask, loaded after the taps (fewer live registers)
+    b_t = tl.load(t_ptr + i_b * stride_tb + j * stride_to + o_c64[:, None] * stride_tc
+                  + (o_h * stride_th + o_w * stride_tw)[None, :], mask=m_cn, other=0.0)
     b_dt = tl.where(b_t > 0, b_dt, 0.0).to(DT)
     o_rows = i_b * 4 * C + j * C
     tl.store(dt_ptr + (o_rows + o_c64)[:, None] * N + o_n[None, :], b_dt, mask=m_cn)
@@ -435,21 +453,25 @@ def _mefc_bwd_dwgrad_kernel(
     p_g = gr_ptr + (i_b * G_CH + g_row0 + j * C + o_c64) * N
     p_x = x_ptr + i_b * stride_xb + tl.cast(j, tl.int64) * stride_xo + o_c64 * stride_xc
     p_part = part_ptr + ((i_b * tl.num_programs(0) + i_ch) * TAPS + _tap_offset(j, K0)) * C + o_c
-    for kh in range(0, K):
-        dh = (kh - R) * DIL
-        for kw in range(0, K):
-            dw = (kw - R) * DIL
-            b_acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-            for it in range(0, tiles_per_chunk):
-                o_n = (i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N)
-                m_n = o_n < N
-                o_h = o_n // W
-                o_w = o_n % W
-                m = (m_n & (o_h - dh >= 0) & (o_h - dh < H) & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
+    for it in range(0, tiles_per_chunk):
+        o_n = (i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        o_h = o_n // W
+        o_w = o_n % W
+        # X once per tile (unshifted); G shifted per tap
+        b_x = tl.load(p_x[:, None] + (o_h * stride_xh + o_w * stride_xw)[None, :], mask=m_n[None, :],
+                      other=0.0).to(tl.float32)
+        for kh in range(0, K):
+            dh = (kh - R) * DIL
+            m_h = m_n & (o_h - dh >= 0) & (o_h - dh < H)
+            for kw in range(0, K):
+                dw = (kw - R) * DIL
+                m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
                 b_gs = tl.load(p_g[:, None] + (o_n - (dh * W + dw))[None, :], mask=m, other=0.0).to(tl.float32)
-                b_x = tl.load(p_x[:, None] + (o_h * stride_xh + o_w * stride_xw)[None, :], mask=m, other=0.0)
-                b_acc += b_gs * b_x.to(tl.float32)
-            tl.store(p_part + (kh * K + kw) * C, tl.sum(b_acc, axis=1), mask=m_c)
+                # this program's own partial row, accumulated over its tiles (no other program writes it)
+                p_tap = p_part + (kh * K + kw) * C
+                b_prev = tl.load(p_tap, mask=m_c & (it > 0), other=0.0)
+                tl.store(p_tap, b_prev + tl.sum(b_gs * b_x, axis=1), mask=m_c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,10 +543,13 @@ def _unpack_taps(total: torch.Tensor, sizes, C: int) -> tuple[torch.Tensor, ...]
     return tuple(out)
 
 
-def _full_tile(C: int) -> tuple[int, int]:
+def _full_tile(C: int, interpreter: bool = False) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_N) of the full-channel kernels: all channels, TILE elements."""
     block_c = max(16, next_pow2(C))
-    return block_c, TILE // block_c
+    if interpreter:
+        return block_c, INTERPRETER_TILE // block_c
+    # at most 64 pixels: the C <= 16 tiles stay within 128 registers at 8 warps
+    return block_c, min(64, TILE // block_c)
 
 
 def _chunks(n_tiles: int, programs_per_chunk: int) -> tuple[int, int]:
@@ -556,7 +581,9 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     s = _fit_plane_offsets("s", s)
     s_out = _fit_plane_offsets("s_out", s_out)
     prec = conv_fp32_precision()
-    block_c, block_n = _full_tile(C)
+    interp = is_interpreter()
+    block_c, block_n = _full_tile(C, interp)
+    dw_block_c = INTERPRETER_DW_BLOCK_C if interp else DW_BLOCK_C
     n_tiles = triton.cdiv(N, block_n)
     n_kc = triton.cdiv(C, BLOCK_K)
     with device_guard(s):
@@ -568,6 +595,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         dpre = torch.empty((B, C, N), device=dev, dtype=dt_)
         dz = torch.empty((B, NUM_OPS * C, N), device=dev, dtype=dt_)
         opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
+        tap_opts = dict(num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         # 1. dpre, dz
         _mefc_bwd_dz_kernel[(n_tiles, B)](
             g, s, s_out, t, m, wsep2, wdil, dpre, dz, C, N, H, W, *g.stride(), *s.stride(), *s_out.stride(),
@@ -590,7 +618,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         du = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
         _mefc_bwd_sep_kernel[(n_tiles, 4, B)](
             dz, t, wsep2, w1d, dt, du, C, N, H, W, *t.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K,
-            BLOCK_N=block_n, **opts,
+            BLOCK_N=block_n, **tap_opts,
         )
         # 4. dW1_o = sum_p dt_o (dw1_o s)^T
         part = torch.empty((B, n_ch, C, 4 * C), device=dev, dtype=torch.float32)
@@ -604,13 +632,13 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         # 5. ds
         dw_opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         n_dw_tiles = triton.cdiv(N, DW_BLOCK_N)
-        n_cb = triton.cdiv(C, DW_BLOCK_C)
+        n_cb = triton.cdiv(C, dw_block_c)
         ds = None
         if needs_input_grad:
             ds = torch.empty((B, C, H, W), device=dev, dtype=dt_)
             _mefc_bwd_ds_kernel[(n_dw_tiles, n_cb, B)](
                 g, s_out, du, dz, wsep1, wdil, ds, C, N, H, W, *g.stride(), *s_out.stride(),
-                BLOCK_C=DW_BLOCK_C, BLOCK_N=DW_BLOCK_N, **dw_opts,
+                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, **tap_opts,
             )
         # 6. depthwise weight gradients: (G, its first row, X, X's op stride, sizes, dilation)
         sx = s.stride()
@@ -626,7 +654,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             part = torch.empty((B * n_ch2, taps, C), device=dev, dtype=torch.float32)
             _mefc_bwd_dwgrad_kernel[(n_ch2, len(sizes) * n_cb, B)](
                 gbuf, x, part, C, N, H, W, g_ch, row0, per2, taps, *xs, K0=k0, DIL=dil,
-                BLOCK_C=DW_BLOCK_C, BLOCK_N=DW_BLOCK_N, **dw_opts,
+                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, **dw_opts,
             )
             grads.append(_unpack_taps(part.sum(0), sizes, C))
         d_dw2, d_dw1, d_dwd = grads
@@ -722,14 +750,14 @@ def _compile_configs():
                     _mefc_bwd_sep_kernel,
                     {"dz_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w2_ptr": "*fp32", "w1_ptr": "*fp32",
                      "dt_ptr": ptr(dtype), "du_ptr": ptr(dtype), **i32("C", "N", "H", "W"), **t5},
-                    full, num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    full, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                 )
         yield CompileConfig(
             _mefc_bwd_ds_kernel,
             {"g_ptr": ptr(dtype), "so_ptr": ptr(dtype), "du_ptr": ptr(dtype), "dz_ptr": ptr(dtype),
              "w1_ptr": "*fp32", "wd_ptr": "*fp32", "ds_ptr": ptr(dtype), **i32("C", "N", "H", "W"), **s4("g"),
              **s4("o")},
-            {"BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N}, num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+            {"BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N}, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
         )
         for k0, dil in ((1, 1), (3, 2)):
             yield CompileConfig(
