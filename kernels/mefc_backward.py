@@ -53,6 +53,14 @@ sums, < 2% at 256x256, left out). :func:`traffic_bytes` computes them for any sh
   C = 48, 1x48x256x256, fp32 (one plane 0.262 MB): fused 0.96 GB, original 2.33 GB per step;
   C = 96, 1x96x256x256: fused 1.91 GB, original 4.65 GB per step.
 
+Launch shapes (GPU): the full-channel kernels (dz, outer, sep) hold all C channels of a pixel tile
+(BLOCK_C = next power of two >= 16, BLOCK_N = min(64, 2048 / BLOCK_C) pixels), dz/outer at 8 warps,
+sep and ds at 16 warps (their runtime tap loops are unrolled by LLVM: ~14 registers per tile element a
+thread holds); the per-channel kernels (ds, dwgrad) take 16 channels x 128 pixels. Programs at
+1x48x256x256 / 1x96x256x256: dz 2048 / 4096, sep 8192 / 16384, ds 1536 / 3072, each chunked
+reduction (outer x3, dwgrad x3) 261-270 (TARGET_PROGRAMS). Workspace per call, in s's dtype: t (4C),
+dpre (C), dz (8C), dt (4C), du (4C) channel planes, plus partial sums (< 1 MB at these shapes).
+
 Sizes: full-channel tiles hold C <= 128 (BLOCK_C = next power of two, at least 16); larger C is
 refused with an error. Batch offsets and channel rows are int64 pointers; offsets inside one
 channel plane are int32 (an input whose plane spans >= 2**31 elements, e.g. channels-last beyond
@@ -713,9 +721,9 @@ def mefc_step_bwd_torch(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: boo
 # ----------------------------------------------------------------------------------------------
 
 
-def _block_cs():
-    """Every BLOCK_C the full-channel kernels take (C = 1 .. MAX_CHANNELS)."""
-    return sorted({_full_tile(c)[0] for c in range(1, MAX_CHANNELS + 1)})
+def _full_tiles():
+    """Every (BLOCK_C, BLOCK_N) the full-channel kernels take on a GPU (C = 1 .. MAX_CHANNELS)."""
+    return sorted({_full_tile(c) for c in range(1, MAX_CHANNELS + 1)})
 
 
 @register_compile_configs
@@ -726,8 +734,7 @@ def _compile_configs():
     for dtype in ("float32", "float16", "bfloat16"):
         precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
         for prec in precs:
-            for block_c in _block_cs():
-                block_n = TILE // block_c
+            for block_c, block_n in _full_tiles():
                 full = {"PREC": prec, "BLOCK_C": block_c, "BLOCK_K": BLOCK_K, "BLOCK_N": block_n}
                 yield CompileConfig(
                     _mefc_bwd_dz_kernel,
