@@ -54,14 +54,14 @@ sums, < 2% at 256x256, left out). :func:`traffic_bytes` computes them for any sh
   C = 96, 1x96x256x256: fused 1.91 GB, original 4.65 GB per step.
 
 Launch shapes (GPU): the full-channel kernels (dz, outer, sep) hold all C channels of a pixel tile
-(BLOCK_C = next power of two >= 16, BLOCK_N = min(64, 2048 / BLOCK_C) pixels), dz/outer at 8 warps,
+(BLOCK_C = next power of two >= 32, BLOCK_N = min(64, 2048 / BLOCK_C) pixels), dz/outer at 8 warps,
 sep and ds at 16 warps (their runtime tap loops are unrolled by LLVM: ~14 registers per tile element a
 thread holds); the per-channel kernels (ds, dwgrad) take 16 channels x 128 pixels. Programs at
 1x48x256x256 / 1x96x256x256: dz 2048 / 4096, sep 8192 / 16384, ds 1536 / 3072, each chunked
 reduction (outer x3, dwgrad x3) 261-270 (TARGET_PROGRAMS). Workspace per call, in s's dtype: t (4C),
 dpre (C), dz (8C), dt (4C), du (4C) channel planes, plus partial sums (< 1 MB at these shapes).
 
-Sizes: full-channel tiles hold C <= 128 (BLOCK_C = next power of two, at least 16); larger C is
+Sizes: full-channel tiles hold C <= 128 (BLOCK_C = next power of two, at least 32); larger C is
 refused with an error. Batch offsets and channel rows are int64 pointers; offsets inside one
 channel plane are int32 (an input whose plane spans >= 2**31 elements, e.g. channels-last beyond
 ~22 MP at C = 96, is copied to a contiguous layout first). Every grid keeps y, z <= 65535 (the pixel
@@ -553,10 +553,10 @@ def _unpack_taps(total: torch.Tensor, sizes, C: int) -> tuple[torch.Tensor, ...]
 
 def _full_tile(C: int, interpreter: bool = False) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_N) of the full-channel kernels: all channels, TILE elements."""
-    block_c = max(16, next_pow2(C))
+    block_c = max(32, next_pow2(C))  # (16 would only add compile configurations: C <= 16 is no MEFC width)
     if interpreter:
         return block_c, INTERPRETER_TILE // block_c
-    # at most 64 pixels: the C <= 16 tiles stay within 128 registers at 8 warps
+    # at most 64 pixels: the C <= 32 tiles stay within 128 registers at 8 warps
     return block_c, min(64, TILE // block_c)
 
 
