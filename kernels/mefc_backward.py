@@ -61,6 +61,15 @@ thread holds); the per-channel kernels (ds, dwgrad) take 16 channels x 128 pixel
 reduction (outer x3, dwgrad x3) 261-270 (TARGET_PROGRAMS). Workspace per call, in s's dtype: t (4C),
 dpre (C), dz (8C), dt (4C), du (4C) channel planes, plus partial sums (< 1 MB at these shapes).
 
+Compiled as launched for sm_90 (num_stages=2, LAUNCH_OPTIONS; every dtype, both TF32 settings), no
+spills anywhere (sm_80 too):
+  kernel    warps  registers (C=48 | C=96 tiles)   resident warps/SM   loads
+  dz          8    94-96 | 96-124                  16                  taps 1 element/thread along W;
+  outer       8    92-124 | 96-126                 16                  dots on tensor cores (HMMA, wgmma
+  sep        16    88-110 | 80-110                 16                  in outer) in tf32/fp16/bf16
+  ds         16    112-114                         16
+  dwgrad      8    110-112                         16
+
 Sizes: full-channel tiles hold C <= 128 (BLOCK_C = next power of two, at least 32); larger C is
 refused with an error. Batch offsets and channel rows are int64 pointers; offsets inside one
 channel plane are int32 (an input whose plane spans >= 2**31 elements, e.g. channels-last beyond
