@@ -7,6 +7,8 @@ back through it, giving the gradients of W_out, the second 1x1 of every op and t
 Interpreter cost: images of ~150 pixels, C = 20 and 48 (a few programs per launch).
 """
 
+import contextlib
+
 import pytest
 import torch
 from drsformer_fast.kernels import mefc_backward as MB
@@ -63,6 +65,18 @@ def _layer_copy(layer, dtype):
     return new.to(dtype)
 
 
+@contextlib.contextmanager
+def _cudnn_fp32_precision(flag: str):
+    """PyTorch's cuDNN convolution precision set for a block (a flag object: restored by hand)."""
+    conv = torch.backends.cudnn.conv
+    old = conv.fp32_precision
+    try:
+        conv.fp32_precision = flag
+        yield
+    finally:
+        conv.fp32_precision = old
+
+
 def _fast_grads(layer, s, wts, g, dtype, device, g_layout=None, s_layout=None):
     p = {k: [w.detach().to(device=device, dtype=dtype) for w in v] for k, v in _params(layer).items()}
     # m in fp32 from the parameters at the test dtype, as the integrator builds it; autograd only here
@@ -78,7 +92,9 @@ def _fast_grads(layer, s, wts, g, dtype, device, g_layout=None, s_layout=None):
     if g_layout is not None:
         gd = non_contiguous(gd, g_layout)
         assert not gd.is_contiguous()
-    ds, d_dw1, d_w1, d_dw2, d_dwd, dm = MB.mefc_step_bwd(gd, sd, s_out, p["dw1"], p["w1"], p["dw2"], p["dwd"], md)
+    with _cudnn_fp32_precision("ieee"):  # fp32 truth is compared at fp32 (TF32: GPU only, see below)
+        ds, d_dw1, d_w1, d_dw2, d_dwd, dm = MB.mefc_step_bwd(gd, sd, s_out, p["dw1"], p["w1"], p["dw2"], p["dwd"],
+                                                             md)
     assert ds.dtype == dtype and ds.is_contiguous()
     assert dm.dtype == torch.float32 and dm.shape == m.shape and dm.is_contiguous()
     chain = [leaves["w_out"][0], *leaves["w2"], *leaves["wd"], w32]
@@ -174,13 +190,8 @@ def test_dots_follow_the_cudnn_tf32_setting(flag, expected, monkeypatch):
     p = {k: [w.detach() for w in v] for k, v in _params(layer).items()}
     s = randn(1, C, 5, 6, seed=1)
     m = randn(1, C, 8 * C, seed=2)
-    conv = torch.backends.cudnn.conv
-    old = conv.fp32_precision  # a flag object: set and restore by hand (monkeypatch cannot delete it)
-    try:
-        conv.fp32_precision = flag
+    with _cudnn_fp32_precision(flag):
         MB.mefc_step_bwd(s, s, s, p["dw1"], p["w1"], p["dw2"], p["dwd"], m)
-    finally:
-        conv.fp32_precision = old
     for name in ("_mefc_bwd_dz_kernel", "_mefc_bwd_outer_kernel", "_mefc_bwd_sep_kernel"):
         assert seen[name] == {expected}, (name, seen)
 
