@@ -127,6 +127,8 @@ CASES = [  # (B, C, H, W, dtype, layout of g; the first case also passes s non-c
     (1, 20, 11, 13, torch.float32, "pad"),
     (2, 48, 10, 13, torch.float32, "channels_last"),  # 130 pixels: two tiles of the full-channel kernels
     (3, 20, 9, 20, torch.float16, "transpose"),
+    (2, 5, 6, 1, torch.float32, "pad"),  # one-pixel-wide and one-pixel-high images, C < BLOCK_K
+    (1, 3, 1, 7, torch.float32, "pad"),
 ]
 
 
