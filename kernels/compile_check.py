@@ -80,7 +80,8 @@ def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
         signature = tuple((n, cfg.signature.get(n, "constexpr")) for n in names)
         from ._utils import LAUNCH_OPTIONS
 
-        options = tuple(sorted({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS}.items()))
+        options = tuple(sorted({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS,
+                                **getattr(cfg, "extra", {})}.items()))
         specs.append((cfg.name, L.Specialisation(fn.fn.__module__, name, signature, constexprs, (), options,
                                                  tuple(names))))
     rows = []
