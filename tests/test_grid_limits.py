@@ -2,7 +2,7 @@
 
 The fast modules (LayerNorm, attention, feed-forward, a transformer block, the whole model at a
 3-channel input of the same size, which adds every level, the decoder's 96-channel level 1 and
-whatever else the model launches, e.g. MEFC) and the depthwise-convolution launchers run on fake
+whatever else the model launches) and the depthwise-convolution and MEFC-step launchers run on fake
 tensors (``drsformer_fast.launches``: real shapes, no memory, no compute) at 1x48x2304x4096 and
 1x48x4320x7680. Every captured Triton launch must have a grid within CUDA's limits (x < 2**31, y and
 z <= 65535), and no launcher may refuse the size. This is the acceptance test of issue 9, item 3.
@@ -61,4 +61,35 @@ def test_depthwise_conv_launches_fit_cuda_grid_limits(size):
     bwd = _run(what, lambda: L.capture_function(
         lambda x, ws: dwconv.depthwise_conv_bwd([torch.empty_like(x), torch.empty_like(x)], x, ws,
                                                 need_bias_grad=True), inputs, tags={"pass": "bwd"}))
+    _check(bwd, what + " backward")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mefc_launches_fit_cuda_grid_limits(size):
+    """The MEFC step's launchers, called directly (as long as no module of the fast model reaches them,
+    the model case above cannot), at 48 channels: encoder level 0's width."""
+    import importlib.util
+
+    if importlib.util.find_spec("drsformer_fast.kernels.mefc") is None:
+        pytest.skip("no MEFC kernels in this build (kernels/mefc.py)")
+    from drsformer_fast.kernels import mefc, mefc_backward
+
+    h, w = SIZES[size]
+    c = 48
+
+    def inputs():
+        s = torch.empty(1, c, h, w)
+        dw1 = [torch.empty(c, 1, k, k) for k in mefc.SEP_SIZES]
+        w1 = [torch.empty(c, c, 1, 1) for _ in mefc.SEP_SIZES]
+        dw2 = [torch.empty(c, 1, k, k) for k in mefc.SEP_SIZES]
+        dwd = [torch.empty(c, 1, k, k) for k in mefc.DIL_SIZES]
+        m = torch.empty(1, c, mefc.NUM_OPS * c)
+        return s, dw1, w1, dw2, dwd, m
+
+    what = f"MEFC step 1x{c}x{h}x{w}"
+    fwd = _run(what, lambda: L.capture_function(mefc.mefc_step_fwd, inputs, tags={"pass": "fwd"}))
+    _check(fwd, what + " forward")
+    bwd = _run(what, lambda: L.capture_function(
+        lambda s, *rest: mefc_backward.mefc_step_bwd(torch.empty_like(s), s, torch.empty_like(s), *rest),
+        inputs, tags={"pass": "bwd"}))
     _check(bwd, what + " backward")
