@@ -214,6 +214,9 @@ class OpRecord:
     written: int | None = None
     inside: str | None = None
     parts: list[KernelBytes] = field(default_factory=list)
+    # a Triton launch as called (with ``OpRecorder(keep_calls=True)``): the JIT function, its
+    # positional arguments, keywords (constexprs, num_warps, ...) and grid (``drsformer_fast.launches``)
+    call: tuple | None = None
 
     @property
     def launch(self) -> bool:
@@ -229,15 +232,17 @@ class OpRecorder(TorchDispatchMode):
     (they never read data back to the host, so what they launch cannot depend on the data).
     """
 
-    def __init__(self, run_triton: bool = True):
+    def __init__(self, run_triton: bool = True, keep_calls: bool = False):
         super().__init__()
         self.run_triton = run_triton
+        self.keep_calls = keep_calls
         self.records: list[OpRecord] = []
         self._in_triton = 0
         self._open: list[str] = []  # custom ops whose launcher is running
 
-    def triton_launch(self, name: str) -> None:
-        self.records.append(OpRecord(name, "triton", inside=self._open[-1] if self._open else None))
+    def triton_launch(self, name: str, call: tuple | None = None) -> None:
+        self.records.append(OpRecord(name, "triton", inside=self._open[-1] if self._open else None,
+                                     call=call if self.keep_calls else None))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -307,7 +312,8 @@ def _count_triton_launches(recorder: OpRecorder):
         def counted(self, *args, grid, warmup, **kwargs):
             if warmup:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-            recorder.triton_launch(getattr(getattr(self, "fn", None), "__name__", type(self).__name__))
+            recorder.triton_launch(getattr(getattr(self, "fn", None), "__name__", type(self).__name__),
+                                   (self, args, kwargs, grid))
             if not recorder.run_triton:
                 return None
             recorder._in_triton += 1
@@ -358,14 +364,16 @@ class Profile:
                 for name, records in (("forward", self.forward), ("backward", self.backward))}
 
 
-def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool = True, fake: bool = True) -> Profile:
+def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool = True, fake: bool = True,
+            keep_calls: bool = False) -> Profile:
     """One forward of ``module`` and (with ``backward``) one backward from a ones gradient, recorded
     pass by pass. ``x``: an input tensor, or a shape for a zero input in the module's dtype.
 
     With ``fake`` (the default) everything runs on fake tensors (real shapes, no memory, no compute)
     and Triton launches are counted without running; otherwise ``x`` is real and every kernel runs
     (on a GPU, or in Triton's interpreter). The module's output must have the input's shape (true of
-    every DRSformer block and of the model).
+    every DRSformer block and of the model). ``keep_calls``: keep each Triton launch's arguments and
+    grid in its record (``OpRecord.call``).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -379,7 +387,7 @@ def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool 
         x = x.detach().requires_grad_(backward)
         grad = torch.ones_like(x) if backward else None
         leaves = [x] + [q for q in module.parameters() if q.requires_grad]
-        recorder = OpRecorder(run_triton=not fake)
+        recorder = OpRecorder(run_triton=not fake, keep_calls=keep_calls)
         with _count_triton_launches(recorder), recorder, torch.set_grad_enabled(backward):
             out = module(x)
             n = len(recorder.records)
