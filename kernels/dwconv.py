@@ -57,8 +57,8 @@ def _dw_fwd_kernel(
     C, N, H, W,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_ob,
-    K1,  # kernel size of branch 1 (with two branches, the smaller one: K1 <= K2)
-    K2,  # kernel size of branch 2 (unused without TWO)
+    K1: tl.constexpr,  # kernel size of branch 1 (with two branches, the smaller one: K1 <= K2)
+    K2: tl.constexpr,  # kernel size of branch 2 (unused without TWO)
     TWO: tl.constexpr,
     RELU: tl.constexpr,
     HAS_XBIAS: tl.constexpr,
@@ -83,20 +83,18 @@ def _dw_fwd_kernel(
     p_w2 = w2_ptr + o_cl * (K2 * K2)
     if HAS_XBIAS:
         b_xb = tl.load(xb_ptr + o_cl)[:, None]
-    R1 = K1 // 2
-    if TWO:
-        KM = K2
-    else:
-        KM = K1
-    RM = KM // 2
+    R1: tl.constexpr = K1 // 2
+    KM: tl.constexpr = K2 if TWO else K1
+    RM: tl.constexpr = KM // 2
 
     b_acc1 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     b_acc2 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     # one pass over the larger window: each shifted tile of x is loaded once for both branches
-    for kh in range(0, KM):
+    # unrolled (kernel sizes are constexpr): the branch-1 window test below is resolved at compile time
+    for kh in tl.static_range(0, KM):
         dh = kh - RM
         m_h = m_n & (o_h + dh >= 0) & (o_h + dh < H)
-        for kw in range(0, KM):
+        for kw in tl.static_range(0, KM):
             dw = kw - RM
             m = (m_h & (o_w + dw >= 0) & (o_w + dw < W))[None, :]
             b_x = tl.load(p_x + (o_x + (dh * stride_xh + dw * stride_xw)), mask=m, other=0.0).to(tl.float32)
@@ -123,16 +121,16 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
-def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K,
-                   NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
+def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W,
+                   K: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
     """One branch of the backward: adds its transposed convolution to b_dx and writes its weight and
     bias partial sums (rows t < K*K and K*K of this program's slot)."""
-    R = K // 2
-    for kh in range(0, K):
+    R: tl.constexpr = K // 2
+    for kh in tl.static_range(0, K):
         dh = kh - R
         # g is read at p - t: the forward's tap (dh, dw) reaches this pixel from (h - dh, w - dw)
         m_h = m_n & (o_h - dh >= 0) & (o_h - dh < H)
-        for kw in range(0, K):
+        for kw in tl.static_range(0, K):
             dw = kw - R
             m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
             b_g = tl.load(p_g + (o_g - (dh * stride_gh + dw * stride_gw)), mask=m, other=0.0).to(tl.float32)
@@ -161,8 +159,8 @@ def _dw_bwd_kernel(
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_g1b, stride_g1c, stride_g1h, stride_g1w,
     stride_g2b, stride_g2c, stride_g2h, stride_g2w,
-    K1,
-    K2,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     TWO: tl.constexpr,
     NEED_DX: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr,
@@ -384,22 +382,28 @@ def depthwise_conv_bwd(
 # ----------------------------------------------------------------------------------------------
 
 
+# kernel sizes of the launches: one branch (the attention's 3x3 backward, any K in KERNEL_SIZES) and
+# two branches, the smaller first (the feed-forward's 3x3 + 5x5; 3+7 and 5+7 are accepted too)
+_BRANCH_SIZES = tuple((k, k, False) for k in KERNEL_SIZES) + ((3, 5, True), (3, 7, True), (5, 7, True))
+
+
 @register_compile_configs
 def _compile_configs():
     ints = ("C", "N", "H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_xw")
     for dtype in ("float32", "float16", "bfloat16"):
-        for two in (False, True):
+        for k1, k2, two in _BRANCH_SIZES:
             for relu in (False, True):
                 for xbias in (False, True):
                     yield CompileConfig(
                         _dw_fwd_kernel,
                         {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
                          "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
-                         **{k: "i32" for k in ints}, "stride_ob": "i32", "K1": "i32", "K2": "i32"},
-                        {"TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                         **{k: "i32" for k in ints}, "stride_ob": "i32"},
+                        {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C,
+                         "BLOCK_N": BLOCK_N},
                         num_warps=NUM_WARPS, tag=dtype,
                     )
-            bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw") + ("K1", "K2")
+            bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
             for need_dx, need_param, xbias in ((True, False, False), (True, True, False), (True, True, True),
                                                (False, True, False), (False, True, True)):
                 yield CompileConfig(
@@ -407,7 +411,7 @@ def _compile_configs():
                     {"g1_ptr": ptr(dtype), "g2_ptr": ptr(dtype), "x_ptr": ptr(dtype), "w1_ptr": "*fp32",
                      "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
                      "p2_ptr": "*fp32", **{k: "i32" for k in bwd_ints}},
-                    {"TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param, "HAS_XBIAS": xbias,
-                     "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                    {"K1": k1, "K2": k2, "TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param,
+                     "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
                     num_warps=NUM_WARPS, tag=dtype,
                 )

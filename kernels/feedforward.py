@@ -23,6 +23,16 @@ v = relu(g5(x2)) (grouped 2h -> h: output j reads input channels 2j, 2j+1), out 
             6. dW_out = dout cat(u, v)^T,       cuBLAS (a per-program dW_out partial inside step 3
                dx = W_in^T dy, dW_in = dy x^T   needs a tl.dot reducing over the 128 pixels of a tile,
                                                 which spills as an fp32 FMA dot)
+Precision. The dots that stand for a convolution (project_out folded into ``_ffn_fwd_kernel``; its
+input gradient W_out^T dout in ``_ffn_bwd_uv_kernel``) follow PyTorch's setting for convolutions, as
+``nn.Conv2d`` does for the original: in fp32 their ``input_precision`` is ``conv_fp32_precision()``
+(``kernels/_utils.py``), read at every launch and passed as a constexpr: "tf32" (tensor cores) under
+PyTorch's default ``torch.backends.cudnn.conv.fp32_precision == "tf32"`` (legacy
+``cudnn.allow_tf32 = True``), "ieee" (exact fp32 FMA) when the user switches TF32 off. fp16/bf16 dots
+are unchanged: tensor cores with fp32 accumulation. The grouped convolutions are FMAs in fp32 (no
+dot) and the cuBLAS 1x1 products of the launchers follow ``torch.backends.cuda.matmul`` (exact fp32
+by default). Triton's interpreter runs every dot in exact fp32, so the tests see "ieee" numerics.
+
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
 
@@ -82,7 +92,7 @@ import triton.language as tl
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES  # noqa: F401 (re-exported)
 from .._validation import check_feed_forward_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, next_pow2
+from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, conv_fp32_precision, device_guard, next_pow2
 from .dwconv import _check_image_offsets, depthwise_conv_bwd, depthwise_conv_fwd
 
 # stage 2 forward: token tile x output-channel tile, hidden channels in chunks of BLOCK_J
@@ -99,7 +109,7 @@ BWD_NUM_WARPS = 8
 def _grouped_conv_chunk(
     ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n,
     gw_ptr,  # weight [h, 2, K, K] fp32
-    HID, x_off,
+    HID: tl.constexpr, x_off,
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
     BLOCK_J: tl.constexpr,
@@ -144,10 +154,11 @@ def _ffn_fwd_kernel(
     bo_ptr,  # project_out bias: [D] fp32
     res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
     out_ptr,  # out: [B, D, H, W] contiguous
-    HID, D, N, H, W,
+    HID: tl.constexpr, D: tl.constexpr, N, H, W,
     stride_abb, stride_abc, stride_abh, stride_abw,
     stride_rb, stride_rc, stride_rh, stride_rw,
     HAS_RES: tl.constexpr,
+    PREC: tl.constexpr,  # input_precision of the project_out dot (module docstring: precision)
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -173,7 +184,7 @@ def _ffn_fwd_kernel(
                                   stride_abb, stride_abc, stride_abh, stride_abw, 3, BLOCK_J, BLOCK_N)
         b_u = tl.maximum(b_u + tl.load(g3b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision="ieee")
+        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision=PREC)
     for j0 in range(0, HID, BLOCK_J):
         o_j = j0 + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
@@ -183,7 +194,7 @@ def _ffn_fwd_kernel(
         b_v = tl.maximum(b_v + tl.load(g5b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision="ieee")
+        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision=PREC)
 
     m = m_d[:, None] & m_n[None, :]
     b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
@@ -203,11 +214,12 @@ def _ffn_bwd_uv_kernel(
     duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous, x's dtype
     uv_ptr,  # out: the activations cat(u, v): [B, 2h, H, W] contiguous, x's dtype (for dW_out)
     pb_ptr,  # partials of this conv's bias grad: [B * n_tiles, 2h] fp32 (columns of this side)
-    HID, D, N, H, W,
+    HID: tl.constexpr, D: tl.constexpr, N, H, W,
     x_off,  # 0 for u (reads x1), HID for v (reads x2); also the column offset in W_out / duv
     stride_db, stride_dc, stride_dh, stride_dw,
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
+    PREC: tl.constexpr,  # input_precision of the W_out^T dout dot (module docstring: precision)
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -241,7 +253,7 @@ def _ffn_bwd_uv_kernel(
         m_d = o_d < D
         b_dout = tl.load(p_dout + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
         b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
-        b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision="ieee")
+        b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision=PREC)
     b_g = tl.where(b_pre > 0.0, b_g, 0.0)
     tl.store(duv_ptr + o_out, b_g.to(duv_ptr.dtype.element_ty), mask=m_out)
     tl.store(pb_ptr + (i_b * tl.num_programs(1) + i_n) * (2 * HID) + o_col, tl.sum(b_g, axis=1), mask=m_j)
@@ -254,7 +266,7 @@ def _ffn_bwd_x_kernel(
     gw_ptr,  # this side's grouped-conv weight: [h, 2, K, K] fp32
     dab_ptr,  # out: gradient of the pre-ReLU (a, b): [B, 4h, H, W] contiguous, x's dtype
     pw_ptr,  # partials of this conv's weight grad: [B * n_tiles, 2*K*K, h] fp32 (row c*K*K + t)
-    HID, N, H, W,
+    HID: tl.constexpr, N, H, W,
     x_off,  # 0: u side (x1), HID: v side (x2)
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
@@ -354,6 +366,13 @@ def _fwd_config(dim: int) -> tuple[int, int]:
     return block_d, 4 if block_d * FWD_BLOCK_N < 4096 else 8
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the dots that stand for project_out (forward) and its input gradient
+    (backward): PyTorch's cuDNN TF32 setting for fp32, read at launch time; fp16/bf16 dots always run on
+    tensor cores with fp32 accumulation ("ieee" is the only value Triton takes for them)."""
+    return conv_fp32_precision() if dtype == torch.float32 else "ieee"
+
+
 def _project_in(x: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
     """y = W_in x without bias (the bias is added inside stage 1): [B, 2h, H, W] contiguous."""
     B, D, H, W = x.shape
@@ -389,7 +408,8 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
             _f32(params["g5_weight"], hidden, x), _f32(params["g5_bias"], hidden, x),
             wo, _f32(params["out_bias"], D, x), res, out,
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
-            HAS_RES=residual is not None, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
+            HAS_RES=residual is not None, PREC=dot_precision(x.dtype), BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J,
+            BLOCK_N=FWD_BLOCK_N,
             num_warps=num_warps, **LAUNCH_OPTIONS,
         )
     return out
@@ -422,11 +442,13 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
         n_j = triton.cdiv(hidden, BWD_BLOCK_J)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
+        prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
             _ffn_bwd_uv_kernel[(n_j, n_tiles, B)](
                 dout, ab, _f32(params[f"{name}_weight"], hidden, x), _f32(params[f"{name}_bias"], hidden, x),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
-                K=k, BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
+                K=k, PREC=prec, BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
+                num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
@@ -468,36 +490,45 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
 # ----------------------------------------------------------------------------------------------
 
 
+# (dim, hidden) of the default model's levels (hidden = int(dim * 2.66)): the channel counts are
+# constexpr (loop bounds and the x1/x2 channel mapping), so each level is its own specialisation
+MODEL_LEVELS = ((48, 127), (96, 255), (192, 510), (384, 1021))
+
+
 @register_compile_configs
 def _compile_configs():
     ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
     for dtype in ("float32", "float16", "bfloat16"):
-        for dim in (16, 32, 64, 128):  # every BLOCK_D the launchers pick (dim 1..inf)
+        for dim, hidden in MODEL_LEVELS:
             block_d, num_warps = _fwd_config(dim)
-            for has_res in (False, True):
+            precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
+            for has_res, prec in ((r, p) for r in (False, True) for p in precs):
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3w_ptr": "*fp32", "g3b_ptr": "*fp32", "g5w_ptr": "*fp32",
                      "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
-                     "out_ptr": ptr(dtype), **{k: "i32" for k in ("HID", "D", "N", "H", "W")}, **ab_strides,
+                     "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W")}, **ab_strides,
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
-                    {"HAS_RES": has_res, "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
+                    {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "BLOCK_D": block_d,
+                     "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
                     num_warps=num_warps, tag=dtype,
                 )
-        for k in (3, 5):
-            yield CompileConfig(
-                _ffn_bwd_uv_kernel,
-                {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
-                 "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
-                 **{k_: "i32" for k_ in ("HID", "D", "N", "H", "W", "x_off")},
-                 **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides},
-                {"K": k, "BLOCK_D": BWD_BLOCK_D, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
-                num_warps=BWD_NUM_WARPS, tag=dtype,
-            )
-            yield CompileConfig(
-                _ffn_bwd_x_kernel,
-                {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
-                 "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("HID", "N", "H", "W", "x_off")}, **ab_strides},
-                {"K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
-                num_warps=BWD_NUM_WARPS, tag=dtype,
-            )
+            for k in (3, 5):
+                for prec in precs:
+                    yield CompileConfig(
+                        _ffn_bwd_uv_kernel,
+                        {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
+                         "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
+                         **{k_: "i32" for k_ in ("N", "H", "W", "x_off")},
+                         **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides},
+                        {"HID": hidden, "D": dim, "K": k, "PREC": prec, "BLOCK_D": BWD_BLOCK_D,
+                         "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                        num_warps=BWD_NUM_WARPS, tag=dtype,
+                    )
+                yield CompileConfig(
+                    _ffn_bwd_x_kernel,
+                    {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
+                     "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("N", "H", "W", "x_off")}, **ab_strides},
+                    {"HID": hidden, "K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                    num_warps=BWD_NUM_WARPS, tag=dtype,
+                )

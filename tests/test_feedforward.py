@@ -364,3 +364,49 @@ def test_cpu_without_interpreter_runs_torch():
     path, diff = out.stdout.split()
     assert path == "torch"
     assert float(diff) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision policy: the dots that stand for project_out follow PyTorch's cuDNN TF32 setting
+# ------------------------------------------------------------------------------------------------
+
+
+def _set_conv_tf32(enabled: bool) -> None:
+    cudnn = torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        cudnn.allow_tf32 = enabled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_project_out_dots_follow_the_cudnn_tf32_setting(dtype, device, monkeypatch):
+    """The interpreter runs every dot in exact fp32, so what is checked is what the launches receive:
+    PREC="tf32" under PyTorch's default (cuDNN convolutions may use TF32), "ieee" once it is switched
+    off, read at each call; fp16 dots always get "ieee" (tensor cores, fp32 accumulation)."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    seen = []
+    for kernel in (FF._ffn_fwd_kernel, FF._ffn_bwd_uv_kernel):
+        def run(*args, _kernel=kernel, _run=kernel.run, **kwargs):
+            seen.append((_kernel.__name__ if hasattr(_kernel, "__name__") else _kernel.fn.__name__, kwargs["PREC"]))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    params = {n: (p.to(device) if p is not None else None) for n, p in _random_params(2, True, seed=100).items()}
+    x = randn(1, 2, 2, 3, seed=101, device=device, dtype=dtype)
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
+    saved = conv.fp32_precision if hasattr(conv, "fp32_precision") else torch.backends.cudnn.allow_tf32
+    try:
+        for enabled in (True, False):
+            _set_conv_tf32(enabled)
+            seen.clear()
+            FF.ffn_bwd(x, x, params)  # two uv launches
+            FF.ffn_fwd(x, params)
+            expected = "tf32" if enabled and dtype == torch.float32 else "ieee"
+            assert len(seen) == 3 and all(p == expected for _, p in seen), (enabled, seen)
+    finally:
+        if hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
