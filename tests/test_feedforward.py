@@ -410,3 +410,45 @@ def test_project_out_dots_follow_the_cudnn_tf32_setting(dtype, device, monkeypat
             conv.fp32_precision = saved
         else:
             torch.backends.cudnn.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# Any image size: grids within CUDA's limits, no refusal (fake tensors: no memory, no compute)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hw", [(2304, 4096), (4320, 7680)], ids=["4K", "8K"])
+def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
+    """Forward and backward of the feed-forward (with its depthwise convs) and of LayerNorm at dim 48
+    (hidden 127): every launch's grid within x < 2**31, y and z <= 65535; tensors spanning >= 2**31
+    elements are accepted (int64 offsets)."""
+    from drsformer_fast.kernels import dwconv as DW
+    from drsformer_fast.kernels import feedforward as FF
+    from drsformer_fast.kernels import layernorm as LN
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    grids = []
+    for name in ("FF._ffn_fwd_kernel", "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel", "FF._ffn_bwd_x_kernel",
+                 "DW._dw_fwd_kernel", "DW._dw_bwd_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
+        module, attr = name.split(".")
+        kernel = getattr({"FF": FF, "DW": DW, "LN": LN}[module], attr)
+
+        def run(*args, grid, warmup, _name=attr, **kwargs):
+            grids.append((_name, tuple(grid) + (1,) * (3 - len(grid))))  # counted, not run
+
+        monkeypatch.setattr(kernel, "run", run)
+    H, W = hw
+    with FakeTensorMode():
+        params = {n: (torch.empty(p.shape) if p is not None else None)
+                  for n, p in _random_params(48, False, seed=0).items()}
+        x = torch.empty(1, 48, H, W)
+        FF.ffn_fwd(x, params, x)
+        FF.ffn_bwd(torch.empty_like(x), x, params)
+        w = torch.empty(48)
+        LN.layer_norm_fwd(x, w, w)
+        LN.layer_norm_bwd(x, x, w, torch.empty(1, H * W), torch.empty(1, H * W), True)
+    names = {n for n, _ in grids}
+    assert {"_ffn_fwd_kernel", "_ffn_bwd_uv_kernel", "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_bwd_kernel",
+            "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
+    bad = [(n, g) for n, g in grids if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535)]
+    assert not bad, bad
