@@ -46,18 +46,20 @@ allows 65535). No refusal below what memory allows (8K, 1x48x4320x7680, launches
 
 Launch picture on sm_90 (compiled as launched, num_stages 3; batch 1, 256x256 input, fp32 unless
 said; before = the kernels before issue 9; t_HBM = compulsory bytes / 3.35 TB/s; FMA = CUDA-core
-FFMA at ~33.5 T/s, TF32 dots on tensor cores ~8x faster):
-  kernel              shape         programs    regs    res.warps  bytes   t_HBM   FMA bound        predicted
+FFMA at ~33.5 T/s; TF32 tensor-core dots counted at ~120 T FMA/s, half the dense peak):
+  kernel              shape         programs    regs     res.warps  bytes   t_HBM   FMA bound        predicted
                                     bef/aft     bef/aft  bef/aft                   bef / aft         bef / aft
-  _ffn_fwd            48@256^2      1024        108/168  16/8      158 MB  47 us   41 / 17+6 us     47 / 47 us
-  _ffn_fwd            96@256^2      1024        128/189  16/8      318 MB  95 us   130 / 34+26 us   130 / 95 us
-  _ffn_fwd (+reduce)  384@32^2      48/144+384  128/190  16/8      20/29MB  6/9 us  48 of 132 SMs    >16 / 9 us
-  _ffn_bwd_uv (x2)    48@256^2      4096        86/116,76 16/16,24 146 MB  44 us   12 / 3 us        44 / 44 us
+  _ffn_fwd            48@256^2      1024        108/109  16/16     158 MB  47 us   41 / 17+6 us     47 / 47 us
+  _ffn_fwd            96@256^2      1024        128/127  16/16     318 MB  95 us   130 / 34+26 us   130 / 95 us
+  _ffn_fwd (+reduce)  384@32^2      48/144+384  128/127  16/16     20/29MB  6/9 us  48 of 132 SMs    >16 / 9 us
+  _ffn_bwd_uv (x2)    48@256^2      4096        86/79    16/24     146 MB  44 us   12 / 3 us        44 / 44 us
+  _ffn_bwd_uv (x2)    96@256^2      8192        86/77    16/24     293 MB  87 us   48 / 13 us       87 / 87 us
   _ffn_bwd_x  (x2)    48@256^2      4096        124,96/128,109 16  166 MB  50 us   9 us             50 / 50 us
-  bf16 _ffn_fwd       48@256^2      1024        110/141  16/8      79 MB   24 us   17 us (MMA dot)  24 / 24 us
-The fwd register growth (108 -> 168) is the 64-bit channel pointers of ab in _grouped_conv_chunk:
-with int32 offsets inside the image it compiles to 109 registers (16 resident warps); an
-int32/int64 specialisation chosen by the launcher from ab's size is the next step.
+  bf16 _ffn_fwd       48@256^2      1024        110/112  16/16     79 MB   24 us   17 us (MMA dot)  24 / 24 us
+  _ffn_fwd_reduce_kernel: 20-40 registers at 4 warps (64 resident warps). "FMA bound" adds the CUDA-core
+  grouped conv and the project_out dot (FFMA before; TF32 tensor cores after, a separate pipe).
+Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
+_grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
 
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
@@ -137,6 +139,8 @@ FWD_BLOCK_J = 16
 # small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
 MAX_SPLIT = 4
 REDUCE_BLOCK_N = 512
+# ab images from this many elements on take the 64-bit channel pointers of _grouped_conv_chunk
+AB64_ELEMENTS = 2**31
 # backward
 BWD_BLOCK_N = 128
 BWD_BLOCK_J = 16
@@ -154,6 +158,7 @@ def _grouped_conv_chunk(
     HID: tl.constexpr, x_off,
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
+    AB64: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -165,13 +170,18 @@ def _grouped_conv_chunk(
     o_ie = 2 * o_jl
     o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
     o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
-    # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127): 64-bit channel base pointers, and
-    # int32 offsets within a plane (ab is the launchers' contiguous buffer: a plane spans H*W < 2**31
-    # elements). int64 offset tiles would cost ~64 more registers (16 -> 8 resident warps on sm_90).
+    # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127). AB64 (the launcher's choice, from
+    # ab's size): 64-bit channel base pointers + int32 offsets within a plane (ab is the launchers'
+    # contiguous buffer: a plane spans H*W < 2**31 elements); it costs ~60 registers (16 -> 8 resident
+    # warps on sm_90), so images whose ab fits int32 offsets keep them.
     p_ab = ab_ptr + i_b * stride_abb
     o_pix = o_h * stride_abh + o_w * stride_abw
-    p_e = (p_ab + o_ce.to(tl.int64) * stride_abc)[:, None]
-    p_o = (p_ab + o_co.to(tl.int64) * stride_abc)[:, None]
+    if AB64:
+        p_e = (p_ab + o_ce.to(tl.int64) * stride_abc)[:, None]
+        p_o = (p_ab + o_co.to(tl.int64) * stride_abc)[:, None]
+    else:
+        o_e = o_ce[:, None] * stride_abc + o_pix[None, :]
+        o_o = o_co[:, None] * stride_abc + o_pix[None, :]
     p_we = gw_ptr + o_jl * (2 * KK)
     b_acc = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for kh in range(0, K):
@@ -180,9 +190,14 @@ def _grouped_conv_chunk(
         for kw in range(0, K):
             dw = kw - R
             m = (m_h & (o_w + dw >= 0) & (o_right - dw >= 0))[None, :]
-            o_t = (o_pix + (dh * stride_abh + dw * stride_abw))[None, :]
-            b_xe = tl.load(p_e + o_t, mask=m, other=0.0).to(tl.float32)
-            b_xo = tl.load(p_o + o_t, mask=m, other=0.0).to(tl.float32)
+            if AB64:
+                o_t = (o_pix + (dh * stride_abh + dw * stride_abw))[None, :]
+                b_xe = tl.load(p_e + o_t, mask=m, other=0.0).to(tl.float32)
+                b_xo = tl.load(p_o + o_t, mask=m, other=0.0).to(tl.float32)
+            else:
+                o_t = dh * stride_abh + dw * stride_abw
+                b_xe = tl.load(p_ab + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
+                b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
             b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
     return b_acc
 
@@ -204,6 +219,7 @@ def _ffn_fwd_kernel(
     HAS_RES: tl.constexpr,
     PREC: tl.constexpr,  # input_precision of the project_out dot (module docstring: precision)
     SPLIT: tl.constexpr,  # programs per (token tile, channel tile), each over 1/SPLIT of the hidden chunks
+    AB64: tl.constexpr,  # ab spans >= 2**31 elements per image: 64-bit channel pointers
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -230,7 +246,7 @@ def _ffn_fwd_kernel(
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
         b_u = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g3w_ptr, HID, 0,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, BLOCK_J, BLOCK_N)
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_N)
         b_u = tl.maximum(b_u + tl.load(g3b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
         b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision=PREC)
@@ -239,7 +255,7 @@ def _ffn_fwd_kernel(
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
         b_v = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g5w_ptr, HID, HID,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, BLOCK_J, BLOCK_N)
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_N)
         b_v = tl.maximum(b_v + tl.load(g5b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
@@ -307,6 +323,7 @@ def _ffn_bwd_uv_kernel(
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
     PREC: tl.constexpr,  # input_precision of the W_out^T dout dot (module docstring: precision)
+    AB64: tl.constexpr,  # ab spans >= 2**31 elements per image: 64-bit channel pointers
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -327,7 +344,7 @@ def _ffn_bwd_uv_kernel(
     o_down = H - 1 - o_h
     o_right = W - 1 - o_w
     b_pre = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, gw_ptr, HID, x_off,
-                                stride_abb, stride_abc, stride_abh, stride_abw, K, BLOCK_J, BLOCK_N)
+                                stride_abb, stride_abc, stride_abh, stride_abw, K, AB64, BLOCK_J, BLOCK_N)
     b_pre += tl.load(gb_ptr + o_jl)[:, None]
     m_out = m_j[:, None] & m_n[None, :]
     o_out = i_b * (2 * HID) * N + (x_off + o_j).to(tl.int64)[:, None] * N + o_n[None, :]
@@ -465,6 +482,11 @@ def dot_precision(dtype: torch.dtype) -> str:
     return conv_fp32_precision() if dtype == torch.float32 else "ieee"
 
 
+def _ab64(hidden: int, n: int) -> bool:
+    """Whether one image of ab ([4h, H, W], contiguous) needs 64-bit channel offsets."""
+    return 4 * hidden * n >= AB64_ELEMENTS
+
+
 def _fwd_split(programs: int, hidden: int, sms: int) -> int:
     """Hidden splits of the stage-2 forward: 1 while the (token tile x channel tile) grid fills 90% of
     the GPU's SMs; else enough splits to fill them (at most MAX_SPLIT, at most one per hidden chunk).
@@ -512,7 +534,8 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
             _f32(params["g5_weight"], hidden, x), _f32(params["g5_bias"], hidden, x),
             wo, bo, res, dest,
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
-            HAS_RES=residual is not None and split == 1, PREC=dot_precision(x.dtype), SPLIT=split, BLOCK_D=block_d,
+            HAS_RES=residual is not None and split == 1, PREC=dot_precision(x.dtype), SPLIT=split,
+            AB64=_ab64(hidden, N), BLOCK_D=block_d,
             BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
             num_warps=num_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
@@ -556,7 +579,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
             _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
                 dout, ab, _f32(params[f"{name}_weight"], hidden, x), _f32(params[f"{name}_bias"], hidden, x),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
-                K=k, PREC=prec, BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
+                K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
                 num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
         for name, k, x_off in sides:
@@ -612,17 +635,19 @@ def _compile_configs():
             block_d, num_warps = _fwd_config(dim)
             precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
             # the residual is added by the kernel only without a split (else by the reduce kernel)
-            variants = [(r, p, 1) for r in (False, True) for p in precs]
-            variants += [(False, p, s) for p in precs for s in range(2, MAX_SPLIT + 1)]
-            for has_res, prec, split in variants:
+            # (residual, precision, split, ab64): large images (ab64) never split
+            variants = [(r, p, 1, a) for r in (False, True) for p in precs for a in (False, True)]
+            variants += [(False, p, s, False) for p in precs for s in range(2, MAX_SPLIT + 1)]
+            for has_res, prec, split, ab64 in variants:
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3w_ptr": "*fp32", "g3b_ptr": "*fp32", "g5w_ptr": "*fp32",
                      "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
                      "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W")}, **ab_strides,
+                     **({"stride_abb": "i64"} if ab64 else {}),
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
-                    {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "BLOCK_D": block_d,
-                     "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
+                    {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
+                     "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
                     num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype,
                 )
             for split in range(2, MAX_SPLIT + 1):
@@ -635,14 +660,15 @@ def _compile_configs():
                         num_warps=4, num_stages=NUM_STAGES, tag=dtype,
                     )
             for k in (3, 5):
-                for prec in precs:
+                for prec, ab64 in ((p, a) for p in precs for a in (False, True)):
                     yield CompileConfig(
                         _ffn_bwd_uv_kernel,
                         {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
                          "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
                          **{k_: "i32" for k_ in ("N", "H", "W", "x_off")},
-                         **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides},
-                        {"HID": hidden, "D": dim, "K": k, "PREC": prec, "BLOCK_D": BWD_BLOCK_D,
+                         **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides,
+                         **({"stride_abb": "i64"} if ab64 else {})},
+                        {"HID": hidden, "D": dim, "K": k, "PREC": prec, "AB64": ab64, "BLOCK_D": BWD_BLOCK_D,
                          "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
                         num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )

@@ -452,3 +452,16 @@ def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
             "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
     bad = [(n, g) for n, g in grids if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535)]
     assert not bad, bad
+
+
+def test_64bit_ab_path(device, monkeypatch):
+    """The grouped convolutions' 64-bit channel pointers (taken when one image of ab spans >= 2**31
+    elements, from ~4 MP) forced on a small case: same results as the int32 path's reference."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    monkeypatch.setattr(FF, "AB64_ELEMENTS", 0)
+    B, dim, H, W = 1, 8, 7, 9
+    params = _random_params(dim, True, seed=110)
+    x = randn(B, dim, H, W, seed=111, device=device)
+    g = randn(B, dim, H, W, seed=112, device=device)
+    _check_against_reference(x, params, randn(B, dim, H, W, seed=113, device=device), g, torch.float32, device)
