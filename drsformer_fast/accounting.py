@@ -28,7 +28,8 @@ mode (:class:`OpRecorder`), normally run on fake tensors (real shapes, no memory
   models below, which restate the byte tables of the kernel docstrings (``kernels/layernorm.py``,
   ``kernels/attention.py``, ``kernels/feedforward.py``; large tensors only: C x C matrices,
   per-program partial sums and halo re-reads are left out, as there). The tests check these models
-  against the docstrings' numbers.
+  against the docstrings' numbers. The MEFC step ops take their totals from the kernel modules'
+  own ``traffic_bytes`` (``kernels/mefc.py``, ``kernels/mefc_backward.py``): see :func:`mefc_step_bytes`.
 """
 
 from __future__ import annotations
@@ -186,6 +187,38 @@ def _ffn_bwd_op(args, out):
                              input_grad=bool(need_input_grad))
 
 
+def mefc_step_bytes(shape, element_size: int = 4, *, backward: bool = False,
+                    input_grad: bool = True) -> list[KernelBytes]:
+    """One MEFC step (``drsformer_fast::mefc_step_fwd`` / ``_bwd``) on ``s: [B, C, H, W]``: the total is
+    the kernel module's ``traffic_bytes`` (``kernels/mefc.py`` for the forward, ``kernels/mefc_backward.py``
+    for the backward; the planned forward: read s, write the four sep-conv intermediates t (4C), read t
+    and s, write s_out: 11 C-planes). Those publish one number per pass, so the split is: written =
+    the op's own outputs (s_out; ds when ``input_grad``), read = the rest, intermediates included.
+    Per-sample [C, 8C] matrices and weight gradients are small and left out, as for the other ops."""
+    B, C, H, W = shape
+    if not backward:
+        from .kernels.mefc import traffic_bytes
+
+        total = traffic_bytes(B, C, H, W, element_size)
+        out = B * C * H * W * element_size
+        return [KernelBytes("mefc step forward (kernels.mefc.traffic_bytes; written: s_out only)", total - out, out)]
+    from .kernels.mefc_backward import traffic_bytes
+
+    total = traffic_bytes(B, C, H, W, element_size)
+    out = B * C * H * W * element_size if input_grad else 0
+    return [KernelBytes("mefc step backward (kernels.mefc_backward.traffic_bytes; written: ds only)",
+                        total - out, out)]
+
+
+def _mefc_step_fwd_op(args, out):
+    return mefc_step_bytes(args[0].shape, args[0].element_size())
+
+
+def _mefc_step_bwd_op(args, out):
+    s, needs_input_grad = args[1], args[8]
+    return mefc_step_bytes(s.shape, s.element_size(), backward=True, input_grad=bool(needs_input_grad))
+
+
 # custom op name -> compulsory bytes from its (args, outputs)
 FUSED_OP_BYTES: dict[str, Callable] = {
     "ffn_fwd": _ffn_fwd_op,
@@ -194,6 +227,8 @@ FUSED_OP_BYTES: dict[str, Callable] = {
     "layer_norm_bwd": _layer_norm_bwd_op,
     "topk_attention_fwd": _attention_fwd_op,
     "topk_attention_bwd": _attention_bwd_op,
+    "mefc_step_fwd": _mefc_step_fwd_op,
+    "mefc_step_bwd": _mefc_step_bwd_op,
 }
 
 

@@ -80,7 +80,6 @@ tiles run along x).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -676,53 +675,6 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             grads.append(_unpack_taps(part.sum(0), sizes, C))
         d_dw2, d_dw1, d_dwd = grads
     return ds, d_dw1, d_w1, d_dw2, d_dwd, dm
-
-
-# ----------------------------------------------------------------------------------------------
-# Plain PyTorch (the same algebra; CPU without the interpreter, and a cross-check)
-# ----------------------------------------------------------------------------------------------
-
-
-def mefc_step_bwd_torch(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = True):
-    """:func:`mefc_step_bwd` in plain PyTorch (fp32 arithmetic), same contract."""
-    check_inputs(g, s, s_out, dw1, w1, dw2, dwd, m)
-    B, C, H, W = s.shape
-    sf = s.float()
-
-    def f32(w):
-        return w.detach().float()
-
-    a = [F.conv2d(sf, f32(dw1[o]), padding=k // 2, groups=C) for o, k in enumerate(SEP_SIZES)]
-    t = [torch.relu(F.conv2d(a[o], f32(w1[o]))) for o in range(4)]
-    z = [F.conv2d(t[o], f32(dw2[o]), padding=k // 2, groups=C) for o, k in enumerate(SEP_SIZES)]
-    z += [F.conv2d(sf, f32(dwd[j]), padding=k - 1, dilation=2, groups=C) for j, k in enumerate(DIL_SIZES)]
-    z.append(F.avg_pool2d(sf, 3, 1, 1, count_include_pad=False))
-    zc = torch.cat(z, 1).view(B, NUM_OPS * C, H * W)
-    mf = m.float()
-    pre = torch.bmm(mf, zc).view(B, C, H, W)
-    gres = torch.where(s_out > 0, g.float(), 0.0)
-    dpre = torch.where(pre > 0, gres, 0.0).view(B, C, H * W)
-    dm = torch.bmm(dpre, zc.transpose(1, 2))
-    dz = torch.bmm(mf.transpose(1, 2), dpre).view(B, NUM_OPS, C, H, W)
-    tgrad = torch.nn.grad
-    d_dw1, d_w1, d_dw2, d_dwd = [], [], [], []
-    ds = gres.clone()
-    for o, k in enumerate(SEP_SIZES):
-        d_dw2.append(tgrad.conv2d_weight(t[o], dw2[o].shape, dz[:, o], padding=k // 2, groups=C))
-        dt = torch.where(t[o] > 0, tgrad.conv2d_input(t[o].shape, f32(dw2[o]), dz[:, o], padding=k // 2, groups=C), 0.0)
-        d_w1.append(tgrad.conv2d_weight(a[o], w1[o].shape, dt))
-        du = tgrad.conv2d_input(a[o].shape, f32(w1[o]), dt)
-        d_dw1.append(tgrad.conv2d_weight(sf, dw1[o].shape, du, padding=k // 2, groups=C))
-        ds += tgrad.conv2d_input(sf.shape, f32(dw1[o]), du, padding=k // 2, groups=C)
-    for j, k in enumerate(DIL_SIZES):
-        d_dwd.append(tgrad.conv2d_weight(sf, dwd[j].shape, dz[:, 4 + j], padding=k - 1, dilation=2, groups=C))
-        ds += tgrad.conv2d_input(sf.shape, f32(dwd[j]), dz[:, 4 + j], padding=k - 1, dilation=2, groups=C)
-    ones = torch.ones(1, 1, H, W, device=s.device)
-    cnt = F.avg_pool2d(ones, 3, 1, 1, count_include_pad=False, divisor_override=1)
-    ds += F.avg_pool2d(dz[:, 7] / cnt, 3, 1, 1, count_include_pad=False, divisor_override=1)
-    ds = ds.to(s.dtype).contiguous() if needs_input_grad else None
-    c = lambda xs: tuple(x.contiguous() for x in xs)  # noqa: E731
-    return ds, c(d_dw1), c(d_w1), c(d_dw2), c(d_dwd), dm.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
