@@ -4,6 +4,7 @@ Public API (each imported on first use: ``import drsformer_fast`` itself loads n
 triton): ``DRSformer`` (the fast model), ``load_checkpoint``, ``save_checkpoint``, ``infer_config``,
 ``CheckpointError``, ``patch``, ``saved_tensor_bytes``, ``kernel_path``, the modules
 ``ChannelLayerNorm``, ``TopKSparseAttention``, ``MixedScaleFeedForward``, ``FastTransformerBlock``,
+``FeatureCompensator`` (MEFC),
 and ``reference`` (the original model in plain PyTorch).
 """
 
@@ -19,6 +20,7 @@ _LAZY = {
     "TopKSparseAttention": "modules",
     "MixedScaleFeedForward": "modules",
     "FastTransformerBlock": "modules",
+    "FeatureCompensator": "modules",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "infer_config": "checkpoint",

@@ -28,7 +28,8 @@ mode (:class:`OpRecorder`), normally run on fake tensors (real shapes, no memory
   models below, which restate the byte tables of the kernel docstrings (``kernels/layernorm.py``,
   ``kernels/attention.py``, ``kernels/feedforward.py``; large tensors only: C x C matrices,
   per-program partial sums and halo re-reads are left out, as there). The tests check these models
-  against the docstrings' numbers.
+  against the docstrings' numbers. The MEFC step ops take their totals from the kernel modules'
+  own ``traffic_bytes`` (``kernels/mefc.py``, ``kernels/mefc_backward.py``): see :func:`mefc_step_bytes`.
 """
 
 from __future__ import annotations
@@ -186,6 +187,38 @@ def _ffn_bwd_op(args, out):
                              input_grad=bool(need_input_grad))
 
 
+def mefc_step_bytes(shape, element_size: int = 4, *, backward: bool = False,
+                    input_grad: bool = True) -> list[KernelBytes]:
+    """One MEFC step (``drsformer_fast::mefc_step_fwd`` / ``_bwd``) on ``s: [B, C, H, W]``: the total is
+    the kernel module's ``traffic_bytes`` (``kernels/mefc.py`` for the forward, ``kernels/mefc_backward.py``
+    for the backward; the planned forward: read s, write the four sep-conv intermediates t (4C), read t
+    and s, write s_out: 11 C-planes). Those publish one number per pass, so the split is: written =
+    the op's own outputs (s_out; ds when ``input_grad``), read = the rest, intermediates included.
+    Per-sample [C, 8C] matrices and weight gradients are small and left out, as for the other ops."""
+    B, C, H, W = shape
+    if not backward:
+        from .kernels.mefc import traffic_bytes
+
+        total = traffic_bytes(B, C, H, W, element_size)
+        out = B * C * H * W * element_size
+        return [KernelBytes("mefc step forward (kernels.mefc.traffic_bytes; written: s_out only)", total - out, out)]
+    from .kernels.mefc_backward import traffic_bytes
+
+    total = traffic_bytes(B, C, H, W, element_size)
+    out = B * C * H * W * element_size if input_grad else 0
+    return [KernelBytes("mefc step backward (kernels.mefc_backward.traffic_bytes; written: ds only)",
+                        total - out, out)]
+
+
+def _mefc_step_fwd_op(args, out):
+    return mefc_step_bytes(args[0].shape, args[0].element_size())
+
+
+def _mefc_step_bwd_op(args, out):
+    s, needs_input_grad = args[1], args[8]
+    return mefc_step_bytes(s.shape, s.element_size(), backward=True, input_grad=bool(needs_input_grad))
+
+
 # custom op name -> compulsory bytes from its (args, outputs)
 FUSED_OP_BYTES: dict[str, Callable] = {
     "ffn_fwd": _ffn_fwd_op,
@@ -194,6 +227,8 @@ FUSED_OP_BYTES: dict[str, Callable] = {
     "layer_norm_bwd": _layer_norm_bwd_op,
     "topk_attention_fwd": _attention_fwd_op,
     "topk_attention_bwd": _attention_bwd_op,
+    "mefc_step_fwd": _mefc_step_fwd_op,
+    "mefc_step_bwd": _mefc_step_bwd_op,
 }
 
 
@@ -214,6 +249,9 @@ class OpRecord:
     written: int | None = None
     inside: str | None = None
     parts: list[KernelBytes] = field(default_factory=list)
+    # a Triton launch as called (with ``OpRecorder(keep_calls=True)``): the JIT function, its
+    # positional arguments, keywords (constexprs, num_warps, ...) and grid (``drsformer_fast.launches``)
+    call: tuple | None = None
 
     @property
     def launch(self) -> bool:
@@ -229,15 +267,17 @@ class OpRecorder(TorchDispatchMode):
     (they never read data back to the host, so what they launch cannot depend on the data).
     """
 
-    def __init__(self, run_triton: bool = True):
+    def __init__(self, run_triton: bool = True, keep_calls: bool = False):
         super().__init__()
         self.run_triton = run_triton
+        self.keep_calls = keep_calls
         self.records: list[OpRecord] = []
         self._in_triton = 0
         self._open: list[str] = []  # custom ops whose launcher is running
 
-    def triton_launch(self, name: str) -> None:
-        self.records.append(OpRecord(name, "triton", inside=self._open[-1] if self._open else None))
+    def triton_launch(self, name: str, call: tuple | None = None) -> None:
+        self.records.append(OpRecord(name, "triton", inside=self._open[-1] if self._open else None,
+                                     call=call if self.keep_calls else None))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -307,7 +347,8 @@ def _count_triton_launches(recorder: OpRecorder):
         def counted(self, *args, grid, warmup, **kwargs):
             if warmup:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-            recorder.triton_launch(getattr(getattr(self, "fn", None), "__name__", type(self).__name__))
+            recorder.triton_launch(getattr(getattr(self, "fn", None), "__name__", type(self).__name__),
+                                   (self, args, kwargs, grid))
             if not recorder.run_triton:
                 return None
             recorder._in_triton += 1
@@ -358,14 +399,16 @@ class Profile:
                 for name, records in (("forward", self.forward), ("backward", self.backward))}
 
 
-def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool = True, fake: bool = True) -> Profile:
+def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool = True, fake: bool = True,
+            keep_calls: bool = False) -> Profile:
     """One forward of ``module`` and (with ``backward``) one backward from a ones gradient, recorded
     pass by pass. ``x``: an input tensor, or a shape for a zero input in the module's dtype.
 
     With ``fake`` (the default) everything runs on fake tensors (real shapes, no memory, no compute)
     and Triton launches are counted without running; otherwise ``x`` is real and every kernel runs
     (on a GPU, or in Triton's interpreter). The module's output must have the input's shape (true of
-    every DRSformer block and of the model).
+    every DRSformer block and of the model). ``keep_calls``: keep each Triton launch's arguments and
+    grid in its record (``OpRecord.call``).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -379,7 +422,7 @@ def profile(module: torch.nn.Module, x: torch.Tensor | tuple, *, backward: bool 
         x = x.detach().requires_grad_(backward)
         grad = torch.ones_like(x) if backward else None
         leaves = [x] + [q for q in module.parameters() if q.requires_grad]
-        recorder = OpRecorder(run_triton=not fake)
+        recorder = OpRecorder(run_triton=not fake, keep_calls=keep_calls)
         with _count_triton_launches(recorder), recorder, torch.set_grad_enabled(backward):
             out = module(x)
             n = len(recorder.records)

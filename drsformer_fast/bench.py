@@ -14,7 +14,8 @@ per measurement and the run goes on.
 
 Without one (:func:`run_figures`, run by the command line in Triton's interpreter): the self-check
 of every fused kernel against the reference, then figures that need no GPU, original vs fast, per
-transformer-block shape (``benchmarking.block_shapes()``) and for the whole model: bytes saved for
+transformer-block shape (``benchmarking.block_shapes()``), per MEFC shape
+(``benchmarking.mefc_shapes()``) and for the whole model: bytes saved for
 backward (``memory.saved_tensor_bytes`` on fake tensors), kernel launches per forward and per
 forward+backward, and bytes moved (the original's op by op, the fused kernels' compulsory bytes);
 see ``accounting.py`` for the methods. These use fake tensors at the real shapes: no memory, no
@@ -537,6 +538,27 @@ def block_figures(shapes=None, blocks=BLOCKS, progress: Callable[[str], None] | 
     return rows
 
 
+def mefc_figures(shapes=None, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Per MEFC shape (``benchmarking.mefc_shapes()``): the original ``subnet`` vs ``FeatureCompensator``
+    (sharing its parameters), forward and backward."""
+    from . import reference as R
+    from .modules import FeatureCompensator
+
+    _check_fast_path()
+    progress = progress or (lambda line: None)
+    shapes = benchmarking.mefc_shapes() if shapes is None else shapes
+    rows = []
+    for ms in shapes:
+        shape = (ms.batch, ms.dim, ms.height, ms.width)
+        torch.manual_seed(0)
+        orig = R.subnet(ms.dim)
+        rows.append({"shape": ms.id, "scenario": ms.scenario, "level": ms.level, "block": "mefc",
+                     "input": list(shape), "original": _figures(orig, shape, training=True),
+                     "fast": _figures(FeatureCompensator.from_original(orig), shape, training=True)})
+        progress(f"MEFC figures: {ms.id}")
+    return rows
+
+
 def model_figures(scenarios: list[Scenario], variant: str = "with-mefc",
                   progress: Callable[[str], None] | None = None, config: dict | None = None) -> list[dict]:
     """Whole-model figures per scenario (training: saved bytes and forward+backward too)."""
@@ -595,6 +617,8 @@ def run_figures(scenarios: list[Scenario], *, variant: str = "with-mefc", selfch
     block_scenarios = {s.name for s in scenarios}
     shapes = [bs for bs in benchmarking.block_shapes() if bs.scenario in block_scenarios] if blocks else []
     result["blocks"] = block_figures(shapes, progress=progress)
+    mefc = [ms for ms in benchmarking.mefc_shapes() if ms.scenario in block_scenarios] if blocks else []
+    result["mefc"] = mefc_figures(mefc, progress=progress)
     result["whole_model"] = model_figures(scenarios, variant, progress=progress)
     return result
 
@@ -648,6 +672,16 @@ def format_figures_markdown(result: dict) -> str:
         lines += ["No per-block figures: block shapes are those of the scenarios "
                   f"{', '.join(name for name, _, _ in benchmarking.SCENARIOS)} (benchmarking.SCENARIOS), "
                   "none of which was chosen with --shapes.", ""]
+    if result.get("mefc"):
+        lines += [
+            "MEFC compensators (original subnet → FeatureCompensator; forward and backward):",
+            "",
+            "| shape | saved for backward | bytes fwd | bytes fwd+bwd | launches fwd | launches fwd+bwd |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in result["mefc"]:
+            lines.append(f"| {r['shape']} | {_figure_cells(r)} |")
+        lines.append("")
     if result.get("whole_model"):
         lines += [
             f"Whole model (dim {cfg['dim']}, blocks {cfg['num_blocks']}, heads {cfg['heads']}, "

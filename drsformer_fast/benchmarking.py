@@ -48,6 +48,16 @@ def block_shapes() -> list[BlockShape]:
     ]
 
 
+# the MEFC compensators of the default model: encoder_level0 at dim, refinement at 2 dim (full resolution)
+MEFC_LEVELS = (("enc0", 48), ("refinement", 96))
+
+
+def mefc_shapes() -> list[BlockShape]:
+    """Every MEFC shape of the default model, for both scenarios (``heads`` is 0: MEFC has none)."""
+    return [BlockShape(level, scen, dim, 0, batch, size, size)
+            for scen, batch, size in SCENARIOS for level, dim in MEFC_LEVELS]
+
+
 def ffn_hidden(dim: int, ffn_expansion_factor: float = 2.66) -> int:
     return int(dim * ffn_expansion_factor)
 

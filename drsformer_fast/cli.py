@@ -5,6 +5,9 @@
                                   device-independent figures (bytes saved, launches, bytes moved)
     drsformer-fast derain         derain images with a checkpoint of the original DRSformer
     drsformer-fast eval           PSNR/SSIM (Y channel) of a checkpoint on a folder with targets
+    drsformer-fast score          PSNR/SSIM of existing results against targets, as the paper's
+                                  MATLAB scripts (or BasicSR) compute them; no model, no GPU
+    drsformer-fast train          train from an options file of the original (drsformer_fast.training)
 
 ``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
 (the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
@@ -188,6 +191,7 @@ def _eval(args) -> int:
     from .evaluation import evaluate, format_report, format_row, json_ready, match_targets
     from .imageio import ImageError, find_images
     from .inference import check_precision, check_tiling, resolve_device
+    from .metrics import PROTOCOLS
 
     check_tiling(args.tile, args.tile_overlap)
     if not os.path.isdir(args.input):
@@ -208,7 +212,8 @@ def _eval(args) -> int:
         print(f"[{i}/{n}] {format_row(row)} ({row['seconds']:.2f} s)", file=sys.stderr, flush=True)
 
     report = evaluate(model, args.input, args.target, tile=args.tile, tile_overlap=args.tile_overlap,
-                      precision=args.precision, reference_model=reference, progress=progress)
+                      precision=args.precision, reference_model=reference, progress=progress,
+                      protocol=args.protocol, note=_note)
     print(format_report(report))
     if reference is not None:
         print(f"parity: max |fast - reference (fp32)| = {report['parity']['max_abs_diff']:.3e} over "
@@ -222,7 +227,7 @@ def _eval(args) -> int:
             "precision": args.precision,
             "tile": args.tile,
             "tile_overlap": args.tile_overlap,
-            "metrics": "PSNR and SSIM on the Y channel (BasicSR conventions, crop_border=0) of the 8-bit output",
+            "metrics": f"PSNR and SSIM on the Y channel of the 8-bit output: {PROTOCOLS[args.protocol]}",
             **report,
         }
         if reference is not None:
@@ -231,6 +236,33 @@ def _eval(args) -> int:
         with open(args.json, "w") as fh:
             json.dump(json_ready(full), fh, indent=2)
             fh.write("\n")
+    return 0
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _score(args) -> int:
+    """``score``: existing results against targets; numpy and Pillow only (no torch, no model)."""
+    import json
+
+    from .imageio import ImageError
+    from .scoring import format_score_report, json_ready, score_folders
+
+    try:
+        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            raise FileNotFoundError(f"folder of --json {args.json} does not exist")
+        report = score_folders(args.results, args.targets, protocol=args.protocol, pair_by=args.pair_by, note=_note)
+        print(format_score_report(report))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(json_ready(report), fh, indent=2)
+                fh.write("\n")
+    except (ImageError, OSError) as exc:
+        if os.environ.get("DRSFORMER_FAST_DEBUG") == "1":
+            raise
+        return _error(exc)
     return 0
 
 
@@ -274,6 +306,10 @@ def _int_at_least(minimum: int):
     return parse
 
 
+# the keys of drsformer_fast.metrics.PROTOCOLS (kept here so that building the parser imports no numpy)
+PROTOCOL_CHOICES = ("matlab-rain200", "matlab-did", "basicsr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drsformer-fast", description="Fused Triton kernels for DRSformer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,7 +351,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-reference", action="store_true",
                    help="also run the reference model and report the largest difference from it")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--protocol", choices=list(PROTOCOL_CHOICES), default="basicsr",
+                   help="how PSNR/SSIM are computed: basicsr (default), or the paper's MATLAB scripts, "
+                        "matlab-rain200 (Rain200L/H, SPA-Data) or matlab-did (DID-Data, DDN-Data)")
     _add_run_options(p)
+    p = sub.add_parser(
+        "score", help="PSNR/SSIM of existing result images against targets, as the paper's MATLAB scripts "
+                      "compute them (no model, no GPU)",
+        description="Scores the images of RESULTS against those of TARGETS under a protocol: the paper's "
+                    "evaluate_PSNR_SSIM.m (matlab-rain200: Rain200L, Rain200H, SPA-Data), its statistic.m "
+                    "(matlab-did: DID-Data, DDN-Data), or BasicSR's Python metrics (basicsr). Prints a table "
+                    "per image and the mean. RESULTS and TARGETS may be one folder holding <n>_DR and <n>_GT "
+                    "images, as the DID script reads them.")
+    p.add_argument("results", metavar="RESULTS", help="folder of derained results (png, jpg, jpeg, bmp)")
+    p.add_argument("targets", metavar="TARGETS", help="folder of clean targets")
+    p.add_argument("--protocol", choices=list(PROTOCOL_CHOICES), default="matlab-rain200",
+                   help="default matlab-rain200: the script behind three of the paper's five columns")
+    p.add_argument("--pair-by", choices=["name", "order"], default="name",
+                   help="name: same stem, a suffix like _DR/_GT dropped (default); order: sorted as MATLAB's dir "
+                        "lists them (.jpg then .png, by character code), as evaluate_PSNR_SSIM.m pairs")
+    p.add_argument("--json", metavar="PATH", help="write {protocol, images: [{name, psnr, ssim}], mean} as JSON")
+    from .training import add_parser as add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -330,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         return _user_errors(lambda: _derain(args))
     if args.command == "eval":
         return _user_errors(lambda: _eval(args))
+    if args.command == "score":
+        return _score(args)
+    if args.command == "train":
+        from .training import run as run_train
+
+        return run_train(args)
     raise AssertionError(args.command)
 
 

@@ -2,8 +2,9 @@
 
 Each input is derained (:func:`drsformer_fast.inference.derain_tensor`), quantised to 8 bits as the
 original test script saves it, and scored against the target with the same stem: PSNR and SSIM on
-the Y channel with BasicSR's conventions (:mod:`drsformer_fast.metrics`). The reported means are
-means of the per-image values, as BasicSR reports them.
+the Y channel under a protocol of :data:`drsformer_fast.metrics.PROTOCOLS`: BasicSR's conventions
+by default, or one of the paper's two MATLAB scripts. The reported means are means of the
+per-image values, as BasicSR and the scripts report them.
 
 With a second (reference) model, the fast model's float output is compared with the reference's
 for every image: the parity report (max absolute difference, on the [0, 1] scale).
@@ -22,7 +23,8 @@ import torch.nn as nn
 
 from .imageio import ImageError, find_images, is_image_file, read_image, read_image_uint8, to_uint8
 from .inference import InferenceError, check_tiling, derain_tensor
-from .metrics import calculate_psnr, calculate_ssim
+from .metrics import PROTOCOLS, score_pair, small_image_note
+from .scoring import json_ready, read_scored_image
 
 __all__ = ["match_targets", "evaluate", "format_report", "json_ready"]
 
@@ -57,7 +59,7 @@ ProgressFn = Callable[[int, int, dict], None]
 
 
 def _mean(values: list[float]) -> float:
-    return math.inf if any(math.isinf(v) for v in values) else sum(values) / len(values)
+    return sum(values) / len(values)  # infinite when a value is (PSNR of an exact output, SSIM -inf)
 
 
 def evaluate(
@@ -70,21 +72,33 @@ def evaluate(
     precision: str = "fp32",
     reference_model: nn.Module | None = None,
     progress: ProgressFn | None = None,
+    protocol: str = "basicsr",
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Derain every image of ``input_dir`` and score it against ``target_dir``.
 
-    Returns ``{'images': [{'name', 'target', 'psnr', 'ssim', 'seconds'[, 'max_abs_diff']}], 'mean':
-    {'psnr', 'ssim'}, 'count'}``, plus ``'parity': {'max_abs_diff', 'mean_max_abs_diff'}`` when a
-    ``reference_model`` is given (run in fp32 with the same tiling; differences of the clamped
-    float outputs). ``progress(i, n, row)`` is called after each image.
+    Returns ``{'protocol', 'images': [{'name', 'target', 'psnr', 'ssim', 'seconds'[, 'max_abs_diff']}],
+    'mean': {'psnr', 'ssim'}, 'count'}``, plus ``'parity': {'max_abs_diff', 'mean_max_abs_diff'}``
+    when a ``reference_model`` is given (run in fp32 with the same tiling; differences of the
+    clamped float outputs). ``protocol``: a key of :data:`drsformer_fast.metrics.PROTOCOLS`; the
+    MATLAB ones read targets as ``imread`` does (:func:`drsformer_fast.scoring.read_scored_image`:
+    3-channel RGB only) and give SSIM -inf below 11x11, with a ``note(text)``.
+    ``progress(i, n, row)`` is called after each image.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     check_tiling(tile, tile_overlap)
     pairs = match_targets(find_images([input_dir]), target_dir)
     rows = []
     for i, (src, tgt) in enumerate(pairs, 1):
         start = time.perf_counter()
         img = read_image(src)
-        target = read_image_uint8(tgt)
+        if protocol == "basicsr":
+            target = read_image_uint8(tgt)
+        else:
+            target, text = read_scored_image(tgt, protocol)
+            if text and note is not None:
+                note(text)
         if target.shape[:2] != tuple(img.shape[-2:]):
             raise ImageError(f"{src} is {img.shape[-2]}x{img.shape[-1]} but its target {tgt} is "
                              f"{target.shape[0]}x{target.shape[1]}")
@@ -94,8 +108,11 @@ def evaluate(
             if reference_model is not None:
                 ref = derain_tensor(reference_model, img[None], tile=tile, tile_overlap=tile_overlap, precision="fp32")
             out = to_uint8(restored[0])
-            row = {"name": src.name, "target": tgt.name, "psnr": calculate_psnr(out, target),
-                   "ssim": calculate_ssim(out, target)}
+            small = small_image_note(out.shape[0], out.shape[1], protocol)
+            if small and protocol != "basicsr" and note is not None:
+                note(f"{src.name}: {small}")
+            psnr, ssim = score_pair(out, target, protocol)
+            row = {"name": src.name, "target": tgt.name, "psnr": psnr, "ssim": ssim}
         except (InferenceError, ValueError) as exc:
             raise InferenceError(f"{src}: {exc}") from exc
         if ref is not None:
@@ -105,6 +122,7 @@ def evaluate(
         if progress is not None:
             progress(i, len(pairs), row)
     report: dict[str, Any] = {
+        "protocol": protocol,
         "count": len(rows),
         "images": rows,
         "mean": {"psnr": _mean([r["psnr"] for r in rows]), "ssim": _mean([r["ssim"] for r in rows])},
@@ -116,7 +134,7 @@ def evaluate(
 
 
 def _fmt(v: float, digits: int) -> str:
-    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
+    return f"{v:.{digits}f}" if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def format_row(row: dict) -> str:
@@ -129,21 +147,11 @@ def format_row(row: dict) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The report of :func:`evaluate` as a text table (one row per image, then the means)."""
     parity = "parity" in report
-    lines = [f"{'image':<24} {'PSNR(Y)':>9} {'SSIM(Y)':>7}" + (f" {'max|fast-ref|':>14}" if parity else "")]
+    lines = [f"protocol: {report['protocol']}: {PROTOCOLS[report['protocol']]}"] if "protocol" in report else []
+    lines += [f"{'image':<24} {'PSNR(Y)':>9} {'SSIM(Y)':>7}" + (f" {'max|fast-ref|':>14}" if parity else "")]
     lines += [format_row(r) for r in report["images"]]
     mean = report["mean"]
     lines.append(f"{'mean of ' + str(report['count']):<24} {_fmt(mean['psnr'], 4):>9} {_fmt(mean['ssim'], 4):>7}"
                  + (f" {report['parity']['max_abs_diff']:>14.3e}" if parity else ""))
     return "\n".join(lines)
 
-
-def json_ready(obj: Any) -> Any:
-    """``obj`` with infinite floats (PSNR of identical images) written as the string ``'inf'``, so
-    that it is valid JSON."""
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf" if obj > 0 else "-inf"
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    return obj

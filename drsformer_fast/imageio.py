@@ -12,9 +12,12 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: scoring images needs only numpy and Pillow
+    import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageError", "find_images", "is_image_file", "probe_image", "read_image",
            "read_image_uint8", "to_uint8", "write_png"]
@@ -93,6 +96,8 @@ def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """The image at ``path`` as a ``[3, H, W]`` float32 RGB tensor in [0, 1] (uint8 / 255)."""
+    import torch
+
     arr = read_image_uint8(path)
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(255.0)
 
@@ -100,6 +105,8 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """``[3, H, W]`` (or ``[1, 3, H, W]``) values in [0, 1] -> ``[H, W, 3]`` uint8, as the original's
     ``img_as_ubyte``: ``rint(x * 255)`` in float32 (values outside [0, 1] are clamped first)."""
+    import torch
+
     if img.dim() == 4:
         if img.shape[0] != 1:
             raise ValueError(f"expected one image, got a batch of {img.shape[0]}")

@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 
 from . import ops
+from . import reference as _reference
 from ._dispatch import kernel_path
+from .ops.mefc import DIL_SIZES, NUM_OPS, SEP_SIZES
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -223,3 +225,175 @@ class MixedScaleFeedForward(_PathMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, hidden_features={self.hidden_features}, bias={self.project_in.bias is not None}"
+
+
+# --------------------------------------------------------------------------------------------
+# MEFC
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_like(m, cin: int, cout: int, k: int, groups: int, padding: int, dilation: int = 1) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.in_channels == cin and m.out_channels == cout
+            and m.kernel_size == (k, k) and m.groups == groups and m.stride == (1, 1)
+            and m.padding == (padding, padding) and m.dilation == (dilation, dilation)
+            and m.padding_mode == "zeros" and m.bias is None)
+
+
+def _seq(m, n: int) -> bool:
+    return isinstance(m, nn.Sequential) and len(m) == n
+
+
+def _why_not_routing(m: nn.Module, c: int) -> tuple[str | None, int]:
+    """(None, steps) when ``m`` is an original OALayer on ``c`` channels, else (reason, 0)."""
+    fc = getattr(m, "ca_fc", None)
+    pool = getattr(m, "avg_pool", None)
+    if set(m._modules) - {"avg_pool"} != {"ca_fc"} or list(m.parameters(recurse=False)):
+        return "is not an OALayer (children avg_pool, ca_fc)", 0
+    if pool is not None and not (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))):
+        return "avg_pool is not a global average pool", 0
+    if not (_seq(fc, 3) and isinstance(fc[0], nn.Linear) and isinstance(fc[1], nn.ReLU)
+            and isinstance(fc[2], nn.Linear) and fc[0].bias is not None and fc[2].bias is not None):
+        return "ca_fc is not Linear, ReLU, Linear (with biases)", 0
+    out = fc[2].out_features
+    if fc[0].in_features != c or out % NUM_OPS or fc[0].out_features != 2 * out or fc[2].in_features != 2 * out:
+        return f"ca_fc does not map {c} channels to 16 * steps to 8 * steps", 0
+    return None, out // NUM_OPS
+
+
+def _why_not_op(op: nn.Module, name: str, c: int) -> str | None:
+    kind, size = name.rsplit("_", 1)
+    k = int(size.split("x")[0])
+    if kind == "avg_pool":
+        ok = (isinstance(op, nn.AvgPool2d) and op.kernel_size in (3, (3, 3)) and op.stride in (1, (1, 1))
+              and op.padding in (1, (1, 1)) and op.count_include_pad is False and not op.ceil_mode
+              and op.divisor_override is None)
+        return None if ok else f"{name} is not AvgPool2d(3, 1, 1, count_include_pad=False)"
+    body = getattr(op, "op", None)
+    if set(op._modules) != {"op"} or list(op.parameters(recurse=False)):
+        return f"{name} has no `op` Sequential"
+    if kind == "sep_conv":
+        ok = (_seq(body, 5) and _conv_like(body[0], c, c, k, c, k // 2) and _conv_like(body[1], c, c, 1, 1, 0)
+              and isinstance(body[2], nn.ReLU) and _conv_like(body[3], c, c, k, c, k // 2)
+              and _conv_like(body[4], c, c, 1, 1, 0))
+    else:
+        ok = (_seq(body, 2) and _conv_like(body[0], c, c, k, c, k - 1, dilation=2)
+              and _conv_like(body[1], c, c, 1, 1, 0))
+    return None if ok else f"{name} does not have the original's convolutions"
+
+
+def _why_not_group(m: nn.Module, c: int, steps: int) -> str | None:
+    if set(m._modules) - {"relu"} != {"preprocess", "_ops"} or list(m.parameters(recurse=False)):
+        return "is not a GroupOLs (children preprocess, _ops, relu)"
+    pre = getattr(m.preprocess, "op", None)
+    if not (_seq(pre, 2) and _conv_like(pre[0], c, c, 1, 1, 0) and isinstance(pre[1], nn.ReLU)):
+        return "preprocess is not a 1x1 convolution without bias and a ReLU"
+    if not isinstance(m._ops, nn.ModuleList) or len(m._ops) != steps:
+        return f"_ops is not a list of {steps} OperationLayers (the OALayer's steps)"
+    for i, layer in enumerate(m._ops):
+        ops_, out = getattr(layer, "_ops", None), getattr(layer, "_out", None)
+        if set(layer._modules) != {"_ops", "_out"} or not isinstance(ops_, nn.ModuleList) or len(ops_) != NUM_OPS:
+            return f"_ops.{i} is not an OperationLayer of {NUM_OPS} operations"
+        if not (_seq(out, 2) and _conv_like(out[0], NUM_OPS * c, c, 1, 1, 0) and isinstance(out[1], nn.ReLU)):
+            return f"_ops.{i}._out is not a 1x1 convolution {NUM_OPS * c} -> {c} without bias and a ReLU"
+        for name, op in zip(_reference.OPERATIONS, ops_):
+            why = _why_not_op(op, name, c)
+            if why:
+                return f"_ops.{i}._ops: {why}"
+    return None
+
+
+def why_not_feature_compensator(m: nn.Module) -> str | None:
+    """None when ``m`` has the structure of the original MEFC ``subnet`` (``layers``: OALayer and
+    GroupOLs pairs, the original's eight operations in order), else the reason it does not."""
+    layers = getattr(m, "layers", None)
+    if set(m._modules) != {"layers"} or not isinstance(layers, nn.ModuleList) or list(m.parameters(recurse=False)):
+        return "has no `layers` ModuleList (and nothing else)"
+    if len(layers) == 0 or len(layers) % 2:
+        return f"`layers` has {len(layers)} entries, not OALayer/GroupOLs pairs"
+    pre = getattr(getattr(layers[1], "preprocess", None), "op", None)
+    conv = pre[0] if isinstance(pre, nn.Sequential) and len(pre) else None
+    if not isinstance(conv, nn.Conv2d):
+        return "layers.1 has no preprocess convolution"
+    c = conv.in_channels
+    for j in range(0, len(layers), 2):
+        why, steps = _why_not_routing(layers[j], c)
+        if why:
+            return f"layers.{j} {why}"
+        why = _why_not_group(layers[j + 1], c, steps)
+        if why:
+            return f"layers.{j + 1} {why}"
+    return None
+
+
+class FeatureCompensator(_PathMixin, nn.Module):
+    """Fast replacement of the original MEFC ``subnet(dim, layer_num=1, steps=4)`` (mixture-of-experts
+    feature compensator): ``layers`` alternates an OALayer (routing MLP) and a GroupOLs
+    (``steps`` steps of eight operations), with the original's modules, parameter names and
+    state-dict keys (``layers.0.ca_fc.0.weight``, ``layers.1.preprocess.op.0.weight``,
+    ``layers.1._ops.{s}._ops.{o}.op.{i}.weight``, ``layers.1._ops.{s}._out.0.weight``): they hold the
+    parameters; ``forward`` runs the fused algebra (``drsformer_fast.ops.mefc``): the routing and the
+    per-sample mixing matrices in PyTorch (fp32), the preprocess 1x1 + ReLU, then one fused
+    ``mefc_step`` custom op per step (Triton on CUDA or under the interpreter).
+    """
+
+    def __init__(self, dim: int, layer_num: int = 1, steps: int = 4):
+        super().__init__()
+        if dim < 1 or layer_num < 1 or steps < 1:
+            raise ValueError(f"dim, layer_num and steps must be positive, got {dim}, {layer_num}, {steps}")
+        self.dim, self.layer_num, self.steps = dim, layer_num, steps
+        self.layers = nn.ModuleList()
+        for _ in range(layer_num):
+            self.layers.append(_reference.OALayer(dim, steps, NUM_OPS))
+            self.layers.append(_reference.GroupOLs(steps, dim))
+
+    def kernel_path(self, x: torch.Tensor) -> str:
+        """``"triton"``, ``"triton-interpreter"`` or ``"torch"``: the path ``forward(x)``'s steps run
+        (``"torch"`` also for widths above the kernels' 128 channels)."""
+        from .ops.mefc import use_kernels
+
+        path = kernel_path(x)
+        if path != "torch" and not use_kernels(x.new_empty((1, self.dim, 1, 1))):
+            return "torch"
+        return path
+
+    @classmethod
+    def from_original(cls, m: nn.Module) -> FeatureCompensator:
+        """A fast module around the original ``subnet``'s ``layers`` (the same modules and Parameter
+        objects, no copies): optimizers built on the original keep working, the state dict is
+        unchanged. Raises ValueError naming what differs if ``m`` is not structured like one."""
+        why = why_not_feature_compensator(m)
+        if why:
+            raise ValueError(f"{type(m).__name__} is not an original MEFC subnet: {why}")
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.dim = m.layers[1].preprocess.op[0].in_channels
+        fast.layer_num = len(m.layers) // 2
+        fast.steps = len(m.layers[1]._ops)
+        fast.layers = m.layers
+        return fast
+
+    def _step_params(self, group: nn.Module) -> list[dict]:
+        steps = []
+        for layer in group._ops:
+            ops_ = layer._ops
+            sep = [ops_[i].op for i in range(len(SEP_SIZES))]
+            dil = [ops_[len(SEP_SIZES) + i].op for i in range(len(DIL_SIZES))]
+            steps.append({"dw1": [b[0].weight for b in sep], "w1": [b[1].weight for b in sep],
+                          "dw2": [b[3].weight for b in sep], "dwd": [b[0].weight for b in dil],
+                          "last": [b[4].weight for b in sep] + [b[1].weight for b in dil],
+                          "out": layer._out[0].weight})
+        return steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(self, x, self.dim)
+        dtype = _compute_dtype(x)
+        w = None
+        for j in range(0, len(self.layers), 2):
+            fc = self.layers[j].ca_fc
+            w = ops.routing_weights(x, fc[0].weight, fc[0].bias, fc[2].weight, fc[2].bias, self.steps)
+            group = self.layers[j + 1]
+            x = ops.feature_compensation(x.to(dtype), w, group.preprocess.op[0].weight, self._step_params(group))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, layer_num={self.layer_num}, steps={self.steps}"

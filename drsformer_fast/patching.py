@@ -12,6 +12,8 @@ dict is unchanged:
   ``project_out``) -> MixedScaleFeedForward
 * ``TransformerBlock`` (``norm1``, ``attn``, ``norm2``, ``ffn``, all recognised) -> FastTransformerBlock
   (which also fuses the residual adds)
+* MEFC ``subnet`` (``layers``: OALayer / GroupOLs pairs with the original's eight operations in
+  order; ``modules.why_not_feature_compensator``) -> FeatureCompensator
 
 With ``verify=True`` (the default) each candidate is also checked numerically before it is
 swapped: the original and the fast module run on a small random input and must agree (a module
@@ -25,14 +27,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .modules import ChannelLayerNorm, FastTransformerBlock, MixedScaleFeedForward, TopKSparseAttention
+from .modules import (
+    ChannelLayerNorm,
+    FastTransformerBlock,
+    FeatureCompensator,
+    MixedScaleFeedForward,
+    TopKSparseAttention,
+    why_not_feature_compensator,
+)
 
 
 @dataclass
 class PatchReport:
     swapped: list[tuple[str, str]] = field(default_factory=list)  # (qualified name, fast class)
     not_recognised: list[tuple[str, str]] = field(default_factory=list)  # (qualified name, why)
-    untouched: int = 0  # modules of other kinds (convolutions, MEFC, ...), left as they are
+    untouched: int = 0  # modules of other kinds (convolutions, sampling, ...), left as they are
 
     def __str__(self) -> str:
         kinds: dict[str, int] = {}
@@ -126,6 +135,8 @@ _KINDS = {
     "LayerNorm": (_why_not_layernorm, lambda m: ChannelLayerNorm.from_original(m)),
     "Attention": (_why_not_attention, lambda m: TopKSparseAttention.from_original(m)),
     "FeedForward": (_why_not_feedforward, lambda m: MixedScaleFeedForward.from_original(m)),
+    # the original MEFC class is called `subnet` (the name also picks the hint for look-alikes)
+    "subnet": (why_not_feature_compensator, lambda m: FeatureCompensator.from_original(m)),
 }
 
 
@@ -161,6 +172,8 @@ def _channels(kind: str, m: nn.Module) -> int:
         return m.body.weight.shape[0]
     if kind == "Attention":
         return m.qkv.in_channels
+    if kind == "subnet":
+        return m.layers[1].preprocess.op[0].in_channels
     return m.project_in.in_channels
 
 
@@ -170,7 +183,8 @@ def _channels(kind: str, m: nn.Module) -> int:
 
 
 def _is_fast(m: nn.Module) -> bool:
-    return isinstance(m, (ChannelLayerNorm, TopKSparseAttention, MixedScaleFeedForward, FastTransformerBlock))
+    return isinstance(m, (ChannelLayerNorm, TopKSparseAttention, MixedScaleFeedForward, FastTransformerBlock,
+                          FeatureCompensator))
 
 
 def _convert(name: str, m: nn.Module, verify: bool, report: PatchReport) -> nn.Module | None:

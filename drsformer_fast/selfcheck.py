@@ -147,10 +147,66 @@ def _feed_forward_rows(device, dtypes) -> Iterator[Row]:
                                fast, ref, [x, *params, *r], g, dtype, device)
 
 
+def _mefc_group(name: str) -> str:
+    """The parameter group a gradient of the MEFC ``subnet`` is reported in."""
+    if ".ca_fc." in name:
+        return "droute (ca_fc)"
+    if ".preprocess." in name:
+        return "dpreprocess"
+    if "._out." in name:
+        return "d_out (8C->C)"
+    o, i = int(name.split("._ops.")[2].split(".")[0]), int(name.split(".op.")[1].split(".")[0])
+    if o < 4:
+        return {0: "dsep dw1", 1: "dsep 1x1 inner", 3: "dsep dw2", 4: "dsep 1x1 last"}[i]
+    return {0: "ddil dw", 1: "ddil 1x1"}[i]
+
+
+def _mefc_rows(device, dtypes) -> Iterator[Row]:
+    """MEFC (FeatureCompensator vs the original subnet), batch 2 (per-sample routing), odd sizes; the
+    ~100 parameter gradients reported per group (relative error of the group's concatenation)."""
+    import math
+
+    from .modules import FeatureCompensator
+
+    B, C, H, W = 2, 12, 7, 9
+    gen = torch.Generator().manual_seed(C)
+    ref = R.subnet(C)
+    with torch.no_grad():
+        for p in ref.parameters():  # every parameter matters: PyTorch's init scale, random biases
+            bound_ = 1 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.02
+            p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound_)
+    names = [n for n, _ in ref.named_parameters()]
+    x = torch.randn(B, C, H, W, generator=gen)
+    g = torch.randn(B, C, H, W, generator=gen)
+    fast = FeatureCompensator(C)
+    fast.load_state_dict(ref.state_dict())
+    fast = fast.to(device)
+
+    def call(module):
+        return lambda x, *params: torch.func.functional_call(module, dict(zip(names, params)), (x,))
+
+    inputs = [x] + [p.detach() for p in ref.parameters()]
+    for dtype in dtypes:
+        t0 = time.perf_counter()
+        got = _grads(call(fast), inputs, g, dtype, device)
+        seconds = time.perf_counter() - t0
+        hi = _grads(call(ref), inputs, g, torch.float64, torch.device("cpu"))
+        lo = _grads(call(ref), inputs, g, dtype, torch.device("cpu"))
+        groups: dict[str, list[int]] = {"output": [0], "dx": [1]}
+        for i, n in enumerate(names):
+            groups.setdefault(_mefc_group(n), []).append(i + 2)
+        case = f"{B}x{C}x{H}x{W} {str(dtype)[6:]}"
+        for group, idx in groups.items():
+            a, h, l_ = (torch.cat([t[i].detach().flatten().double().cpu() for i in idx]) for t in (got, hi, lo))
+            terr = _rel(l_, h)
+            yield Row("mefc", case, group, _rel(a, h), terr, bound(terr, dtype, a.numel()), seconds)
+
+
 CHECKS: dict[str, Callable] = {
     "layer_norm": _layer_norm_rows,
     "topk_attention": _attention_rows,
     "feed_forward": _feed_forward_rows,
+    "mefc": _mefc_rows,
 }
 
 

@@ -4,8 +4,8 @@ One file per op: ``@triton.jit`` kernels and their launchers (tensors in, tensor
 autograd). The autograd wiring, custom ops and modules live in ``drsformer_fast``.
 """
 
-from . import attention, dwconv, feedforward, layernorm
+from . import attention, dwconv, feedforward, layernorm, mefc, mefc_backward
 
-KERNEL_MODULES = (layernorm, attention, dwconv, feedforward)
+KERNEL_MODULES = (layernorm, attention, dwconv, feedforward, mefc, mefc_backward)
 
-__all__ = ["attention", "dwconv", "feedforward", "layernorm", "KERNEL_MODULES"]
+__all__ = ["attention", "dwconv", "feedforward", "layernorm", "mefc", "mefc_backward", "KERNEL_MODULES"]

@@ -21,7 +21,8 @@ class CompileConfig:
     """One launchable specialisation of a ``@triton.jit`` kernel.
 
     ``signature`` maps every non-constexpr argument name to its Triton type (``"*fp32"``, ``"i32"``,
-    ``"fp32"``); ``constexprs`` gives every ``tl.constexpr`` argument its value.
+    ``"fp32"``); ``constexprs`` gives every ``tl.constexpr`` argument its value; ``extra``: compile
+    options the launcher passes beyond ``LAUNCH_OPTIONS`` (e.g. ``{"maxnreg": 128}``), which override them.
     """
 
     kernel: Any

@@ -1,12 +1,23 @@
-"""Compile every registered kernel configuration for real GPUs, with no GPU present.
+"""Compile what runs, for real GPUs, with no GPU present: fail on spills or too much shared memory.
 
-    python -m drsformer_fast.kernels.compile_check [--arch 80 90] [--json PATH] [--jobs N]
+    python -m drsformer_fast.kernels.compile_check [--arch 80 90] [--json PATH] [--jobs N] [--quiet]
+                                                  [--registered] [--filter TEXT]
 
-For each configuration and target (``GPUTarget("cuda", arch, 32)``) it runs ``triton.compile``,
-then reads the cubin's resource usage with the ``cuobjdump`` shipped in the Triton wheel:
-registers (REG), shared memory (SHARED, plus Triton's own shared-memory figure) and local memory
-(LOCAL/STACK, where register spills go). It exits non-zero if any configuration fails to compile,
-spills, or needs more shared memory than the target has.
+The fast model and its blocks run on fake tensors at a few small shapes chosen to reach every
+configuration the launchers choose (``CHECK_CASES``: every level's channel and head count, fp32
+with TF32 on and off, bf16 under autocast, fp16, batch 1 and 2, sizes whose H*W and W are and are not
+multiples of 16, inference and training), and every Triton launch is captured with Triton's own
+specialisation of its arguments (``drsformer_fast.launches``). Each distinct specialisation is
+compiled for ``GPUTarget("cuda", arch, 32)`` with the launch's own options (``num_warps``,
+``num_stages`` (Triton's default 3 where the launcher passes none), ``LAUNCH_OPTIONS``), and the
+cubin's resource usage is read with the ``cuobjdump`` shipped in the Triton wheel: registers, shared
+memory (and Triton's own figure) and local memory (LOCAL/STACK, where register spills go). It exits
+non-zero if any launch fails to compile, spills, or needs more shared memory than the target has.
+
+Kernels of ``KERNEL_MODULES`` that no captured launch reaches fall back to the configurations their
+module registers with ``@register_compile_configs`` (``--registered`` compiles all registered
+configurations as well; they are compiled with plain i32 arguments and their own ``num_stages``, so
+they are not exactly what runs).
 
 It must run without ``TRITON_INTERPRET=1`` (the interpreter does not compile anything).
 """
@@ -14,114 +25,138 @@ It must run without ``TRITON_INTERPRET=1`` (the interpreter does not compile any
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 
 # usable shared memory per block (opt-in maximum): A100 (sm_80) 163 KB, H100 (sm_90) 227 KB
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-_RESOURCE_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+# (module kind, dtype, autocast dtype, input shape, training, tf32): see the module docstring
+CHECK_CASES = (
+    ("model", "float32", None, (1, 3, 64, 64), False, True),  # every level; H*W, W multiples of 16
+    ("model", "float32", None, (2, 3, 40, 48), True, True),  # batch 2, W = 40, 20, 10, 5: no x16 divisibility
+    ("model", "float32", None, (1, 3, 24, 40), True, False),  # exact fp32 dots (allow_tf32 = False)
+    ("model", "float32", "bfloat16", (1, 3, 64, 64), True, True),  # bf16 autocast (what bench runs)
+    ("block", "float16", None, (1, 48, 16, 32), True, True),  # fp16 module, x16 sizes
+    ("block", "float16", None, (2, 96, 13, 21), True, True),  # fp16, odd sizes, decoder width
+)
 
 
-def _cuobjdump() -> str:
-    import triton
+def captured_launches(sms: int) -> list:
+    """Every launch of :data:`CHECK_CASES`, with ``tags`` saying where it was captured."""
+    import torch
 
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    from .. import launches as L
+
+    out = []
+    for kind, dtype, autocast, shape, training, tf32 in CHECK_CASES:
+        dt = getattr(torch, dtype)
+        heads = 1 if shape[1] in (3, 48, 96) else shape[1] // 48
+        m = L.build_module(kind, shape[1] if kind != "model" else 48, heads, dt)
+        tags = {"case": f"{kind} {dtype}{'/autocast ' + autocast if autocast else ''} {'x'.join(map(str, shape))}"
+                        f"{' train' if training else ''}{'' if tf32 else ' no-tf32'}"}
+        ctx = torch.autocast("cpu", dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
+        with ctx:
+            fwd, bwd = L.capture(m, shape, backward=training, sms=sms, tags=tags, tf32=tf32)
+        out += fwd + bwd
+    return out
 
 
-def _compile_one(index: int, arch: int) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
+    """The registered configurations (of ``only_kernels`` when given), compiled as registered."""
+    from .. import launches as L
+    from .. import static_report as S
     from ._registry import all_compile_configs
-    from ._utils import LAUNCH_OPTIONS
 
-    cfg = all_compile_configs()[index]
-    row = {"name": cfg.name, "arch": arch, "num_warps": cfg.num_warps}
-    t0 = time.perf_counter()
-    try:
-        src = ASTSource(cfg.kernel, cfg.signature, constexprs=cfg.constexprs)
-        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS}
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    except Exception as exc:  # report every failure, not just the first
-        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        return row
-    row["compile_s"] = round(time.perf_counter() - t0, 3)
-    row["triton_shared"] = int(compiled.metadata.shared)
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-        path = f.name
-    try:
-        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", path], capture_output=True, text=True,
-                             check=True).stdout
-    finally:
-        os.unlink(path)
-    m = _RESOURCE_RE.search(out)
-    if m is None:
-        row["error"] = f"could not read resource usage from cuobjdump: {out[:500]}"
-        return row
-    row["regs"], row["stack"], row["shared"], row["local"] = map(int, m.groups())
-    problems = []
-    if row["local"] or row["stack"]:
-        problems.append(f"register spills: LOCAL={row['local']} STACK={row['stack']}")
-    shared = max(row["shared"], row["triton_shared"])
-    if shared > SHARED_LIMIT[arch]:
-        problems.append(f"shared memory {shared} B exceeds sm_{arch}'s {SHARED_LIMIT[arch]} B")
-    if problems:
-        row["error"] = "; ".join(problems)
-    return row
+    specs = []
+    for cfg in all_compile_configs():
+        fn = cfg.kernel
+        name = fn.fn.__name__
+        if only_kernels is not None and name not in only_kernels:
+            continue
+        names = [p.name for p in fn.params]
+        constexprs = tuple(((names.index(k),), v) for k, v in cfg.constexprs.items())
+        signature = tuple((n, cfg.signature.get(n, "constexpr")) for n in names)
+        from ._utils import LAUNCH_OPTIONS
+
+        options = tuple(sorted({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS,
+                                **getattr(cfg, "extra", {})}.items()))
+        specs.append((cfg.name, L.Specialisation(fn.fn.__module__, name, signature, constexprs, (), options,
+                                                 tuple(names))))
+    rows = []
+    for arch in archs:
+        compiled = S.compile_all([s for _, s in specs], arch, jobs, sass=False)
+        for label, s in specs:
+            rows.append({"name": f"registered {label}", "source": "registered", **compiled[s]})
+    return rows
 
 
-def run(archs=(80, 90), jobs: int | None = None, name_filter: str = "") -> list[dict]:
-    from ._registry import all_compile_configs
+def run(archs=(80, 90), jobs: int | None = None, registered: bool = False, name_filter: str = "") -> list[dict]:
+    from .. import launches as L
+    from .. import static_report as S
+    from . import KERNEL_MODULES
     from ._utils import is_interpreter
 
     if is_interpreter():
         raise RuntimeError("compile_check needs real Triton JIT functions: unset TRITON_INTERPRET")
-    configs = all_compile_configs()
-    work = [(i, a) for a in archs for i, c in enumerate(configs) if name_filter in c.name]
-    jobs = jobs or min(4, os.cpu_count() or 1)
-    if jobs <= 1:
-        return [_compile_one(i, a) for i, a in work]
-    with cf.ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_compile_one, *zip(*work), chunksize=4))
+    rows = []
+    captured_names = set()
+    for arch in archs:
+        launches = captured_launches(L.SMS[arch])
+        first = {}
+        for launch in launches:
+            captured_names.add(launch.name)
+            spec = L.specialise(launch, arch)
+            if name_filter in spec.describe():
+                first.setdefault(spec, launch)
+        compiled = S.compile_all(list(first), arch, jobs, sass=False)
+        for spec, launch in first.items():
+            rows.append({"name": spec.describe(), "source": launch.tags["case"], **compiled[spec]})
+    import triton
+
+    all_kernels = {n for m in KERNEL_MODULES for n, v in vars(m).items()
+                   if isinstance(v, triton.runtime.jit.JITFunction) and n.endswith("_kernel")}
+    missing = {n for n in all_kernels - captured_names if name_filter in n}
+    if registered:
+        rows += [r for r in _registered_rows(archs, jobs) if name_filter in r["name"]]
+    elif missing:
+        rows += _registered_rows(archs, jobs, missing)
+    return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'kernel configuration':<92} {'sm':>3} {'regs':>5} {'smem':>7} {'local':>6}  status"]
+    lines = [f"{'kernel launch':<100} {'sm':>3} {'regs':>5} {'smem':>7} {'local':>6}  status"]
     for r in rows:
+        name = r["name"][:100]
         if "regs" in r:
-            smem = max(r["shared"], r["triton_shared"])
-            lines.append(f"{r['name']:<92} {r['arch']:>3} {r['regs']:>5} {smem:>7} {r['local']:>6}  "
+            lines.append(f"{name:<100} {r['arch']:>3} {r['regs']:>5} {r['shared']:>7} {r['local'] + r['stack']:>6}  "
                          f"{r.get('error', 'ok')}")
         else:
-            lines.append(f"{r['name']:<92} {r['arch']:>3} {'-':>5} {'-':>7} {'-':>6}  {r['error']}")
+            lines.append(f"{name:<100} {r['arch']:>3} {'-':>5} {'-':>7} {'-':>6}  {r['error']}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
-    parser.add_argument("--json", help="write the per-configuration report here")
+    parser.add_argument("--json", help="write the per-launch report here")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the summary")
-    parser.add_argument("--filter", default="", help="only configurations whose name contains this")
+    parser.add_argument("--filter", default="", help="only launches whose description contains this")
+    parser.add_argument("--registered", action="store_true",
+                        help="also compile every configuration registered with @register_compile_configs")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(tuple(args.arch), args.jobs, args.filter)
+    rows = run(tuple(args.arch), args.jobs, args.registered, args.filter)
     bad = [r for r in rows if "error" in r]
     print(format_table(bad if args.quiet else rows))
-    print(f"{len(rows)} compilations ({len(rows) // max(1, len(args.arch))} configurations x {len(args.arch)} "
-          f"targets), {len(bad)} failed, {time.perf_counter() - t0:.1f} s")
+    n_reg = sum(1 for r in rows if r.get("source") == "registered")
+    print(f"{len(rows)} compilations ({len(rows) - n_reg} captured launches, {n_reg} registered configurations; "
+          f"sm_{', sm_'.join(map(str, args.arch))}), {len(bad)} failed, {time.perf_counter() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(rows, f, indent=1, default=str)
     return 1 if bad else 0
 
 

@@ -8,6 +8,20 @@ Layout: a program owns ``BLOCK_C`` channels x ``BLOCK_N`` pixels of one image, p
 ``dh * stride_h + dw * stride_w`` with the out-of-image pixels masked to zero (the zero padding).
 The neighbouring rows a tap reads belong to the next/previous tiles and come from L1/L2.
 Any strides are accepted for every input; outputs are written with a dense [C, H, W] per image.
+Element offsets are int64 (an image of the feed-forward's 2h-channel y or 4h-channel ab spans more
+than 2**31 elements from ~4 MP on); pixel indices are int32 (H*W <= MAX_PIXELS). Kernel sizes are
+constexpr (Triton 3.6's interpreter cannot loop over runtime scalars); the tap loops stay loops:
+unrolled, ptxas hoists every tap's load and the kernels take 255 registers and spill on sm_90.
+
+Launch picture on sm_90 (compiled as launched: 8 warps, num_stages 3; batch 1, 256x256 input):
+  kernel          shape (C = 2h)         programs   regs before/after   resident warps/SM   HBM bytes  t_HBM
+  _dw_fwd  (3+5)  level 1: 254 x 256^2     8192      70 / 68 (fp32)      24                 200 MB    60 us
+                  decoder 1: 510 x 256^2  16384      70 / 68 (fp32)      24                 401 MB   120 us
+  _dw_bwd  (3+5)  level 1                  8192      80 / 108 (fp32)     24 -> 16           266 MB    80 us
+                  (bf16: 62 / 64 and 77 / 80 registers, 32 and 24 resident warps, half the bytes)
+FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1, so both are
+HBM-bound by the model. Not done: the shifted taps still load with the 4-elements-per-thread layout
+of the 128-bit store (scalar loads, lanes 16 B apart): L1 wavefronts, not HBM, may bound them.
 
 Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
 so one loop over the larger window loads each shifted tile once and feeds both accumulators.
@@ -41,6 +55,9 @@ KERNEL_SIZES = (3, 5, 7)
 BLOCK_C = 16
 BLOCK_N = 128
 NUM_WARPS = 8
+# Passed at every launch and registered with the compile configs, so the check compiles what runs
+# (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
+NUM_STAGES = 3
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -57,8 +74,8 @@ def _dw_fwd_kernel(
     C, N, H, W,
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_ob,
-    K1,  # kernel size of branch 1 (with two branches, the smaller one: K1 <= K2)
-    K2,  # kernel size of branch 2 (unused without TWO)
+    K1: tl.constexpr,  # kernel size of branch 1 (with two branches, the smaller one: K1 <= K2)
+    K2: tl.constexpr,  # kernel size of branch 2 (unused without TWO)
     TWO: tl.constexpr,
     RELU: tl.constexpr,
     HAS_XBIAS: tl.constexpr,
@@ -76,30 +93,30 @@ def _dw_fwd_kernel(
     o_cl = tl.minimum(o_c, C - 1)
     o_h = o_n // W
     o_w = o_n % W
-    # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
+    # int64 element offsets (one image may span >= 2**31 elements); pixel indices stay int32
     p_x = x_ptr + i_b * stride_xb
-    o_x = o_cl[:, None] * stride_xc + (o_h * stride_xh + o_w * stride_xw)[None, :]
+    o_x = o_cl.to(tl.int64)[:, None] * stride_xc + (o_h.to(tl.int64) * stride_xh + o_w.to(tl.int64) * stride_xw)[None, :]
+    s_xh = tl.cast(stride_xh, tl.int64)
+    s_xw = tl.cast(stride_xw, tl.int64)
     p_w1 = w1_ptr + o_cl * (K1 * K1)
     p_w2 = w2_ptr + o_cl * (K2 * K2)
     if HAS_XBIAS:
         b_xb = tl.load(xb_ptr + o_cl)[:, None]
-    R1 = K1 // 2
-    if TWO:
-        KM = K2
-    else:
-        KM = K1
-    RM = KM // 2
+    R1: tl.constexpr = K1 // 2
+    KM: tl.constexpr = K2 if TWO else K1
+    RM: tl.constexpr = KM // 2
 
     b_acc1 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     b_acc2 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     # one pass over the larger window: each shifted tile of x is loaded once for both branches
+    # a loop, not unrolled: fully unrolled taps hoist all loads (255 registers and spills on sm_90)
     for kh in range(0, KM):
         dh = kh - RM
         m_h = m_n & (o_h + dh >= 0) & (o_h + dh < H)
         for kw in range(0, KM):
             dw = kw - RM
             m = (m_h & (o_w + dw >= 0) & (o_w + dw < W))[None, :]
-            b_x = tl.load(p_x + (o_x + (dh * stride_xh + dw * stride_xw)), mask=m, other=0.0).to(tl.float32)
+            b_x = tl.load(p_x + (o_x + (dh * s_xh + dw * s_xw)), mask=m, other=0.0).to(tl.float32)
             if HAS_XBIAS:
                 b_x = tl.where(m, b_x + b_xb, 0.0)
             if TWO:
@@ -110,7 +127,7 @@ def _dw_fwd_kernel(
                 b_acc1 += tl.load(p_w1 + (kh * KM + kw))[:, None] * b_x
 
     m_out = m_c[:, None] & m_n[None, :]
-    o_out = i_b * stride_ob + o_c[:, None] * N + o_n[None, :]
+    o_out = i_b * stride_ob + o_c.to(tl.int64)[:, None] * N + o_n[None, :]
     b_acc1 += tl.load(b1_ptr + o_cl)[:, None]
     if RELU:
         b_acc1 = tl.maximum(b_acc1, 0.0)
@@ -123,11 +140,11 @@ def _dw_fwd_kernel(
 
 
 @triton.jit
-def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K,
-                   NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
+def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W,
+                   K: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
     """One branch of the backward: adds its transposed convolution to b_dx and writes its weight and
     bias partial sums (rows t < K*K and K*K of this program's slot)."""
-    R = K // 2
+    R: tl.constexpr = K // 2
     for kh in range(0, K):
         dh = kh - R
         # g is read at p - t: the forward's tap (dh, dw) reaches this pixel from (h - dh, w - dw)
@@ -135,7 +152,8 @@ def _dw_bwd_branch(p_g, o_g, stride_gh, stride_gw, p_w, p_p, b_x, b_dx, o_h, o_w
         for kw in range(0, K):
             dw = kw - R
             m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
-            b_g = tl.load(p_g + (o_g - (dh * stride_gh + dw * stride_gw)), mask=m, other=0.0).to(tl.float32)
+            b_g = tl.load(p_g + (o_g - (dh * tl.cast(stride_gh, tl.int64) + dw * tl.cast(stride_gw, tl.int64))),
+                          mask=m, other=0.0).to(tl.float32)
             if NEED_DX:
                 b_dx += tl.load(p_w + (kh * K + kw))[:, None] * b_g
             if NEED_PARAM_GRAD:
@@ -161,8 +179,8 @@ def _dw_bwd_kernel(
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_g1b, stride_g1c, stride_g1h, stride_g1w,
     stride_g2b, stride_g2c, stride_g2h, stride_g2w,
-    K1,
-    K2,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     TWO: tl.constexpr,
     NEED_DX: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr,
@@ -180,29 +198,33 @@ def _dw_bwd_kernel(
     o_cl = tl.minimum(o_c, C - 1)
     o_h = o_n // W
     o_w = o_n % W
+    # int64 element offsets (one image may span >= 2**31 elements); pixel indices stay int32
+    o_c64 = o_cl.to(tl.int64)
+    o_h64 = o_h.to(tl.int64)
+    o_w64 = o_w.to(tl.int64)
     i_part = i_b * tl.num_programs(0) + i_n
     b_x = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     if NEED_PARAM_GRAD:
         m_0 = m_n[None, :]
-        b_x = tl.load(x_ptr + i_b * stride_xb + o_cl[:, None] * stride_xc
-                      + (o_h * stride_xh + o_w * stride_xw)[None, :], mask=m_0, other=0.0).to(tl.float32)
+        b_x = tl.load(x_ptr + i_b * stride_xb + o_c64[:, None] * stride_xc
+                      + (o_h64 * stride_xh + o_w64 * stride_xw)[None, :], mask=m_0, other=0.0).to(tl.float32)
         if HAS_XBIAS:
             b_x = tl.where(m_0, b_x + tl.load(xb_ptr + o_cl)[:, None], 0.0)
 
     b_dx = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     b_dx = _dw_bwd_branch(
-        g1_ptr + i_b * stride_g1b, o_cl[:, None] * stride_g1c + (o_h * stride_g1h + o_w * stride_g1w)[None, :],
+        g1_ptr + i_b * stride_g1b, o_c64[:, None] * stride_g1c + (o_h64 * stride_g1h + o_w64 * stride_g1w)[None, :],
         stride_g1h, stride_g1w, w1_ptr + o_cl * (K1 * K1), p1_ptr + i_part * ((K1 * K1 + 1) * C) + o_c,
         b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K1, NEED_DX, NEED_PARAM_GRAD,
     )
     if TWO:
         b_dx = _dw_bwd_branch(
-            g2_ptr + i_b * stride_g2b, o_cl[:, None] * stride_g2c + (o_h * stride_g2h + o_w * stride_g2w)[None, :],
+            g2_ptr + i_b * stride_g2b, o_c64[:, None] * stride_g2c + (o_h64 * stride_g2h + o_w64 * stride_g2w)[None, :],
             stride_g2h, stride_g2w, w2_ptr + o_cl * (K2 * K2), p2_ptr + i_part * ((K2 * K2 + 1) * C) + o_c,
             b_x, b_dx, o_h, o_w, m_n, m_c, C, H, W, K2, NEED_DX, NEED_PARAM_GRAD,
         )
     if NEED_DX:
-        tl.store(dx_ptr + i_b * C * N + o_c[:, None] * N + o_n[None, :], b_dx.to(dx_ptr.dtype.element_ty),
+        tl.store(dx_ptr + i_b * C * N + o_c.to(tl.int64)[:, None] * N + o_n[None, :], b_dx.to(dx_ptr.dtype.element_ty),
                  mask=m_c[:, None] & m_n[None, :])
 
 
@@ -211,8 +233,18 @@ def _dw_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+MAX_PIXELS = 2**31 - 2**16  # pixel indices within an image are int32 (a tile's last index must not wrap)
+
+
+def _check_pixels(x: torch.Tensor) -> None:
+    if x.shape[2] * x.shape[3] > MAX_PIXELS:
+        raise ValueError(f"depthwise conv supports at most {MAX_PIXELS} pixels per image (H * W), "
+                         f"got {x.shape[2]} x {x.shape[3]}")
+
+
 def _check_image_offsets(name: str, t: torch.Tensor) -> None:
-    """Offsets inside one image are int32 in the kernels (the batch offset is int64)."""
+    """For kernels whose offsets inside one image are int32 (the attention's; the batch offset is
+    int64): refuse an image spanning 2**31 elements or more. The kernels of this module use int64."""
     span = sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]))
     if span > _INT32_LIMIT or t.shape[1] * t.shape[2] * t.shape[3] > _INT32_LIMIT:
         raise ValueError(f"{name}: one image spans more than 2**31 elements ({tuple(t.shape)}); not supported")
@@ -220,7 +252,7 @@ def _check_image_offsets(name: str, t: torch.Tensor) -> None:
 
 def _check_branches(x: torch.Tensor, weights, biases=None) -> list[int]:
     check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
-    _check_image_offsets("x", x)
+    _check_pixels(x)
     if not isinstance(weights, (list, tuple)) or len(weights) not in (1, 2):
         raise ValueError(f"depthwise conv takes 1 or 2 branches (a list of weights), got {weights!r:.80}")
     if biases is not None and (not isinstance(biases, (list, tuple)) or len(biases) != len(weights)):
@@ -300,7 +332,7 @@ def depthwise_conv_fwd(
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
             sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
             HAS_XBIAS=input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
-            **LAUNCH_OPTIONS,
+            num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     return list(out)
 
@@ -330,7 +362,6 @@ def depthwise_conv_bwd(
         raise ValueError(f"grads needs one tensor per branch ({len(sizes)})")
     for i, g in enumerate(grads):
         check_tensor(f"grads[{i}]", g, ndim=4, device=x.device, shape=(B, C, H, W), dtypes=SUPPORTED_DTYPES)
-        _check_image_offsets(f"grads[{i}]", g)
     grads = [g if g.dtype == x.dtype else g.to(x.dtype) for g in grads]
     if input_bias is not None:
         check_tensor("input_bias", input_bias, device=x.device, shape=(C,))
@@ -362,7 +393,7 @@ def depthwise_conv_bwd(
             C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
             TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
             HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N,
-            num_warps=NUM_WARPS, **LAUNCH_OPTIONS,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     dws: list[torch.Tensor | None] = [None] * nb
     dbs: list[torch.Tensor | None] = [None] * nb
@@ -384,22 +415,28 @@ def depthwise_conv_bwd(
 # ----------------------------------------------------------------------------------------------
 
 
+# kernel sizes of the launches: one branch (the attention's 3x3 backward, any K in KERNEL_SIZES) and
+# two branches, the smaller first (the feed-forward's 3x3 + 5x5; 3+7 and 5+7 are accepted too)
+_BRANCH_SIZES = tuple((k, k, False) for k in KERNEL_SIZES) + ((3, 5, True), (3, 7, True), (5, 7, True))
+
+
 @register_compile_configs
 def _compile_configs():
     ints = ("C", "N", "H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_xw")
     for dtype in ("float32", "float16", "bfloat16"):
-        for two in (False, True):
+        for k1, k2, two in _BRANCH_SIZES:
             for relu in (False, True):
                 for xbias in (False, True):
                     yield CompileConfig(
                         _dw_fwd_kernel,
                         {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
                          "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
-                         **{k: "i32" for k in ints}, "stride_ob": "i32", "K1": "i32", "K2": "i32"},
-                        {"TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
-                        num_warps=NUM_WARPS, tag=dtype,
+                         **{k: "i32" for k in ints}, "stride_ob": "i32"},
+                        {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C,
+                         "BLOCK_N": BLOCK_N},
+                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
-            bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw") + ("K1", "K2")
+            bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
             for need_dx, need_param, xbias in ((True, False, False), (True, True, False), (True, True, True),
                                                (False, True, False), (False, True, True)):
                 yield CompileConfig(
@@ -407,7 +444,7 @@ def _compile_configs():
                     {"g1_ptr": ptr(dtype), "g2_ptr": ptr(dtype), "x_ptr": ptr(dtype), "w1_ptr": "*fp32",
                      "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
                      "p2_ptr": "*fp32", **{k: "i32" for k in bwd_ints}},
-                    {"TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param, "HAS_XBIAS": xbias,
-                     "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
-                    num_warps=NUM_WARPS, tag=dtype,
+                    {"K1": k1, "K2": k2, "TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param,
+                     "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                    num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                 )

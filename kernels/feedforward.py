@@ -23,6 +23,44 @@ v = relu(g5(x2)) (grouped 2h -> h: output j reads input channels 2j, 2j+1), out 
             6. dW_out = dout cat(u, v)^T,       cuBLAS (a per-program dW_out partial inside step 3
                dx = W_in^T dy, dW_in = dy x^T   needs a tl.dot reducing over the 128 pixels of a tile,
                                                 which spills as an fp32 FMA dot)
+Precision. The dots that stand for a convolution (project_out folded into ``_ffn_fwd_kernel``; its
+input gradient W_out^T dout in ``_ffn_bwd_uv_kernel``) follow PyTorch's setting for convolutions, as
+``nn.Conv2d`` does for the original: in fp32 their ``input_precision`` is ``conv_fp32_precision()``
+(``kernels/_utils.py``), read at every launch and passed as a constexpr: "tf32" (tensor cores) under
+PyTorch's default ``torch.backends.cudnn.conv.fp32_precision == "tf32"`` (legacy
+``cudnn.allow_tf32 = True``), "ieee" (exact fp32 FMA) when the user switches TF32 off. fp16/bf16 dots
+are unchanged: tensor cores with fp32 accumulation. The grouped convolutions are FMAs in fp32 (no
+dot) and the cuBLAS 1x1 products of the launchers follow ``torch.backends.cuda.matmul`` (exact fp32
+by default). Triton's interpreter runs every dot in exact fp32, so the tests see "ieee" numerics.
+
+Small grids. Below 90% of the SMs' worth of (token tile x channel tile) programs (the 1x384x32x32
+latent: 16 x 3 = 48 programs for ~20 MB), ``_ffn_fwd_kernel`` splits the hidden chunks over up to
+MAX_SPLIT programs, each writing an fp32 partial of project_out; ``_ffn_fwd_reduce_kernel`` sums
+them in split order (deterministic) and adds the bias and the residual. Latent: 3 splits, 144
+programs, + 2 * 3 fp32 planes of d channels (9 MB) of partial traffic, against 48 programs on 132 SMs.
+
+Sizes. Element offsets are int64 wherever a tensor can span 2**31 elements (ab, duv, dab, out, the
+residual and dout with any strides); pixel indices are int32 (H*W <= dwconv.MAX_PIXELS); the
+(token tile x hidden tile) programs of ``_ffn_bwd_uv_kernel`` are flattened into grid axis 0 (axis 1
+allows 65535). No refusal below what memory allows (8K, 1x48x4320x7680, launches within CUDA's limits).
+
+Launch picture on sm_90 (compiled as launched, num_stages 3; batch 1, 256x256 input, fp32 unless
+said; before = the kernels before issue 9; t_HBM = compulsory bytes / 3.35 TB/s; FMA = CUDA-core
+FFMA at ~33.5 T/s; TF32 tensor-core dots counted at ~120 T FMA/s, half the dense peak):
+  kernel              shape         programs    regs     res.warps  bytes   t_HBM   FMA bound        predicted
+                                    bef/aft     bef/aft  bef/aft                   bef / aft         bef / aft
+  _ffn_fwd            48@256^2      1024        108/109  16/16     158 MB  47 us   41 / 17+6 us     47 / 47 us
+  _ffn_fwd            96@256^2      1024        128/127  16/16     318 MB  95 us   130 / 34+26 us   130 / 95 us
+  _ffn_fwd (+reduce)  384@32^2      48/144+384  128/127  16/16     20/29MB  6/9 us  48 of 132 SMs    >16 / 9 us
+  _ffn_bwd_uv (x2)    48@256^2      4096        86/79    16/24     146 MB  44 us   12 / 3 us        44 / 44 us
+  _ffn_bwd_uv (x2)    96@256^2      8192        86/77    16/24     293 MB  87 us   48 / 13 us       87 / 87 us
+  _ffn_bwd_x  (x2)    48@256^2      4096        124,96/128,109 16  166 MB  50 us   9 us             50 / 50 us
+  bf16 _ffn_fwd       48@256^2      1024        110/112  16/16     79 MB   24 us   17 us (MMA dot)  24 / 24 us
+  _ffn_fwd_reduce_kernel: 20-40 registers at 4 warps (64 resident warps). "FMA bound" adds the CUDA-core
+  grouped conv and the project_out dot (FFMA before; TF32 tensor cores after, a separate pipe).
+Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
+_grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
+
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
 
@@ -75,6 +113,8 @@ left for a GPU session that can measure it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -82,26 +122,43 @@ import triton.language as tl
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES  # noqa: F401 (re-exported)
 from .._validation import check_feed_forward_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, next_pow2
-from .dwconv import _check_image_offsets, depthwise_conv_bwd, depthwise_conv_fwd
+from ._utils import (
+    LAUNCH_OPTIONS,
+    SUPPORTED_DTYPES,
+    check_tensor,
+    conv_fp32_precision,
+    device_guard,
+    multiprocessor_count,
+    next_pow2,
+)
+from .dwconv import _check_pixels, depthwise_conv_bwd, depthwise_conv_fwd
 
 # stage 2 forward: token tile x output-channel tile, hidden channels in chunks of BLOCK_J
 FWD_BLOCK_N = 64
 FWD_BLOCK_J = 16
+# small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
+MAX_SPLIT = 4
+REDUCE_BLOCK_N = 512
+# ab images from this many elements on take the 64-bit channel pointers of _grouped_conv_chunk
+AB64_ELEMENTS = 2**31
 # backward
 BWD_BLOCK_N = 128
 BWD_BLOCK_J = 16
 BWD_BLOCK_D = 16
 BWD_NUM_WARPS = 8
+# Passed at every launch and registered with the compile configs (the check compiles what runs): 3
+# stages let the W_out / dout tiles feeding the dots load ahead (cp.async) in the hidden / D loops.
+NUM_STAGES = 3
 
 
 @triton.jit
 def _grouped_conv_chunk(
     ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n,
     gw_ptr,  # weight [h, 2, K, K] fp32
-    HID, x_off,
+    HID: tl.constexpr, x_off,
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
+    AB64: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -113,11 +170,18 @@ def _grouped_conv_chunk(
     o_ie = 2 * o_jl
     o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
     o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
-    # int32 offsets within the image (a 64-bit pointer tile would cost twice the registers)
+    # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127). AB64 (the launcher's choice, from
+    # ab's size): 64-bit channel base pointers + int32 offsets within a plane (ab is the launchers'
+    # contiguous buffer: a plane spans H*W < 2**31 elements); it costs ~60 registers (16 -> 8 resident
+    # warps on sm_90), so images whose ab fits int32 offsets keep them.
     p_ab = ab_ptr + i_b * stride_abb
-    o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
-    o_e = o_ce[:, None] * stride_abc + o_pix
-    o_o = o_co[:, None] * stride_abc + o_pix
+    o_pix = o_h * stride_abh + o_w * stride_abw
+    if AB64:
+        p_e = (p_ab + o_ce.to(tl.int64) * stride_abc)[:, None]
+        p_o = (p_ab + o_co.to(tl.int64) * stride_abc)[:, None]
+    else:
+        o_e = o_ce[:, None] * stride_abc + o_pix[None, :]
+        o_o = o_co[:, None] * stride_abc + o_pix[None, :]
     p_we = gw_ptr + o_jl * (2 * KK)
     b_acc = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for kh in range(0, K):
@@ -126,9 +190,14 @@ def _grouped_conv_chunk(
         for kw in range(0, K):
             dw = kw - R
             m = (m_h & (o_w + dw >= 0) & (o_right - dw >= 0))[None, :]
-            o_t = dh * stride_abh + dw * stride_abw
-            b_xe = tl.load(p_ab + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
-            b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
+            if AB64:
+                o_t = (o_pix + (dh * stride_abh + dw * stride_abw))[None, :]
+                b_xe = tl.load(p_e + o_t, mask=m, other=0.0).to(tl.float32)
+                b_xo = tl.load(p_o + o_t, mask=m, other=0.0).to(tl.float32)
+            else:
+                o_t = dh * stride_abh + dw * stride_abw
+                b_xe = tl.load(p_ab + (o_e + o_t), mask=m, other=0.0).to(tl.float32)
+                b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
             b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
     return b_acc
 
@@ -143,17 +212,23 @@ def _ffn_fwd_kernel(
     wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
     bo_ptr,  # project_out bias: [D] fp32
     res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
-    out_ptr,  # out: [B, D, H, W] contiguous
-    HID, D, N, H, W,
+    out_ptr,  # SPLIT == 1: out [B, D, H, W] contiguous; else fp32 partial sums [SPLIT, B, D, H*W]
+    HID: tl.constexpr, D: tl.constexpr, N, H, W,
     stride_abb, stride_abc, stride_abh, stride_abw,
     stride_rb, stride_rc, stride_rh, stride_rw,
     HAS_RES: tl.constexpr,
+    PREC: tl.constexpr,  # input_precision of the project_out dot (module docstring: precision)
+    SPLIT: tl.constexpr,  # programs per (token tile, channel tile), each over 1/SPLIT of the hidden chunks
+    AB64: tl.constexpr,  # ab spans >= 2**31 elements per image: 64-bit channel pointers
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    N_CHUNK: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
+    J_PER: tl.constexpr = (N_CHUNK + SPLIT - 1) // SPLIT  # hidden chunks of one split
     i_n = tl.program_id(0)
-    i_d = tl.program_id(1)
+    i_s = tl.program_id(1) % SPLIT
+    i_d = tl.program_id(1) // SPLIT
     i_b = tl.program_id(2).to(tl.int64)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -165,32 +240,71 @@ def _ffn_fwd_kernel(
     o_right = W - 1 - o_w
     b_out = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     # u = relu(g3(x1)) feeds W_out[:, :h], v = relu(g5(x2)) feeds W_out[:, h:]
-    for j0 in range(0, HID, BLOCK_J):
-        o_j = j0 + tl.arange(0, BLOCK_J)
+    # chunks past HID (the last split's tail) are masked out of the dot: W_out loads as zeros
+    for jc in range(J_PER):
+        o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
         b_u = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g3w_ptr, HID, 0,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, BLOCK_J, BLOCK_N)
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_N)
         b_u = tl.maximum(b_u + tl.load(g3b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision="ieee")
-    for j0 in range(0, HID, BLOCK_J):
-        o_j = j0 + tl.arange(0, BLOCK_J)
+        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision=PREC)
+    for jc in range(J_PER):
+        o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
         b_v = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g5w_ptr, HID, HID,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, BLOCK_J, BLOCK_N)
+                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_N)
         b_v = tl.maximum(b_v + tl.load(g5b_ptr + o_jl)[:, None], 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision="ieee")
+        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision=PREC)
 
     m = m_d[:, None] & m_n[None, :]
-    b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+    if SPLIT == 1:
+        b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+        if HAS_RES:
+            b_out += tl.load(res_ptr + i_b * stride_rb + o_d.to(tl.int64)[:, None] * stride_rc
+                             + (o_h.to(tl.int64) * stride_rh + o_w.to(tl.int64) * stride_rw)[None, :],
+                             mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + i_b * D * N + o_d.to(tl.int64)[:, None] * N + o_n[None, :],
+                 b_out.to(out_ptr.dtype.element_ty), mask=m)
+    else:
+        # this split's partial sum; _ffn_fwd_reduce_kernel adds the splits in a fixed order
+        o_slot = (i_s * tl.num_programs(2) + i_b) * D * N
+        tl.store(out_ptr + o_slot + o_d.to(tl.int64)[:, None] * N + o_n[None, :], b_out, mask=m)
+
+
+@triton.jit
+def _ffn_fwd_reduce_kernel(
+    part_ptr,  # partial sums of project_out over hidden splits: [SPLIT, B, D, H*W] fp32
+    bo_ptr,  # project_out bias: [D] fp32
+    res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
+    out_ptr,  # out: [B, D, H, W] contiguous
+    N, W,
+    stride_rb, stride_rc, stride_rh, stride_rw,
+    D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """out = sum of the splits (in split order: deterministic) + bias (+ residual). Bytes: reads
+    SPLIT fp32 planes and the residual, writes one plane, per channel."""
+    i_n = tl.program_id(0)
+    i_d = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_plane = (i_b * D + i_d) * N
+    b_out = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        b_out += tl.load(part_ptr + (s * tl.num_programs(2) * D * N + o_plane) + o_n, mask=m_n, other=0.0)
+    b_out += tl.load(bo_ptr + i_d)
     if HAS_RES:
-        b_out += tl.load(res_ptr + i_b * stride_rb + o_d[:, None] * stride_rc
-                         + (o_h * stride_rh + o_w * stride_rw)[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + i_b * D * N + o_d[:, None] * N + o_n[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m)
+        o_res = i_b * stride_rb + i_d * stride_rc + (o_n // W).to(tl.int64) * stride_rh + (o_n % W).to(tl.int64) * stride_rw
+        b_out += tl.load(res_ptr + o_res, mask=m_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + o_plane + o_n, b_out.to(out_ptr.dtype.element_ty), mask=m_n)
 
 
 @triton.jit
@@ -203,18 +317,23 @@ def _ffn_bwd_uv_kernel(
     duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous, x's dtype
     uv_ptr,  # out: the activations cat(u, v): [B, 2h, H, W] contiguous, x's dtype (for dW_out)
     pb_ptr,  # partials of this conv's bias grad: [B * n_tiles, 2h] fp32 (columns of this side)
-    HID, D, N, H, W,
+    HID: tl.constexpr, D: tl.constexpr, N, H, W,
     x_off,  # 0 for u (reads x1), HID for v (reads x2); also the column offset in W_out / duv
     stride_db, stride_dc, stride_dh, stride_dw,
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
+    PREC: tl.constexpr,  # input_precision of the W_out^T dout dot (module docstring: precision)
+    AB64: tl.constexpr,  # ab spans >= 2**31 elements per image: 64-bit channel pointers
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    i_j = tl.program_id(0)  # fastest: the programs of one token tile share dout in L2
-    i_n = tl.program_id(1)
-    i_b = tl.program_id(2).to(tl.int64)
+    # token tiles x hidden tiles flattened into grid axis 0 (axis 1 is limited to 65535 programs);
+    # the hidden tile varies fastest: the programs of one token tile share dout in L2
+    N_J: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
+    i_j = tl.program_id(0) % N_J
+    i_n = tl.program_id(0) // N_J
+    i_b = tl.program_id(1).to(tl.int64)
     o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_j = o_j < HID
@@ -225,26 +344,27 @@ def _ffn_bwd_uv_kernel(
     o_down = H - 1 - o_h
     o_right = W - 1 - o_w
     b_pre = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, gw_ptr, HID, x_off,
-                                stride_abb, stride_abc, stride_abh, stride_abw, K, BLOCK_J, BLOCK_N)
+                                stride_abb, stride_abc, stride_abh, stride_abw, K, AB64, BLOCK_J, BLOCK_N)
     b_pre += tl.load(gb_ptr + o_jl)[:, None]
     m_out = m_j[:, None] & m_n[None, :]
-    o_out = i_b * (2 * HID) * N + (x_off + o_j)[:, None] * N + o_n[None, :]
+    o_out = i_b * (2 * HID) * N + (x_off + o_j).to(tl.int64)[:, None] * N + o_n[None, :]
     tl.store(uv_ptr + o_out, tl.maximum(b_pre, 0.0).to(uv_ptr.dtype.element_ty), mask=m_out)
 
     # W_out^T dout in chunks of BLOCK_D output channels (a short reduction keeps fp32 FMA dots in registers)
     o_col = x_off + o_j
     p_dout = dout_ptr + i_b * stride_db
-    o_dpix = (o_h * stride_dh + o_w * stride_dw)[None, :]
+    o_dpix = (o_h.to(tl.int64) * stride_dh + o_w.to(tl.int64) * stride_dw)[None, :]
     b_g = tl.zeros([BLOCK_J, BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
-        b_dout = tl.load(p_dout + (o_d[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :], other=0.0)
+        b_dout = tl.load(p_dout + (o_d.to(tl.int64)[:, None] * stride_dc + o_dpix), mask=m_d[:, None] & m_n[None, :],
+                         other=0.0)
         b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
-        b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision="ieee")
+        b_g = tl.dot(b_wt, b_dout.to(wo_ptr.dtype.element_ty), b_g, input_precision=PREC)
     b_g = tl.where(b_pre > 0.0, b_g, 0.0)
     tl.store(duv_ptr + o_out, b_g.to(duv_ptr.dtype.element_ty), mask=m_out)
-    tl.store(pb_ptr + (i_b * tl.num_programs(1) + i_n) * (2 * HID) + o_col, tl.sum(b_g, axis=1), mask=m_j)
+    tl.store(pb_ptr + (i_b * tl.cdiv(N, BLOCK_N) + i_n) * (2 * HID) + o_col, tl.sum(b_g, axis=1), mask=m_j)
 
 
 @triton.jit
@@ -254,7 +374,7 @@ def _ffn_bwd_x_kernel(
     gw_ptr,  # this side's grouped-conv weight: [h, 2, K, K] fp32
     dab_ptr,  # out: gradient of the pre-ReLU (a, b): [B, 4h, H, W] contiguous, x's dtype
     pw_ptr,  # partials of this conv's weight grad: [B * n_tiles, 2*K*K, h] fp32 (row c*K*K + t)
-    HID, N, H, W,
+    HID: tl.constexpr, N, H, W,
     x_off,  # 0: u side (x1), HID: v side (x2)
     stride_abb, stride_abc, stride_abh, stride_abw,
     K: tl.constexpr,
@@ -279,13 +399,14 @@ def _ffn_bwd_x_kernel(
     o_ie = 2 * o_jl
     o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
     o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    # int64 element offsets (ab, dab span 4h planes: >= 2**31 elements from ~4 MP at h = 127)
     p_ab = ab_ptr + i_b * stride_abb
-    o_pix = (o_h * stride_abh + o_w * stride_abw)[None, :]
+    o_pix = (o_h.to(tl.int64) * stride_abh + o_w.to(tl.int64) * stride_abw)[None, :]
     m_0 = m_n[None, :]
-    b_xe = tl.load(p_ab + (o_ce[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
-    b_xo = tl.load(p_ab + (o_co[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    b_xe = tl.load(p_ab + (o_ce.to(tl.int64)[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
+    b_xo = tl.load(p_ab + (o_co.to(tl.int64)[:, None] * stride_abc + o_pix), mask=m_0, other=0.0).to(tl.float32)
     p_g = duv_ptr + i_b * (2 * HID) * N
-    o_g = (x_off + o_jl)[:, None] * N + o_n[None, :]
+    o_g = (x_off + o_jl).to(tl.int64)[:, None] * N + o_n[None, :]
     p_we = gw_ptr + o_jl * (2 * KK)
     i_part = i_b * tl.num_programs(0) + i_n
     p_pw = pw_ptr + i_part * (2 * KK) * HID + o_j
@@ -299,7 +420,7 @@ def _ffn_bwd_x_kernel(
             dw = kw - R
             t = kh * K + kw
             m = (m_h & (o_w - dw >= 0) & (o_right + dw >= 0))[None, :]
-            b_g = tl.load(p_g + (o_g - (dh * W + dw)), mask=m, other=0.0).to(tl.float32)
+            b_g = tl.load(p_g + (o_g - (dh * tl.cast(W, tl.int64) + dw)), mask=m, other=0.0).to(tl.float32)
             b_dxe += tl.load(p_we + t)[:, None] * b_g
             b_dxo += tl.load(p_we + (KK + t))[:, None] * b_g
             tl.store(p_pw + t * HID, tl.sum(b_g * b_xe, axis=1), mask=m_j)
@@ -307,8 +428,10 @@ def _ffn_bwd_x_kernel(
     # the stage-1 ReLU: a = relu(pre) > 0 exactly where pre > 0
     m = m_j[:, None] & m_n[None, :]
     p_dab = dab_ptr + i_b * (4 * HID) * N
-    tl.store(p_dab + (o_ce[:, None] * N + o_n[None, :]), tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
-    tl.store(p_dab + (o_co[:, None] * N + o_n[None, :]), tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    tl.store(p_dab + (o_ce.to(tl.int64)[:, None] * N + o_n[None, :]),
+             tl.where(b_xe > 0.0, b_dxe, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
+    tl.store(p_dab + (o_co.to(tl.int64)[:, None] * N + o_n[None, :]),
+             tl.where(b_xo > 0.0, b_dxo, 0.0).to(dab_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,9 +459,7 @@ def traffic_bytes(batch: int, dim: int, height: int, width: int, hidden: int, el
 def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: torch.Tensor | None) -> int:
     """Validate x, the 12 parameters (biases may be None) and the residual; returns hidden."""
     hidden = check_feed_forward_inputs(x, params, residual)
-    _check_image_offsets("x", x)
-    if 4 * hidden * x.shape[2] * x.shape[3] > 2**31 - 1:
-        raise ValueError(f"4 * hidden * H * W = {4 * hidden * x.shape[2] * x.shape[3]} exceeds 2**31; not supported")
+    _check_pixels(x)  # element offsets are int64; pixel indices int32
     return hidden
 
 
@@ -352,6 +473,27 @@ def _fwd_config(dim: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps) of the stage-2 forward: all output channels in one tile up to 128."""
     block_d = min(128, max(16, next_pow2(dim)))
     return block_d, 4 if block_d * FWD_BLOCK_N < 4096 else 8
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the dots that stand for project_out (forward) and its input gradient
+    (backward): PyTorch's cuDNN TF32 setting for fp32, read at launch time; fp16/bf16 dots always run on
+    tensor cores with fp32 accumulation ("ieee" is the only value Triton takes for them)."""
+    return conv_fp32_precision() if dtype == torch.float32 else "ieee"
+
+
+def _ab64(hidden: int, n: int) -> bool:
+    """Whether one image of ab ([4h, H, W], contiguous) needs 64-bit channel offsets."""
+    return 4 * hidden * n >= AB64_ELEMENTS
+
+
+def _fwd_split(programs: int, hidden: int, sms: int) -> int:
+    """Hidden splits of the stage-2 forward: 1 while the (token tile x channel tile) grid fills 90% of
+    the GPU's SMs; else enough splits to fill them (at most MAX_SPLIT, at most one per hidden chunk).
+    The latent of the default model (1x384x32x32) has 48 tiles: 3 splits, 144 programs."""
+    if programs >= 0.9 * sms:
+        return 1
+    return max(1, min(MAX_SPLIT, triton.cdiv(hidden, FWD_BLOCK_J), triton.cdiv(math.ceil(0.9 * sms), programs)))
 
 
 def _project_in(x: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
@@ -383,15 +525,25 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         block_d, num_warps = _fwd_config(D)
         wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
         res = residual if residual is not None else out
-        grid = (triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(D, block_d), B)
-        _ffn_fwd_kernel[grid](
+        n_tiles, n_d = triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(D, block_d)
+        split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
+        bo = _f32(params["out_bias"], D, x)
+        dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
+        _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
             ab, _f32(params["g3_weight"], hidden, x), _f32(params["g3_bias"], hidden, x),
             _f32(params["g5_weight"], hidden, x), _f32(params["g5_bias"], hidden, x),
-            wo, _f32(params["out_bias"], D, x), res, out,
+            wo, bo, res, dest,
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
-            HAS_RES=residual is not None, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
-            num_warps=num_warps, **LAUNCH_OPTIONS,
+            HAS_RES=residual is not None and split == 1, PREC=dot_precision(x.dtype), SPLIT=split,
+            AB64=_ab64(hidden, N), BLOCK_D=block_d,
+            BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
+            num_warps=num_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
+        if split > 1:
+            _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
+                dest, bo, res, out, N, W, *res.stride(), D=D, SPLIT=split, HAS_RES=residual is not None,
+                BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            )
     return out
 
 
@@ -422,17 +574,19 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
         n_j = triton.cdiv(hidden, BWD_BLOCK_J)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
+        prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
-            _ffn_bwd_uv_kernel[(n_j, n_tiles, B)](
+            _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
                 dout, ab, _f32(params[f"{name}_weight"], hidden, x), _f32(params[f"{name}_bias"], hidden, x),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
-                K=k, BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
+                K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
+                num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
             _ffn_bwd_x_kernel[(n_tiles, n_j, B)](
                 duv, ab, _f32(params[f"{name}_weight"], hidden, x), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
-                K=k, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, **LAUNCH_OPTIONS,
+                K=k, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
             # fixed-order sums over programs: deterministic
             # partials are [2, K*K, h] (coalesced writes); the gradient is contiguous like the weight
@@ -468,36 +622,60 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
 # ----------------------------------------------------------------------------------------------
 
 
+# (dim, hidden) of the default model's levels (hidden = int(dim * 2.66)): the channel counts are
+# constexpr (loop bounds and the x1/x2 channel mapping), so each level is its own specialisation
+MODEL_LEVELS = ((48, 127), (96, 255), (192, 510), (384, 1021))
+
+
 @register_compile_configs
 def _compile_configs():
     ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
     for dtype in ("float32", "float16", "bfloat16"):
-        for dim in (16, 32, 64, 128):  # every BLOCK_D the launchers pick (dim 1..inf)
+        for dim, hidden in MODEL_LEVELS:
             block_d, num_warps = _fwd_config(dim)
-            for has_res in (False, True):
+            precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
+            # the residual is added by the kernel only without a split (else by the reduce kernel)
+            # (residual, precision, split, ab64): large images (ab64) never split
+            variants = [(r, p, 1, a) for r in (False, True) for p in precs for a in (False, True)]
+            variants += [(False, p, s, False) for p in precs for s in range(2, MAX_SPLIT + 1)]
+            for has_res, prec, split, ab64 in variants:
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3w_ptr": "*fp32", "g3b_ptr": "*fp32", "g5w_ptr": "*fp32",
                      "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
-                     "out_ptr": ptr(dtype), **{k: "i32" for k in ("HID", "D", "N", "H", "W")}, **ab_strides,
+                     "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W")}, **ab_strides,
+                     **({"stride_abb": "i64"} if ab64 else {}),
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
-                    {"HAS_RES": has_res, "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
-                    num_warps=num_warps, tag=dtype,
+                    {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
+                     "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
+                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype,
                 )
-        for k in (3, 5):
-            yield CompileConfig(
-                _ffn_bwd_uv_kernel,
-                {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
-                 "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
-                 **{k_: "i32" for k_ in ("HID", "D", "N", "H", "W", "x_off")},
-                 **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides},
-                {"K": k, "BLOCK_D": BWD_BLOCK_D, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
-                num_warps=BWD_NUM_WARPS, tag=dtype,
-            )
-            yield CompileConfig(
-                _ffn_bwd_x_kernel,
-                {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
-                 "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("HID", "N", "H", "W", "x_off")}, **ab_strides},
-                {"K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
-                num_warps=BWD_NUM_WARPS, tag=dtype,
-            )
+            for split in range(2, MAX_SPLIT + 1):
+                for has_res in (False, True):
+                    yield CompileConfig(
+                        _ffn_fwd_reduce_kernel,
+                        {"part_ptr": "*fp32", "bo_ptr": "*fp32", "res_ptr": ptr(dtype), "out_ptr": ptr(dtype),
+                         **{k: "i32" for k in ("N", "W", "stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
+                        {"D": dim, "SPLIT": split, "HAS_RES": has_res, "BLOCK_N": REDUCE_BLOCK_N},
+                        num_warps=4, num_stages=NUM_STAGES, tag=dtype,
+                    )
+            for k in (3, 5):
+                for prec, ab64 in ((p, a) for p in precs for a in (False, True)):
+                    yield CompileConfig(
+                        _ffn_bwd_uv_kernel,
+                        {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "gb_ptr": "*fp32",
+                         "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
+                         **{k_: "i32" for k_ in ("N", "H", "W", "x_off")},
+                         **{k_: "i32" for k_ in ("stride_db", "stride_dc", "stride_dh", "stride_dw")}, **ab_strides,
+                         **({"stride_abb": "i64"} if ab64 else {})},
+                        {"HID": hidden, "D": dim, "K": k, "PREC": prec, "AB64": ab64, "BLOCK_D": BWD_BLOCK_D,
+                         "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                        num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    )
+                yield CompileConfig(
+                    _ffn_bwd_x_kernel,
+                    {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
+                     "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("N", "H", "W", "x_off")}, **ab_strides},
+                    {"HID": hidden, "K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                    num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                )

@@ -1,6 +1,8 @@
 # Sourced by the other scripts: create (or reuse) the virtual environment and install the package.
 # CPU machines take torch 2.13.0 (`pip install torch==2.13.0` finds the wheel on disk where there is
 # one); a machine that already has torch in the environment keeps it. Triton comes from PyPI.
+# DRSFORMER_FAST_VENV: another environment than .venv; DRSFORMER_FAST_PIP_PINS: requirements installed
+# with the package (e.g. "triton==3.6.0": scripts/test_triton36.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,4 +14,5 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q -e ".[dev]"
+# shellcheck disable=SC2086 (the pins are a space-separated list)
+"$PY" -m pip install -q -e ".[dev]" ${DRSFORMER_FAST_PIP_PINS:-}

@@ -250,6 +250,16 @@ def test_no_gpu_bench_end_to_end(tmp_path, capsys):
         else:
             assert f is None and "feed-forward" in row["fast_unavailable"]
 
+    # one MEFC row per infer256 MEFC shape: the fused compensator saves and moves less
+    mefc = [s for s in benchmarking.mefc_shapes() if s.scenario == "infer256"]
+    assert [r["shape"] for r in result["mefc"]] == [s.id for s in mefc]
+    for row in result["mefc"]:
+        o, f = row["original"], row["fast"]
+        for key in ("saved_bytes", "bytes_forward", "bytes_forward_backward", "launches_forward"):
+            assert 0 < f[key] < o[key], (row["shape"], key)
+        assert f["fused_kernels"]["forward"] and f["fused_kernels"]["backward"]
+    assert "| infer256-enc0-1x48x256x256 |" in captured.out
+
     models = {r["scenario"]: r for r in result["whole_model"]}
     assert set(models) == {"infer256", "train2x128"}
     assert models["infer256"]["original"]["saved_bytes"] is None  # inference: forward only
@@ -395,7 +405,7 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())["benchmarks"]
     blocks = [r["extra_info"] for r in runs if "block" in r["extra_info"]]
-    assert {b["block"] for b in blocks} == {"layernorm", "attention", "feedforward"}
+    assert {b["block"] for b in blocks} == {"layernorm", "attention", "feedforward", "mefc"}
     assert {(b["variant"], b["pass"]) for b in blocks} == {
         (v, p) for v in ("original", "fused") for p in ("forward", "forward-backward")}
     for info in blocks:

@@ -364,3 +364,104 @@ def test_cpu_without_interpreter_runs_torch():
     path, diff = out.stdout.split()
     assert path == "torch"
     assert float(diff) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision policy: the dots that stand for project_out follow PyTorch's cuDNN TF32 setting
+# ------------------------------------------------------------------------------------------------
+
+
+def _set_conv_tf32(enabled: bool) -> None:
+    cudnn = torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        cudnn.allow_tf32 = enabled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_project_out_dots_follow_the_cudnn_tf32_setting(dtype, device, monkeypatch):
+    """The interpreter runs every dot in exact fp32, so what is checked is what the launches receive:
+    PREC="tf32" under PyTorch's default (cuDNN convolutions may use TF32), "ieee" once it is switched
+    off, read at each call; fp16 dots always get "ieee" (tensor cores, fp32 accumulation)."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    seen = []
+    for kernel in (FF._ffn_fwd_kernel, FF._ffn_bwd_uv_kernel):
+        def run(*args, _kernel=kernel, _run=kernel.run, **kwargs):
+            seen.append((_kernel.__name__ if hasattr(_kernel, "__name__") else _kernel.fn.__name__, kwargs["PREC"]))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    params = {n: (p.to(device) if p is not None else None) for n, p in _random_params(2, True, seed=100).items()}
+    x = randn(1, 2, 2, 3, seed=101, device=device, dtype=dtype)
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
+    saved = conv.fp32_precision if hasattr(conv, "fp32_precision") else torch.backends.cudnn.allow_tf32
+    try:
+        for enabled in (True, False):
+            _set_conv_tf32(enabled)
+            seen.clear()
+            FF.ffn_bwd(x, x, params)  # two uv launches
+            FF.ffn_fwd(x, params)
+            expected = "tf32" if enabled and dtype == torch.float32 else "ieee"
+            assert len(seen) == 3 and all(p == expected for _, p in seen), (enabled, seen)
+    finally:
+        if hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# Any image size: grids within CUDA's limits, no refusal (fake tensors: no memory, no compute)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hw", [(2304, 4096), (4320, 7680)], ids=["4K", "8K"])
+def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
+    """Forward and backward of the feed-forward (with its depthwise convs) and of LayerNorm at dim 48
+    (hidden 127): every launch's grid within x < 2**31, y and z <= 65535; tensors spanning >= 2**31
+    elements are accepted (int64 offsets)."""
+    from drsformer_fast.kernels import dwconv as DW
+    from drsformer_fast.kernels import feedforward as FF
+    from drsformer_fast.kernels import layernorm as LN
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    grids = []
+    for name in ("FF._ffn_fwd_kernel", "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel", "FF._ffn_bwd_x_kernel",
+                 "DW._dw_fwd_kernel", "DW._dw_bwd_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
+        module, attr = name.split(".")
+        kernel = getattr({"FF": FF, "DW": DW, "LN": LN}[module], attr)
+
+        def run(*args, grid, warmup, _name=attr, **kwargs):
+            grids.append((_name, tuple(grid) + (1,) * (3 - len(grid))))  # counted, not run
+
+        monkeypatch.setattr(kernel, "run", run)
+    H, W = hw
+    with FakeTensorMode():
+        params = {n: (torch.empty(p.shape) if p is not None else None)
+                  for n, p in _random_params(48, False, seed=0).items()}
+        x = torch.empty(1, 48, H, W)
+        FF.ffn_fwd(x, params, x)
+        FF.ffn_bwd(torch.empty_like(x), x, params)
+        w = torch.empty(48)
+        LN.layer_norm_fwd(x, w, w)
+        LN.layer_norm_bwd(x, x, w, torch.empty(1, H * W), torch.empty(1, H * W), True)
+    names = {n for n, _ in grids}
+    assert {"_ffn_fwd_kernel", "_ffn_bwd_uv_kernel", "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_bwd_kernel",
+            "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
+    bad = [(n, g) for n, g in grids if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535)]
+    assert not bad, bad
+
+
+def test_64bit_ab_path(device, monkeypatch):
+    """The grouped convolutions' 64-bit channel pointers (taken when one image of ab spans >= 2**31
+    elements, from ~4 MP) forced on a small case: same results as the int32 path's reference."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    monkeypatch.setattr(FF, "AB64_ELEMENTS", 0)
+    B, dim, H, W = 1, 8, 7, 9
+    params = _random_params(dim, True, seed=110)
+    x = randn(B, dim, H, W, seed=111, device=device)
+    g = randn(B, dim, H, W, seed=112, device=device)
+    _check_against_reference(x, params, randn(B, dim, H, W, seed=113, device=device), g, torch.float32, device)

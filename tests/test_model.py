@@ -10,7 +10,7 @@ from original_arch import perturb_
 import drsformer_fast
 from drsformer_fast import reference as R
 from drsformer_fast.model import DRSformer
-from drsformer_fast.modules import FastTransformerBlock
+from drsformer_fast.modules import FastTransformerBlock, FeatureCompensator
 
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 2, 4], ffn_expansion_factor=2.66)
 
@@ -53,6 +53,8 @@ def test_golden_whole_model(name, device):
     model = drsformer_fast.load_checkpoint(d["checkpoint"])
     assert isinstance(model, DRSformer)
     assert model.mefc == (d["variant"] == "with_mefc")
+    if model.mefc:  # MEFC through the fused steps
+        assert isinstance(model.encoder_level0, FeatureCompensator) and isinstance(model.refinement, FeatureCompensator)
     model = model.to(device)
     out, grads = _grads(model, d["input"].to(device), d["grad_weight"].to(device))
     e = d["fp32_reference_rel_err"]

@@ -7,7 +7,13 @@ from helpers import randn
 from original_arch import LayerNorm, OriginalStyleDRSformer, TransformerBlock, perturb_
 
 import drsformer_fast
-from drsformer_fast.modules import ChannelLayerNorm, FastTransformerBlock, MixedScaleFeedForward, TopKSparseAttention
+from drsformer_fast.modules import (
+    ChannelLayerNorm,
+    FastTransformerBlock,
+    FeatureCompensator,
+    MixedScaleFeedForward,
+    TopKSparseAttention,
+)
 
 CFG = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 2, 4], ffn_expansion_factor=2.66, bias=True,
            LayerNorm_type="WithBias")
@@ -78,8 +84,8 @@ def test_patch_of_single_modules_and_of_the_reference_model(device):
     assert isinstance(model.encoder_level1[0], FastTransformerBlock)
     assert isinstance(model.encoder_level1[0].attn, TopKSparseAttention)
     assert isinstance(model.encoder_level1[0].ffn, MixedScaleFeedForward)
-    # MEFC stays as it is
-    assert type(model.encoder_level0).__name__ == "subnet"
+    # the MEFC compensators are swapped too (tests/test_mefc.py checks them numerically)
+    assert isinstance(model.encoder_level0, FeatureCompensator) and isinstance(model.refinement, FeatureCompensator)
 
 
 def test_look_alikes_are_left_alone_and_reported(device):

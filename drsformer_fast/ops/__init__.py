@@ -8,5 +8,7 @@ Each fused op is registered under the ``drsformer_fast::`` namespace, so ``torch
 from .attention import topk_sparse_attention
 from .feedforward import mixed_scale_feed_forward
 from .layernorm import layer_norm
+from .mefc import feature_compensation, mefc_step, mixing_matrices, routing_weights
 
-__all__ = ["layer_norm", "mixed_scale_feed_forward", "topk_sparse_attention"]
+__all__ = ["feature_compensation", "layer_norm", "mefc_step", "mixed_scale_feed_forward", "mixing_matrices",
+           "routing_weights", "topk_sparse_attention"]

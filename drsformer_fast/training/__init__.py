@@ -1,0 +1,60 @@
+"""``drsformer-fast train``: the original DRSformer training recipe (BasicSR options files) on the fast model.
+
+``options`` reads and checks the options, ``data`` pairs the image folders and makes the crops,
+``schedulers`` has the original's learning-rate schedules, ``trainer`` runs the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    """The ``train`` subcommand on an ``argparse`` subparsers object."""
+    p = sub.add_parser(
+        "train", help="train DRSformer from an options file of the original (e.g. Options/Deraining.yml)",
+        description="Train with the original's options file (BasicSR schema): the fast model by default. "
+                    "Outputs go to experiments/<name>/ under the working directory: models/net_g_<iter>.pth, "
+                    "training_states/<iter>.state, the log and the options used. Several GPUs: "
+                    "torchrun --nproc_per_node=N -m drsformer_fast.cli train OPTIONS.yml")
+    p.add_argument("options", metavar="OPTIONS.yml", help="options file (the original's YAML schema)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override an option (VALUE read as YAML), e.g. --set num_gpu=0 --set train.total_iter=1000; "
+                        "repeatable")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default), or bf16/fp16 under autocast (fp16 with a GradScaler, CUDA only)")
+    p.add_argument("--compile", action="store_true", help="train the torch.compile d model")
+    p.add_argument("--original", action="store_true",
+                   help="train the reference (original arithmetic) instead of the fast model")
+
+
+def run(args) -> int:
+    """Run ``train`` for parsed ``args``; user errors end with exit code 2 and one line on stderr."""
+    from ..checkpoint import CheckpointError
+    from ..imageio import ImageError
+    from .options import OptionsError
+    from .trainer import TrainArgs, prepare, train
+
+    targs = TrainArgs(options=args.options, overrides=tuple(args.overrides), precision=args.precision,
+                      compile=args.compile, original=args.original)
+    debug = os.environ.get("DRSFORMER_FAST_DEBUG") == "1"
+    try:
+        plan = prepare(targs)
+    except (OptionsError, CheckpointError, ImageError, FileNotFoundError) as exc:
+        if debug:
+            raise
+        return _error(exc)
+    try:
+        return train(plan)
+    except (OptionsError, CheckpointError, ImageError) as exc:
+        if debug:
+            raise
+        return _error(exc)
+
+
+def _error(message) -> int:
+    print(f"drsformer-fast: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2

@@ -1,0 +1,732 @@
+"""``drsformer-fast train``: the original training loop (``basicsr/train.py`` with ``ImageCleanModel``)
+on the fast DRSformer.
+
+Per iteration ``i`` (1-based), as the original: the scheduler steps (from ``i = 2`` on) and warm-up
+overrides the rate while ``i < warmup_iter``; the progressive phase ``j`` is the first with
+``i <= sum(iters[:j + 1])`` (the last one past the end); when ``mini_batch_sizes[j] <
+batch_size_per_gpu`` a random subset of the batch (``random.sample``) is kept, and when ``gt_sizes[j]
+< gt_size`` one random ``gt_sizes[j]`` window (``int((gt_size - s) * random())`` for rows, then
+columns) of every image; mixup (``mixing_augs``) then mixes the batch with a permutation of itself
+with a Beta(``mixup_beta``, ``mixup_beta``) weight (skipped with probability 1/2 when
+``use_identity``); L1 loss, backward, ``clip_grad_norm_(..., 0.01)`` when ``use_grad_clip``, the
+optimizer step, the EMA update (parameters only). The per-iteration randomness comes from a
+``random.Random`` seeded with ``manual_seed + rank`` (the original uses the global one, seeded the
+same way); its state, the global RNGs, the data position and the optimizer/scheduler/scaler states
+go into ``training_states/<iter>.state``, so a resumed run continues bitwise as the uninterrupted
+one on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import CheckpointError, _compare, _mismatch_message, extract_state_dict
+from . import data as data_mod
+from .options import GRAD_CLIP_MAX_NORM, OptionsError, apply_overrides, dump_options, load_options, validate
+from .schedulers import build_scheduler, warmup_lrs
+
+__all__ = ["TrainArgs", "prepare", "train", "STATE_FORMAT"]
+
+STATE_FORMAT = "drsformer-fast training state 1"
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainArgs:
+    options: str
+    overrides: tuple[str, ...] = ()
+    precision: str = "fp32"
+    compile: bool = False
+    original: bool = False
+    root: str = "."  # the folder that holds experiments/ (the working directory)
+
+
+@dataclass
+class Plan:
+    """Everything checked before the first image is decoded or the model built."""
+
+    opt: dict
+    args: TrainArgs
+    dist: bool
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    exp_root: Path
+    train_pairs: list
+    val_pairs: list | None
+    resume_path: Path | None
+    resume_auto: bool
+    pretrain: dict | None  # {'params': sd, 'params_ema': sd | None}
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation: options, environment, data and checkpoints, all checked up front
+# --------------------------------------------------------------------------------------------
+
+
+def _dist_env() -> tuple[bool, int, int, int]:
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        return world > 1, int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return False, 0, 1, 0
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OptionsError(f"options: path.resume_state: cannot read {path}: {first}") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise OptionsError(f"options: path.resume_state: {path} is not a drsformer-fast training state")
+    return state
+
+
+def _state_iter(path: Path) -> int:
+    try:
+        return int(path.name[: -len(".state")])
+    except ValueError:
+        raise OptionsError(f"options: path.resume_state: {path} is not named training_states/<iter>.state") from None
+
+
+def _model_file_of(state_path: Path) -> Path:
+    """models/net_g_<k>.pth of the experiment folder that holds training_states/<k>.state (the original's rule)."""
+    return state_path.parent.parent / "models" / f"net_g_{_state_iter(state_path)}.pth"
+
+
+def _network_kwargs(opt: dict) -> dict:
+    return {k: v for k, v in opt["network_g"].items() if k != "type"}
+
+
+def _network_class(original: bool):
+    if original:
+        from ..reference import DRSformer
+    else:
+        from ..model import DRSformer
+    return DRSformer
+
+
+def _check_state_dict(sd: dict, opt: dict, strict: bool, what: str) -> None:
+    """``sd`` fits ``network_g`` (shapes from a model built on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        model_sd = _network_class(True)(**_network_kwargs(opt)).state_dict()
+    missing, unexpected, conflicts = _compare(model_sd, sd)
+    if not strict:
+        missing, unexpected = [], []
+    if missing or unexpected or conflicts:
+        msg = _mismatch_message(_network_kwargs(opt), missing, unexpected, conflicts)
+        raise CheckpointError(f"{what}: " + msg.replace("the DRSformer it describes", "network_g"))
+
+
+def _load_pretrain(path: str, opt: dict) -> dict:
+    from ..checkpoint import _load_file
+
+    strict = opt["path"]["strict_load_g"]
+    ckpt = _load_file(path, "cpu")
+    key = opt["path"]["param_key"]
+    sd = extract_state_dict(ckpt, use_ema=(key == "params_ema"))
+    _check_state_dict(sd, opt, strict, f"path.pretrain_network_g {path}")
+    ema = None
+    if opt["train"]["ema_decay"] > 0 and isinstance(ckpt, dict) and "params_ema" in ckpt:
+        ema = extract_state_dict(ckpt, use_ema=True)
+        _check_state_dict(ema, opt, strict, f"path.pretrain_network_g {path} (params_ema)")
+    return {"params": sd, "params_ema": ema}
+
+
+def prepare(args: TrainArgs) -> Plan:
+    """Read and check the options, the machine, the data folders and every checkpoint named; raises
+    :class:`OptionsError` / :class:`CheckpointError` / ``FileNotFoundError`` at the first problem."""
+    if args.precision not in _AMP:
+        raise OptionsError(f"--precision must be fp32, bf16 or fp16, got {args.precision!r}")
+    opt = validate(apply_overrides(load_options(args.options), list(args.overrides)))
+    dist, rank, world, local_rank = _dist_env()
+    t = opt["datasets"]["train"]
+    pairs = data_mod.pair_files(t["dataroot_gt"], t["dataroot_lq"], t["filename_tmpl"], "datasets.train")
+    data_mod.check_dataset(pairs, "datasets.train", min_size=t["gt_size"])
+    per_rank = math.ceil(len(pairs) * t["dataset_enlarge_ratio"] / world)
+    if per_rank < t["batch_size_per_gpu"]:
+        raise OptionsError(f"options: datasets.train.batch_size_per_gpu: {t['batch_size_per_gpu']} is more than the "
+                           f"{per_rank} image(s) each of the {world} process(es) gets per epoch "
+                           f"({len(pairs)} pairs x dataset_enlarge_ratio {t['dataset_enlarge_ratio']})")
+    val_pairs = None
+    if opt.get("val") is not None:
+        v = opt["datasets"]["val"]
+        val_pairs = data_mod.pair_files(v["dataroot_gt"], v["dataroot_lq"], v.get("filename_tmpl", "{}"),
+                                        "datasets.val")
+        data_mod.check_dataset(val_pairs, "datasets.val")
+        ws = opt["val"]["window_size"]
+        if ws:
+            from ..imageio import probe_image
+
+            for lq, _ in val_pairs:
+                h, w = probe_image(lq)
+                if (h % ws and -h % ws >= h) or (w % ws and -w % ws >= w):
+                    raise OptionsError(f"options: val.window_size: {lq} ({h}x{w}) is too small to reflect-pad "
+                                       f"to a multiple of {ws}")
+
+    num_gpu = opt["num_gpu"]
+    if num_gpu > 0:
+        if not torch.cuda.is_available():
+            raise OptionsError(f"options: num_gpu: {num_gpu} but this machine has no CUDA device "
+                               "(--set num_gpu=0 trains on the CPU)")
+        if not dist and num_gpu > 1:
+            raise OptionsError(f"options: num_gpu: {num_gpu} GPUs train as {num_gpu} processes: "
+                               f"torchrun --nproc_per_node={num_gpu} -m drsformer_fast.cli train ... "
+                               "(or --set num_gpu=1 for one GPU)")
+        if dist and local_rank >= torch.cuda.device_count():
+            raise OptionsError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", local_rank if dist else 0)
+    else:
+        device = torch.device("cpu")
+    if args.precision == "fp16" and device.type != "cuda":
+        raise OptionsError("--precision fp16 trains with a GradScaler on CUDA only; on the CPU use bf16 or fp32")
+
+    exp_root = Path(args.root).resolve() / "experiments" / opt["name"]
+    resume_path, auto = None, False
+    if opt["path"]["resume_state"]:
+        resume_path = Path(os.path.expanduser(opt["path"]["resume_state"]))
+        if not resume_path.is_file():
+            raise OptionsError(f"options: path.resume_state: file not found: {resume_path}")
+    else:  # the original resumes automatically from the newest state of experiments/<name>/
+        states = sorted((exp_root / "training_states").glob("*.state"),
+                        key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+        states = [p for p in states if p.stem.isdigit()]
+        if states:
+            resume_path, auto = states[-1], True
+    pretrain = None
+    if resume_path is not None:
+        _read_state(resume_path)  # readable and ours
+        model_file = _model_file_of(resume_path)
+        if not model_file.is_file():
+            raise OptionsError(f"options: path.resume_state: the network of {resume_path.name} is missing: "
+                               f"{model_file}")
+        ckpt = torch.load(model_file, map_location="cpu", weights_only=True)
+        sd = extract_state_dict(ckpt)
+        _check_state_dict(sd, opt, True, f"resume network {model_file}")
+        ema = ckpt.get("params_ema") if isinstance(ckpt, dict) else None
+        if opt["train"]["ema_decay"] > 0 and ema is None:
+            raise OptionsError(f"options: train.ema_decay: resuming needs params_ema in {model_file}, which has none")
+        pretrain = {"params": sd, "params_ema": ema}
+    elif opt["path"]["pretrain_network_g"]:
+        pretrain = _load_pretrain(os.path.expanduser(opt["path"]["pretrain_network_g"]), opt)
+    return Plan(opt=opt, args=args, dist=dist, rank=rank, world=world, local_rank=local_rank, device=device,
+                exp_root=exp_root, train_pairs=pairs, val_pairs=val_pairs, resume_path=resume_path,
+                resume_auto=auto, pretrain=pretrain)
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states (every one of them, in a form torch.load(weights_only=True) reads back)
+# --------------------------------------------------------------------------------------------
+
+
+def _py_state(r: random.Random | None = None) -> list:
+    version, internal, gauss = (r or random).getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_py_state(s: list, r: random.Random | None = None) -> None:
+    (r or random).setstate((s[0], tuple(s[1]), s[2]))
+
+
+def _rng_snapshot(loop_rng: random.Random, device: torch.device) -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": _py_state(), "loop": _py_state(loop_rng),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _rng_restore(s: dict, loop_rng: random.Random, device: torch.device) -> None:
+    _set_py_state(s["python"])
+    _set_py_state(s["loop"], loop_rng)
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(s["torch"])
+    if device.type == "cuda" and s.get("cuda") is not None:
+        torch.cuda.set_rng_state(s["cuda"], device)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+
+
+class _Log:
+    """Log file + stdout (rank 0), JSON lines, TensorBoard when installed, a progress bar on a terminal."""
+
+    def __init__(self, plan: Plan, stamp: str):
+        self.on = plan.rank == 0
+        self.tty = self.on and sys.stdout.isatty()
+        self.file = None
+        self.jsonl = None
+        self.tb = None
+        self._bar = False
+        if not self.on:
+            return
+        name = plan.opt["name"]
+        self.file = open(plan.exp_root / f"train_{name}_{stamp}.log", "a")
+        self.jsonl_path = plan.exp_root / "train_log.jsonl"
+        self.jsonl = open(self.jsonl_path, "a")
+        if plan.opt["logger"]["use_tb_logger"] and "debug" not in name:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(Path(plan.args.root).resolve() / "tb_logger" / name))
+            except ImportError:
+                self.info("use_tb_logger: TensorBoard is not installed; the metrics are in "
+                          f"{self.jsonl_path} (JSON lines)")
+
+    def info(self, msg: str) -> None:
+        if not self.on:
+            return
+        line = f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S} {msg}"
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self._bar:
+            sys.stdout.write("\r\033[K")
+            self._bar = False
+        print(msg, flush=True)
+
+    def record(self, kind: str, it: int, values: dict) -> None:
+        if not self.on:
+            return
+        self.jsonl.write(json.dumps({"kind": kind, "iter": it, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{'losses' if kind == 'train' else 'metrics'}/{k}", v, it)
+
+    def bar(self, text: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\033[K" + text)
+            sys.stdout.flush()
+            self._bar = True
+
+    def close(self) -> None:
+        if self._bar:
+            sys.stdout.write("\n")
+        for f in (self.file, self.jsonl):
+            if f is not None:
+                f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _save_model(path: Path, net, ema) -> None:
+    sd = {"params": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    if ema is not None:
+        sd["params_ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+
+
+def _phase(current_iter: int, groups: list[int]) -> int:
+    for j, g in enumerate(groups):
+        if current_iter <= g:
+            return j
+    return len(groups) - 1
+
+
+def _mixup(gt, lq, rng: random.Random, beta: float, use_identity: bool):
+    """The original's Mixing_Augment with mixup its only augmentation."""
+    if use_identity and rng.randint(0, 1) == 1:
+        return gt, lq
+    lam = rng.betavariate(beta, beta)
+    perm = list(range(gt.shape[0]))
+    rng.shuffle(perm)
+    idx = torch.tensor(perm, device=gt.device)
+    return lam * gt + (1 - lam) * gt[idx], lam * lq + (1 - lam) * lq[idx]
+
+
+def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
+    from ..imageio import to_uint8
+    from ..inference import pad_to_multiple
+    from ..metrics import calculate_psnr, calculate_ssim, score_pair
+
+    vopt = plan.opt["val"]
+    protocol = vopt["protocol"]
+    metrics = vopt.get("metrics") or {}
+    totals = {m: 0.0 for m in metrics}
+    ws = vopt["window_size"]
+    was_training = net.training
+    net.eval()
+    ds = data_mod.ValPairs(plan.val_pairs)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            lq = item["lq"][None].to(plan.device)
+            h, w = lq.shape[-2:]
+            x = pad_to_multiple(lq, ws) if ws else lq
+            out = net(x)[..., :h, :w].float()
+            if vopt["use_image"]:
+                sr, gt = to_uint8(out), to_uint8(item["gt"])
+            else:
+                sr = out[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0
+                gt = item["gt"].permute(1, 2, 0).numpy() * 255.0
+            for m, mopt in metrics.items():
+                is_psnr = mopt["type"] == "calculate_psnr"
+                if protocol == "basicsr":
+                    fn = calculate_psnr if is_psnr else calculate_ssim
+                    totals[m] += fn(sr, gt, crop_border=mopt["crop_border"], test_y_channel=mopt["test_y_channel"])
+                else:  # the paper's MATLAB scripts: Y channel, whole image (crop_border was checked to be 0)
+                    totals[m] += score_pair(sr, gt, protocol)[0 if is_psnr else 1]
+    net.train(was_training)
+    results = {m: v / len(ds) for m, v in totals.items()}
+    name = plan.opt["datasets"]["val"].get("name") or "val"
+    log.info(f"Validation {name} at iter {current_iter}: " +
+             ", ".join(f"{m} {v:.4f}" for m, v in results.items()))
+    log.record("val", current_iter, results)
+    return results
+
+
+def _prepare_folders(plan: Plan, log_stamp: str) -> None:
+    if plan.rank != 0:
+        return
+    root = plan.exp_root
+    if plan.resume_path is None and root.exists():
+        # the original's mkdir_and_rename: an existing experiment is archived, never overwritten
+        root.rename(root.with_name(f"{root.name}_archived_{log_stamp}"))
+    for sub in ("models", "training_states"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def train(plan: Plan) -> int:
+    """Run the training described by ``plan``; returns the exit code (130 after Ctrl-C, state saved)."""
+    opt, args = plan.opt, plan.args
+    t_opt, tr = opt["datasets"]["train"], opt["train"]
+    device = plan.device
+    if plan.dist:
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend)
+    try:
+        return _train(plan, opt, args, t_opt, tr, device)
+    finally:
+        if plan.dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _broadcast(obj, plan: Plan):
+    if not plan.dist:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _train(plan: Plan, opt, args, t_opt, tr, device) -> int:
+    stamp = _broadcast(datetime.datetime.now().strftime("%Y%m%d_%H%M%S"), plan)
+    state = _read_state(plan.resume_path) if plan.resume_path is not None else None
+    seed = opt["manual_seed"]
+    if seed is None:
+        seed = state["manual_seed"] if state is not None else _broadcast(random.randint(1, 10000), plan)
+        opt["manual_seed"] = seed
+    _prepare_folders(plan, stamp)
+    if plan.dist:
+        import torch.distributed as dist
+
+        dist.barrier()
+    log = _Log(plan, stamp)
+    try:
+        return _loop(plan, opt, args, t_opt, tr, device, seed, state, log, stamp)
+    finally:
+        log.close()
+
+
+def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> int:
+    rank, world = plan.rank, plan.world
+    if rank == 0:
+        (plan.exp_root / f"options_{stamp}.yml").write_text(dump_options(opt))
+    # the original's set_random_seed(seed + rank): model initialisation and any global randomness
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed + rank)
+        torch.backends.cudnn.benchmark = True  # the original's setting (cuDNN picks algorithms per shape)
+    loop_rng = random.Random(seed + rank)
+
+    cls = _network_class(args.original)
+    net = cls(**_network_kwargs(opt)).to(device)
+    if plan.pretrain is not None:
+        net.load_state_dict(plan.pretrain["params"], strict=opt["path"]["strict_load_g"] or state is not None)
+    ema = None
+    if tr["ema_decay"] > 0:
+        ema = copy.deepcopy(net).eval()
+        if plan.pretrain is not None and plan.pretrain.get("params_ema") is not None:
+            ema.load_state_dict(plan.pretrain["params_ema"], strict=opt["path"]["strict_load_g"] or state is not None)
+        for p in ema.parameters():
+            p.requires_grad_(False)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    okw = {k: v for k, v in tr["optim_g"].items() if k != "type"}
+    if "betas" in okw:
+        okw["betas"] = tuple(okw["betas"])
+    optimizer = (torch.optim.AdamW if tr["optim_g"]["type"] == "AdamW" else torch.optim.Adam)(params, **okw)
+    scheduler = build_scheduler(optimizer, tr["scheduler"], tr["total_iter"])
+    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+
+    current_iter, epoch, batch_in_epoch = 0, 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizers"][0])
+        scheduler.load_state_dict(state["schedulers"][0])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        current_iter, epoch, batch_in_epoch = state["iter"], state["epoch"], state["batch_in_epoch"]
+        rngs = state["rng"]
+        if state["world_size"] == world:
+            _rng_restore(rngs[rank], loop_rng, device)
+        else:
+            log.info(f"note: the state was saved by {state['world_size']} process(es), this run has {world}: "
+                     "data order and random sub-batches continue but not exactly as an uninterrupted run")
+            _rng_restore(rngs[0], loop_rng, device)
+        how = "automatically (the newest state of the experiment)" if plan.resume_auto else ""
+        log.info(f"Resuming {how} from {plan.resume_path}: iter {current_iter}, epoch {epoch}")
+
+    model = net
+    if plan.dist:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=opt.get("find_unused_parameters", False))
+    if args.compile:
+        model = torch.compile(model)
+
+    from .._dispatch import kernel_path
+
+    n_params = sum(p.numel() for p in net.parameters())
+    path = "reference (--original)" if args.original else f"fast model, {kernel_path(device)} path"
+    log.info(f"drsformer-fast train {opt['name']}: DRSformer {_network_kwargs(opt)} ({n_params:,} parameters; "
+             f"{path}) on {device} x {world} process(es), {args.precision}" + (", compiled" if args.compile else ""))
+    log.info(f"experiment folder: {plan.exp_root}")
+    bs = t_opt["batch_size_per_gpu"]
+    n_pairs = len(plan.train_pairs)
+    per_epoch = math.ceil(n_pairs * t_opt["dataset_enlarge_ratio"] / world) // bs
+    total = tr["total_iter"]
+    log.info(f"{n_pairs} training pairs, enlarge ratio {t_opt['dataset_enlarge_ratio']}, batch {bs} per process, "
+             f"{per_epoch} iterations per epoch, {total} iterations ({math.ceil(total / per_epoch)} epochs)")
+
+    dataset = data_mod.TrainPairs(plan.train_pairs, t_opt["gt_size"], t_opt["geometric_augs"], seed)
+    groups = list(np.cumsum(t_opt["iters"]))
+    announced = set()
+    amp_dtype = _AMP[args.precision]
+    loss_weight, reduction = tr["pixel_opt"]["loss_weight"], tr["pixel_opt"]["reduction"]
+    mix = tr["mixing_augs"]
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        if rank == 0:
+            print("\nCtrl-C: saving a training state after this iteration (press again to quit without saving)",
+                  file=sys.stderr, flush=True)
+
+    def save(it: int) -> None:
+        snap = _rng_snapshot(loop_rng, device)
+        if plan.dist:
+            import torch.distributed as dist
+
+            snaps = [None] * world
+            dist.all_gather_object(snaps, snap)
+        else:
+            snaps = [snap]
+        if rank != 0:
+            return
+        _save_model(plan.exp_root / "models" / f"net_g_{it}.pth", net, ema)
+        st = {"format": STATE_FORMAT, "iter": it, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+              "optimizers": [optimizer.state_dict()], "schedulers": [scheduler.state_dict()],
+              "scaler": scaler.state_dict() if scaler is not None else None, "manual_seed": seed,
+              "world_size": world, "rng": snaps,
+              "data": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "worker_seed_base": seed,
+                       "sample_seed": [seed, "epoch", "position"]}}
+        path = plan.exp_root / "training_states" / f"{it}.state"
+        tmp = path.with_name(f".tmp-{path.name}")
+        torch.save(st, tmp)
+        os.replace(tmp, path)
+        log.info(f"saved models/net_g_{it}.pth and training_states/{it}.state")
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    start_iter, t0 = current_iter, time.time()
+    last_print = 0.0
+    loss_value = torch.zeros((), device=device)
+    try:
+        while current_iter < total:
+            if batch_in_epoch >= per_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+            positions = data_mod.epoch_positions(n_pairs, world, rank, t_opt["dataset_enlarge_ratio"], epoch,
+                                                 t_opt["use_shuffle"])
+            keys = [(i, epoch, p) for i, p in positions[batch_in_epoch * bs: per_epoch * bs]]
+            workers = t_opt["num_worker_per_gpu"]
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=bs, sampler=keys, drop_last=True, num_workers=workers,
+                pin_memory=t_opt["pin_memory"] and device.type == "cuda",
+                worker_init_fn=(_WorkerInit(seed + rank * workers) if workers else None))
+            for batch in loader:
+                current_iter += 1
+                batch_in_epoch += 1
+                if current_iter > 1:
+                    scheduler.step()
+                warm = warmup_lrs(optimizer, current_iter, tr["warmup_iter"])
+                if warm is not None:
+                    for g, lr in zip(optimizer.param_groups, warm):
+                        g["lr"] = lr
+
+                j = _phase(current_iter, groups)
+                mini_gt, mini_bs = t_opt["gt_sizes"][j], t_opt["mini_batch_sizes"][j]
+                if j not in announced:
+                    announced.add(j)
+                    log.info(f"iter {current_iter}: patch size {mini_gt}, batch {mini_bs} per process "
+                             f"({mini_bs * world} in all)")
+                lq, gt = batch["lq"], batch["gt"]
+                if mini_bs < bs:
+                    idx = loop_rng.sample(range(bs), k=mini_bs)
+                    lq, gt = lq[idx], gt[idx]
+                gs = t_opt["gt_size"]
+                if mini_gt < gs:
+                    x0 = int((gs - mini_gt) * loop_rng.random())
+                    y0 = int((gs - mini_gt) * loop_rng.random())
+                    lq = lq[:, :, x0:x0 + mini_gt, y0:y0 + mini_gt]
+                    gt = gt[:, :, x0:x0 + mini_gt, y0:y0 + mini_gt]
+                lq = lq.to(device, non_blocking=True)
+                gt = gt.to(device, non_blocking=True)
+                if mix["mixup"]:
+                    gt, lq = _mixup(gt, lq, loop_rng, mix["mixup_beta"], mix["use_identity"])
+
+                optimizer.zero_grad(set_to_none=True)
+                ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                with ctx:
+                    out = model(lq)
+                loss = loss_weight * F.l1_loss(out.float(), gt, reduction=reduction)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if tr["use_grad_clip"]:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_MAX_NORM)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if tr["use_grad_clip"]:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_MAX_NORM)
+                    optimizer.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        ema_params = dict(ema.named_parameters())
+                        for k, p in net.named_parameters():
+                            ema_params[k].mul_(tr["ema_decay"]).add_(p, alpha=1 - tr["ema_decay"])
+                loss_value = loss.detach()
+
+                now = time.time()
+                rate = (current_iter - start_iter) / max(now - t0, 1e-9)
+                if current_iter % opt["logger"]["print_freq"] == 0:
+                    lv = loss_value.clone()
+                    if plan.dist:
+                        import torch.distributed as dist
+
+                        dist.all_reduce(lv)
+                        lv /= world
+                    lr = optimizer.param_groups[0]["lr"]
+                    log.info(f"[epoch {epoch} iter {current_iter}/{total}] lr {lr:.3e} l_pix {lv.item():.4e} "
+                             f"{rate:.2f} it/s ETA {_fmt_eta((total - current_iter) / rate)}")
+                    log.record("train", current_iter, {"epoch": epoch, "lr": lr, "l_pix": lv.item(), "it_per_s": rate})
+                elif log.tty and now - last_print > 0.5:
+                    last_print = now
+                    log.bar(f"iter {current_iter}/{total} l_pix {loss_value.item():.4e} "
+                            f"lr {optimizer.param_groups[0]['lr']:.3e} {rate:.2f} it/s "
+                            f"ETA {_fmt_eta((total - current_iter) / rate)}")
+                if current_iter % opt["logger"]["save_checkpoint_freq"] == 0:
+                    save(current_iter)
+                if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
+                    _run_validation(plan, net, ema, log, current_iter)
+                if _stop_requested(stop, plan, device):
+                    if current_iter % opt["logger"]["save_checkpoint_freq"] != 0:
+                        save(current_iter)
+                    log.info(f"interrupted at iter {current_iter}: resume with --set "
+                             f"path.resume_state={plan.exp_root / 'training_states' / f'{current_iter}.state'} "
+                             "(or run the same command again)")
+                    return 130
+                if current_iter >= total:
+                    break
+        elapsed = datetime.timedelta(seconds=int(time.time() - t0))
+        log.info(f"End of training ({elapsed}). Saving models/net_g_latest.pth")
+        if rank == 0:
+            _save_model(plan.exp_root / "models" / "net_g_latest.pth", net, ema)
+        if opt.get("val") is not None:
+            _run_validation(plan, net, ema, log, current_iter)
+        return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _WorkerInit:
+    def __init__(self, base: int):
+        self.base = base
+
+    def __call__(self, worker_id: int) -> None:
+        data_mod.seed_worker(worker_id, base=self.base)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _stop_requested(stop: dict, plan: Plan, device) -> bool:
+    if not plan.dist:
+        return stop["flag"]
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if stop["flag"] else 0], device=device)
+    dist.all_reduce(flag)  # every process stops at the same iteration
+    return bool(flag.item())
+
+
+def _run_validation(plan: Plan, net, ema, log: _Log, current_iter: int) -> Any:
+    # the original validates on rank 0 only (its dist_validation), with the EMA weights when there are any
+    if plan.rank == 0:
+        _validate_model(ema if ema is not None else net, plan, log, current_iter)
+    if plan.dist:
+        import torch.distributed as dist
+
+        dist.barrier()

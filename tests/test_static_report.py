@@ -1,0 +1,103 @@
+"""The static performance report's own arithmetic: SASS parsing, occupancy, grid efficiency, and the
+work/bytes of one small launch counted in the interpreter (the compilation path is exercised by
+tests/test_compile_targets.py, which compiles every captured launch through the same code)."""
+
+import json
+
+import pytest
+
+from drsformer_fast import launches as L
+from drsformer_fast import static_report as S
+
+# sm_90 SASS of a kernel computing y[i] = x[i] * x[i + 1] + x[i] with 4 fp32 per thread: the aligned
+# load is one LDG.E.128, the shifted one four scalar LDG.E (lanes 16 bytes apart)
+SASS = """
+        /*0120*/              @!P0 LDG.E R13, desc[UR4][R2.64+0x4] ;          /* 0x00000404020d8981 */
+        /*0130*/              @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;           /* 0x0000000402048981 */
+        /*0140*/              @!P0 LDG.E R0, desc[UR4][R2.64+0x8] ;           /* 0x0000080402008981 */
+        /*0150*/              @!P0 LDG.E R15, desc[UR4][R2.64+0xc] ;          /* 0x00000c04020f8981 */
+        /*0160*/              @!P0 LDG.E R10, desc[UR4][R2.64+0x10] ;         /* 0x00001004020a8981 */
+        /*0170*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;  /* 0x0000000004037fae */
+        /*0180*/                   FFMA R4, R13, R4, R4 ;                     /* 0x000000040d047223 */
+        /*0190*/                   FFMA R5, R0, R5, R5 ;                      /* 0x0000000500057223 */
+        /*01a0*/                   HMMA.1684.F32.TF32 R20, R4, R8, R20 ;      /* 0x000000080414723c */
+        /*01b0*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR8], R24 ;  /* 0x00000000081879f0 */
+        /*01d0*/                   STG.E.128 desc[UR4][R8.64], R4 ;           /* 0x0000000408007986 */
+        /*01e0*/                   STG.E.U16 desc[UR4][R8.64], R4 ;           /* 0x0000000408007986 */
+"""
+
+
+def test_sass_counts():
+    c = S.sass_counts(SASS)
+    assert c["ldg"] == {"4": 4, "16": 1}
+    assert c["ldgsts"] == {"16": 1}
+    assert c["stg"] == {"2": 1, "16": 1}
+    assert (c["ffma"], c["hmma"], c["hgmma"]) == (2, 1, 1)
+    assert c["widest_bytes_per_lane"] == 16
+    # 4 scalar loads touch 16 bytes per lane each, the two 128-bit ones 16: (4 * 16 + 2 * 16) / (4 * 4 + 2 * 16)
+    assert c["l1_factor"] == pytest.approx(96 / 48)
+    assert S.load_pattern(c) == "mixed 2v/4s+async"
+    assert S.load_pattern(S.sass_counts(SASS.replace("LDG.E ", "LDG.E.64 "))) == "vector+async"
+
+
+@pytest.mark.parametrize("regs, warps, shared, ctas, limiter", [
+    (212, 8, 16384, 1, "registers"),  # 6912 registers per warp: 9 warps fit, one CTA of 8
+    (128, 8, 0, 2, "registers"),  # the issue's bound: 16 resident warps at 8 warps per CTA
+    (64, 8, 2048, 4, "registers"),
+    (70, 8, 0, 3, "registers"),  # 70 -> 72 per thread: 2304 per warp, 28 warps, 3 CTAs
+    (32, 4, 0, 16, "warps"),  # 64 warps per SM at most
+    (16, 1, 0, 32, "ctas"),  # 32 CTAs per SM at most
+    (32, 4, 100 * 1024, 2, "shared"),  # 228 KB / (100 KB + 1 KB reserved)
+])
+def test_occupancy(regs, warps, shared, ctas, limiter):
+    occ = S.occupancy(regs, warps, shared)
+    assert (occ["ctas_per_sm"], occ["warps_per_sm"], occ["limited_by"]) == (ctas, ctas * warps, limiter)
+
+
+def test_grid_efficiency():
+    assert S.grid_efficiency(3, 5) == pytest.approx(3 / 132)  # 3 of 132 SMs busy
+    assert S.grid_efficiency(132, 1) == 1.0
+    assert S.grid_efficiency(1024, 1) == pytest.approx(1024 / 1056)  # 8 waves, the last one 76% full
+    assert S.grid_efficiency(200, 2) == pytest.approx(200 / 264)
+
+
+def test_layer_norm_launch_work_and_compulsory_bytes():
+    """A LayerNorm forward at 1x48x16x32 (fake tensors, captured; one program run in the interpreter):
+    its compulsory bytes are exactly x, y, mean, rstd, weight and bias, each once."""
+    from drsformer_fast.kernels._utils import is_interpreter
+
+    assert is_interpreter()  # tests/conftest.py: the interpreter runs the sampled program
+    m = L.build_module("layernorm", 48, 1)
+    fwd, bwd = L.capture(m, (1, 48, 16, 32), backward=False)
+    assert [l.name for l in fwd] == ["_ln_fwd_kernel"] and not bwd
+    launch = fwd[0]
+    work = S.count_work(launch)
+    elems, pixels = 48 * 16 * 32, 16 * 32
+    expected = 2 * elems * 4 + 2 * pixels * 4 + 2 * 48 * 4
+    model = S.predict(launch.programs, 8, {"regs": 64, "shared": 0, "sass": {"l1_factor": 1.0}}, work)
+    assert model["compulsory_bytes"] == expected
+    assert model["loaded_bytes"] >= elems * 4 and model["stored_bytes"] >= elems * 4
+    assert model["ffma"] > elems  # normalise and scale: several float ops per element
+    assert model["hbm_us"] == pytest.approx(expected / S.HBM_BYTES_PER_S * 1e6)
+    assert model["predicted_us"] >= model["hbm_us"]
+
+
+def test_markdown_and_json_round_trip():
+    """The markdown renders every launch, and --from-json renders the same from the saved rows."""
+    work = {"program": {"load_bytes": 4096, "store_bytes": 4096, "ffma": 2048, "dot": {"tf32": 1 << 20}},
+            "tensors": {"x_ptr": {"program_bytes": 4096, "extent_bytes": 1 << 22},
+                        "y_ptr": {"program_bytes": 4096, "extent_bytes": 1 << 22}}}
+    comp = {"regs": 100, "shared": 8192, "local": 0, "stack": 0,
+            "sass": S.sass_counts(SASS)}
+    rows = []
+    for i, (kernel, programs) in enumerate((("_a_kernel", 1024), ("_b_kernel", 3))):
+        row = S.Row("infer256-enc1-1x48x256x256", "enc1", "infer256", "fp32", "fwd", i, kernel, f"{kernel}(X=1;w4,s3)",
+                    (programs, 1, 1), programs, 4, 3, 1 << 24, comp, work)
+        row.model = S.predict(programs, 4, comp, work)
+        rows.append(row)
+    assert rows[1].model["predicted_us"] > rows[0].model["predicted_us"] / 100  # 3 programs: 3 of 132 SMs
+    md = S.format_markdown(rows, 90, {"triton": "x"})
+    assert "_a_kernel" in md and "_b_kernel" in md and "| 1024 |" in md
+    saved = json.loads(json.dumps([S._row_json(r) for r in rows], default=str))
+    again = S.format_markdown([S._row_from_json(r) for r in saved], 90, {"triton": "x"})
+    assert again == md

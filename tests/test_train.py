@@ -1,0 +1,541 @@
+"""`drsformer-fast train`: the original options file, every user error, a few iterations of a tiny
+model on synthetic rainy images, checkpoints, exact resume (explicit, and after Ctrl-C), the
+learning rates of the original schedules, and two gloo processes under torchrun.
+
+The model runs its plain-PyTorch path (``torch_path``): the kernels are tested elsewhere; here the
+training plumbing is."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from drsformer_fast import cli, load_checkpoint, save_checkpoint
+from drsformer_fast.training import data as data_mod
+from drsformer_fast.training import trainer
+from drsformer_fast.training.options import load_options, validate
+from drsformer_fast.training.schedulers import build_scheduler, warmup_lrs
+
+pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
+
+# The keys and values of Options/Deraining.yml of the original repository (cschenxiang/DRSformer),
+# in its layout, including its YAML tags (`!!float 1e3`), `~` values and inline lists.
+ORIGINAL_OPTIONS = """\
+name: Deraining_DRSformer
+model_type: ImageCleanModel
+scale: 1
+num_gpu: 4
+manual_seed: 100
+
+datasets:
+  train:
+    name: TrainSet
+    type: Dataset_PairedImage
+    dataroot_gt: ./Datasets/train/Rain200H/target
+    dataroot_lq: ./Datasets/train/Rain200H/input
+    geometric_augs: true
+    filename_tmpl: '{}'
+    io_backend:
+      type: disk
+    use_shuffle: true
+    num_worker_per_gpu: 8
+    batch_size_per_gpu: 8
+    mini_batch_sizes: [4]
+    iters: [300000]
+    gt_size: 128
+    gt_sizes: [128]
+    dataset_enlarge_ratio: 1
+    prefetch_mode: ~
+
+  val:
+    name: ValSet
+    type: Dataset_PairedImage
+    dataroot_gt: ./Datasets/test/Rain200H/target
+    dataroot_lq: ./Datasets/test/Rain200H/input
+    io_backend:
+      type: disk
+
+network_g:
+  type: DRSformer
+  inp_channels: 3
+  out_channels: 3
+  dim: 48
+  num_blocks: [4,6,6,8]
+  heads: [1,2,4,8]
+  ffn_expansion_factor: 2.66
+  bias: False
+  LayerNorm_type: WithBias
+
+path:
+  pretrain_network_g: ~
+  strict_load_g: true
+  resume_state: ~
+
+train:
+  total_iter: 300000
+  warmup_iter: -1 # no warm up
+  use_grad_clip: true
+  scheduler:
+    type: CosineAnnealingRestartCyclicLR
+    periods: [92000, 208000]
+    restart_weights: [1,1]
+    eta_mins: [0.0003,0.000001]
+  mixing_augs:
+    mixup: false
+    mixup_beta: 1.2
+    use_identity: true
+  optim_g:
+    type: AdamW
+    lr: !!float 3e-4
+    weight_decay: !!float 1e-4
+    betas: [0.9, 0.999]
+  pixel_opt:
+    type: L1Loss
+    loss_weight: 1
+    reduction: mean
+
+val:
+  window_size: 8
+  val_freq: !!float 1e3
+  save_img: false
+  rgb2bgr: true
+  use_image: true
+  max_minibatch: 8
+  metrics:
+    psnr:
+      type: calculate_psnr
+      crop_border: 0
+      test_y_channel: true
+
+logger:
+  print_freq: 1000
+  save_checkpoint_freq: !!float 1e3
+  use_tb_logger: true
+  wandb:
+    project: ~
+    resume_id: ~
+
+dist_params:
+  backend: nccl
+  port: 29500
+"""
+
+TINY_NET = {"type": "DRSformer", "dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1],
+            "ffn_expansion_factor": 2.66, "bias": False, "LayerNorm_type": "WithBias"}
+
+
+def _tiny_options(data: Path, name: str, **train_set) -> dict:
+    """The original file's structure with a tiny network, tiny crops and a 4-iteration schedule
+    that exercises progressive learning, mixup, flips/rotations, EMA, grad clipping and restarts."""
+    opt = yaml.safe_load(ORIGINAL_OPTIONS)
+    opt["name"] = name
+    opt["num_gpu"] = 0
+    t = opt["datasets"]["train"]
+    t.update(dataroot_gt=str(data / "train/target"), dataroot_lq=str(data / "train/input"), num_worker_per_gpu=0,
+             batch_size_per_gpu=2, mini_batch_sizes=[2, 1], iters=[2, 2], gt_size=16, gt_sizes=[16, 8])
+    t.update(train_set)
+    opt["datasets"]["val"].update(dataroot_gt=str(data / "val/target"), dataroot_lq=str(data / "val/input"))
+    opt["network_g"] = dict(TINY_NET)
+    opt["train"].update(total_iter=4, ema_decay=0.9)
+    opt["train"]["scheduler"].update(periods=[2, 2])
+    opt["train"]["mixing_augs"]["mixup"] = True
+    opt["val"]["val_freq"] = 4
+    opt["logger"].update(print_freq=1, save_checkpoint_freq=2)
+    return opt
+
+
+def _write(opt: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Synthetic rainy pairs: random clean images, bright streaks added (odd sizes, 4 train + 2 val)."""
+    root = tmp_path_factory.mktemp("rain")
+    rng = np.random.default_rng(0)
+    for split, sizes in (("train", [(20, 24), (17, 19), (24, 16), (21, 21)]), ("val", [(13, 17), (16, 11)])):
+        for d in ("input", "target"):
+            (root / split / d).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            clean = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
+            streaks = (rng.random((h, w)) < 0.15)[..., None] * rng.integers(60, 160)
+            rain = np.clip(clean.astype(int) + streaks, 0, 255).astype(np.uint8)
+            Image.fromarray(clean).save(root / split / "target" / f"rain-{i}.png")
+            Image.fromarray(rain).save(root / split / "input" / f"rain-{i}.png")
+    return root
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *needles):
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("drsformer-fast: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _params(path: Path, key: str = "params") -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)[key]
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, first {diff[0]}: max |diff| {(a[diff[0]] - b[diff[0]]).abs().max()}"
+
+
+# --------------------------------------------------------------------------------------------
+# The original options file and the errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_original_options_file_is_accepted_up_to_its_missing_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "Deraining.yml"
+    path.write_text(ORIGINAL_OPTIONS)
+    opt = validate(load_options(path))
+    assert opt["train"]["total_iter"] == 300000 and opt["val"]["val_freq"] == 1000
+    assert opt["logger"]["save_checkpoint_freq"] == 1000 and opt["train"]["optim_g"]["lr"] == 3e-4
+    assert opt["network_g"]["mefc"] is True and opt["datasets"]["train"]["mini_batch_sizes"] == [4]
+    code, _, err = run(capsys, "train", path)
+    assert_user_error(code, err, "datasets.train.dataroot_gt", "./Datasets/train/Rain200H/target", "not found")
+    assert not (tmp_path / "experiments").exists()
+
+
+ERRORS = [
+    (["--set", "train.optim_g.lrr=1.0e-4"], ["train.optim_g.lrr", "did you mean 'lr'"]),
+    (["--set", "network_g.num_block=[1,1,1,1]"], ["network_g.num_block", "did you mean 'num_blocks'"]),
+    (["--set", "train.optim_g.lr=3e-4"], ["train.optim_g.lr", "!!float"]),
+    (["--set", "datasets.train.gt_size=20", "--set", "datasets.train.gt_sizes=[20,8]"],
+     ["datasets.train.gt_size", "smaller than gt_size 20"]),
+    (["--set", "num_gpu=1"], ["num_gpu", "no CUDA device", "--set num_gpu=0"]),
+    (["--precision", "fp16"], ["fp16", "CUDA"]),
+    (["--set", "train.scheduler.periods=[1,1]"], ["train.scheduler.periods", "total_iter"]),
+    (["--set", "train.scheduler.eta_min=0"], ["train.scheduler.eta_min", "CosineAnnealingRestartCyclicLR",
+                                              "did you mean 'eta_mins'"]),
+    (["--set", "datasets.train.mini_batch_sizes=[4,1]"], ["mini_batch_sizes[0]", "batch_size_per_gpu"]),
+    (["--set", "network_g.heads=[1,1,3,1]"], ["network_g.heads[2]"]),
+    (["--set", "path.resume_state=nowhere/3.state"], ["path.resume_state", "not found"]),
+    (["--set", "val.protocol=matlab"], ["val.protocol", "matlab-rain200"]),
+    (["--set", "val.protocol=matlab-did", "--set", "val.metrics.psnr.crop_border=2"],
+     ["val.metrics.psnr.crop_border", "must be 0"]),
+    (["--set", "val.protocol=matlab-rain200", "--set", "val.use_image=false"], ["val.use_image", "8-bit"]),
+]
+
+
+@pytest.mark.parametrize("argv,needles", ERRORS, ids=[" ".join(a) for a, _ in ERRORS])
+def test_errors_are_one_line_with_exit_code_2(data, tmp_path, capsys, monkeypatch, argv, needles):
+    monkeypatch.chdir(tmp_path)
+    path = _write(_tiny_options(data, "err"), tmp_path / "o.yml")
+    code, _, err = run(capsys, "train", path, *argv)
+    assert_user_error(code, err, *needles)
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_misspelt_key_in_the_file(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt = _tiny_options(data, "err")
+    opt["trian"] = opt.pop("train")
+    code, _, err = run(capsys, "train", _write(opt, tmp_path / "o.yml"))
+    assert_user_error(code, err, "trian", "did you mean 'train'")
+
+
+def test_data_errors(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "d"
+    shutil.copytree(data, folder)
+    path = _write(_tiny_options(folder, "err"), tmp_path / "o.yml")
+    shutil.copy(folder / "train/input/rain-0.png", folder / "train/input/extra.png")
+    assert_user_error(*run(capsys, "train", path)[::2], "datasets.train", "extra.png", "has no target")
+    (folder / "train/input/extra.png").unlink()
+    (folder / "train/input/rain-1.png").unlink()
+    assert_user_error(*run(capsys, "train", path)[::2], "rain-1.png", "has no input")
+    shutil.rmtree(folder / "val/target")
+    assert_user_error(*run(capsys, "train", path, "--set", f"datasets.train.dataroot_lq={folder}/train/target")[::2],
+                      "datasets.val.dataroot_gt", "not found")
+
+
+def test_pretrained_network_that_does_not_fit(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from drsformer_fast.reference import DRSformer
+
+    net = {k: v for k, v in TINY_NET.items() if k != "type"}
+    save_checkpoint(DRSformer(**{**net, "dim": 16}), tmp_path / "wide.pth")
+    path = _write(_tiny_options(data, "err"), tmp_path / "o.yml")
+    code, _, err = run(capsys, "train", path, "--set", f"path.pretrain_network_g={tmp_path / 'wide.pth'}")
+    assert_user_error(code, err, "pretrain_network_g", "shape conflict", "patch_embed.proj.weight")
+    save_checkpoint(DRSformer(**net, mefc=False), tmp_path / "plain.pth")
+    code, _, err = run(capsys, "train", path, "--set", f"path.pretrain_network_g={tmp_path / 'plain.pth'}")
+    assert_user_error(code, err, "pretrain_network_g", "missing key", "encoder_level0")
+
+
+# --------------------------------------------------------------------------------------------
+# Data: the original's crops, flips/rotations and order
+# --------------------------------------------------------------------------------------------
+
+
+def _numpy_augmentation(img: np.ndarray, mode: int) -> np.ndarray:
+    """The original's data_augmentation on an [H, W, C] array (modes 0-7)."""
+    ops = {0: lambda x: x, 1: np.flipud, 2: np.rot90, 3: lambda x: np.flipud(np.rot90(x)),
+           4: lambda x: np.rot90(x, k=2), 5: lambda x: np.flipud(np.rot90(x, k=2)),
+           6: lambda x: np.rot90(x, k=3), 7: lambda x: np.flipud(np.rot90(x, k=3))}
+    return ops[mode](img)
+
+
+@pytest.mark.parametrize("mode", range(8))
+def test_augment_equals_the_original_modes(mode):
+    img = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(mode))
+    expected = _numpy_augmentation(img.permute(1, 2, 0).numpy(), mode)
+    np.testing.assert_array_equal(data_mod.augment(img, mode).permute(1, 2, 0).numpy(), expected)
+
+
+def test_crops_are_the_same_window_of_input_and_target(tmp_path):
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 256, size=(19, 23, 3)).astype(np.uint8)
+    Image.fromarray(clean).save(tmp_path / "gt.png")
+    Image.fromarray(255 - clean).save(tmp_path / "lq.png")
+    plain = data_mod.TrainPairs([(tmp_path / "lq.png", tmp_path / "gt.png")], 8, False, seed=5)
+    augmented = data_mod.TrainPairs([(tmp_path / "lq.png", tmp_path / "gt.png")], 8, True, seed=5)
+    full = torch.from_numpy(clean).permute(2, 0, 1).float() / 255
+    windows = {(t, l): full[:, t:t + 8, l:l + 8] for t in range(12) for l in range(16)}
+    seen = set()
+    for position in range(12):
+        item = plain[(0, 3, position)]
+        torch.testing.assert_close(item["lq"], 1 - item["gt"], rtol=0, atol=1e-6)
+        where = [k for k, w in windows.items() if torch.equal(w, item["gt"])]
+        assert len(where) == 1
+        seen.add(where[0])
+        aug = augmented[(0, 3, position)]  # same generator draws: same window, then a mode
+        torch.testing.assert_close(aug["lq"], 1 - aug["gt"], rtol=0, atol=1e-6)
+        assert any(torch.equal(data_mod.augment(item["gt"], m), aug["gt"]) for m in range(8))
+        assert torch.equal(plain[(0, 3, position)]["gt"], item["gt"])  # a function of the key alone
+    assert len(seen) > 6, "crops do not move"
+
+
+def test_epoch_order_is_the_enlarged_sampler_split_by_rank():
+    single = data_mod.epoch_positions(5, 1, 0, 2, epoch=3, shuffle=True)
+    assert sorted(i for i, _ in single) == sorted(list(range(5)) * 2)
+    ranks = [data_mod.epoch_positions(5, 2, r, 2, epoch=3, shuffle=True) for r in range(2)]
+    merged = [x for pair in zip(*ranks) for x in pair]
+    assert merged == single  # rank r takes positions r, r + 2, ...: one process sees the same global batches
+    assert data_mod.epoch_positions(5, 1, 0, 2, epoch=4, shuffle=True) != single
+    assert [i for i, _ in data_mod.epoch_positions(5, 1, 0, 1, epoch=3, shuffle=False)] == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# Training, checkpoints, exact resume
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """Four iterations of the tiny configuration, states saved at 2 and 4."""
+    root = tmp_path_factory.mktemp("run")
+    path = _write(_tiny_options(data, "tiny"), root / "o.yml")
+    from drsformer_fast import _dispatch
+
+    available, _, reason = _dispatch._kernels_state()
+    with pytest.MonkeyPatch.context() as mp:  # the torch_path fixture, for this module-scoped run
+        mp.setattr(_dispatch, "_STATE", (available, False, reason))
+        mp.chdir(root)
+        torch.set_num_threads(1)
+        code = cli.main(["train", str(path)])
+    assert code == 0
+    return root, path
+
+
+def test_training_writes_the_original_outputs(uninterrupted):
+    root, _ = uninterrupted
+    exp = root / "experiments" / "tiny"
+    for name in ("net_g_2.pth", "net_g_4.pth", "net_g_latest.pth"):
+        ckpt = torch.load(exp / "models" / name, weights_only=True)
+        assert set(ckpt) == {"params", "params_ema"}
+        model = load_checkpoint(exp / "models" / name)
+        assert model.config["dim"] == 8 and model.config["mefc"] is True
+        load_checkpoint(exp / "models" / name, use_ema=True)
+    _assert_same(_params(exp / "models/net_g_4.pth"), _params(exp / "models/net_g_latest.pth"))
+    assert not all(torch.equal(a, b) for a, b in zip(_params(exp / "models/net_g_2.pth").values(),
+                                                      _params(exp / "models/net_g_4.pth").values()))
+    state = torch.load(exp / "training_states/4.state", weights_only=True)
+    assert state["iter"] == 4 and {"python", "loop", "numpy", "torch", "cuda"} <= set(state["rng"][0])
+    assert len(list(exp.glob("train_tiny_*.log"))) == 1 and len(list(exp.glob("options_*.yml"))) == 1
+    records = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"]
+    assert val and all(math.isfinite(r["psnr"]) and r["psnr"] > 0 for r in val)
+    lrs = [r["lr"] for r in records if r["kind"] == "train"]
+    # CosineAnnealingRestartCyclicLR, periods [2, 2], eta_mins [3e-4, 1e-6]: at iteration i, last_epoch = i - 1
+    assert lrs == pytest.approx([3e-4, 3e-4, 3e-4, 1e-6 + 0.5 * (3e-4 - 1e-6) * (1 + math.cos(math.pi / 2))],
+                                rel=1e-12)
+
+
+def test_resume_from_the_middle_is_bitwise_exact(uninterrupted, tmp_path, capsys, monkeypatch):
+    root, path = uninterrupted
+    monkeypatch.chdir(tmp_path)
+    state = root / "experiments/tiny/training_states/2.state"
+    code, out, err = run(capsys, "train", path, "--set", "name=resumed", "--set", f"path.resume_state={state}")
+    assert code == 0, err
+    assert "Resuming" in out
+    for key in ("params", "params_ema"):
+        _assert_same(_params(root / "experiments/tiny/models/net_g_4.pth", key),
+                     _params(tmp_path / "experiments/resumed/models/net_g_4.pth", key))
+    a = torch.load(root / "experiments/tiny/training_states/4.state", weights_only=True)
+    b = torch.load(tmp_path / "experiments/resumed/training_states/4.state", weights_only=True)
+    for k, v in a["optimizers"][0]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(v[name], b["optimizers"][0]["state"][k][name])
+
+
+def test_ctrl_c_saves_a_state_and_running_again_resumes_exactly(uninterrupted, tmp_path, capsys, monkeypatch):
+    root, path = uninterrupted
+    monkeypatch.chdir(tmp_path)
+    real = trainer.warmup_lrs
+
+    def interrupt_at_3(optimizer, current_iter, warmup_iter):
+        if current_iter == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only raises a flag: iteration 3 completes
+        return real(optimizer, current_iter, warmup_iter)
+
+    monkeypatch.setattr(trainer, "warmup_lrs", interrupt_at_3)
+    code, out, err = run(capsys, "train", path)
+    assert code == 130, err
+    exp = tmp_path / "experiments/tiny"
+    assert (exp / "training_states/3.state").is_file() and not (exp / "models/net_g_4.pth").exists()
+    monkeypatch.setattr(trainer, "warmup_lrs", real)
+    code, out, err = run(capsys, "train", path)  # the original resumes from the newest state by itself
+    assert code == 0, err
+    assert "Resuming automatically" in out
+    for key in ("params", "params_ema"):
+        _assert_same(_params(root / "experiments/tiny/models/net_g_4.pth", key),
+                     _params(exp / "models/net_g_4.pth", key))
+
+
+# --------------------------------------------------------------------------------------------
+# Learning rates: the original formulas, with its step convention and warm-up
+# --------------------------------------------------------------------------------------------
+
+
+def _cyclic(e, base, periods, weights, eta_mins):
+    c = np.cumsum(periods)
+    k = next(i for i, ci in enumerate(c) if e <= ci)
+    start = 0 if k == 0 else c[k - 1]
+    return eta_mins[k] + weights[k] * 0.5 * (base - eta_mins[k]) * (1 + math.cos(math.pi * (e - start) / periods[k]))
+
+
+SCHEDULES = [
+    ({"type": "CosineAnnealingRestartCyclicLR", "periods": [4, 6], "restart_weights": [1, 0.5],
+      "eta_mins": [3e-4, 1e-6]}, lambda e, b, prev: _cyclic(e, b, [4, 6], [1, 0.5], [3e-4, 1e-6])),
+    ({"type": "CosineAnnealingRestartLR", "periods": [3, 7], "restart_weights": [1, 0.5], "eta_min": 1e-7},
+     lambda e, b, prev: _cyclic(e, b, [3, 7], [1, 0.5], [1e-7, 1e-7])),
+    # chained, as the original: at a milestone the *current* rate (warm-up's, if any) times gamma per occurrence
+    ({"type": "MultiStepRestartLR", "milestones": [3, 6, 6], "gamma": 0.5},
+     lambda e, b, prev: b if e == 0 else prev * {3: 0.5, 6: 0.25}.get(e, 1.0)),
+    ({"type": "LinearLR"}, lambda e, b, prev: b * (1 - e / 10)),
+    # PyTorch's CosineAnnealingLR, chained too: each rate from the current one
+    ({"type": "TrueCosineAnnealingLR", "T_max": 10, "eta_min": 1e-6},
+     lambda e, b, prev: b if e == 0 else 1e-6 + (prev - 1e-6) * (1 + math.cos(math.pi * e / 10))
+     / (1 + math.cos(math.pi * (e - 1) / 10))),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("warmup", [-1, 4])
+@pytest.mark.parametrize("sched,formula", SCHEDULES, ids=[s["type"] for s, _ in SCHEDULES])
+def test_schedule_learning_rates_equal_the_original_formula(sched, formula, warmup):
+    opt = yaml.safe_load(ORIGINAL_OPTIONS)
+    opt["train"].update(total_iter=10, warmup_iter=warmup, scheduler=sched)
+    opt = validate(opt)
+    base = opt["train"]["optim_g"]["lr"]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = build_scheduler(optimizer, opt["train"]["scheduler"], 10)
+    prev = None
+    for i in range(1, 11):  # as the training loop: step from iteration 2 on, warm-up overrides
+        if i > 1:
+            scheduler.step()
+        warm = warmup_lrs(optimizer, i, warmup)
+        if warm is not None:
+            optimizer.param_groups[0]["lr"] = warm[0]
+        expected = base * i / warmup if i < warmup else formula(i - 1, base, prev)
+        prev = expected
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-15), (i, sched["type"])
+
+
+# --------------------------------------------------------------------------------------------
+# torchrun: two gloo processes equal one process with the same global batch
+# --------------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_gloo_processes_equal_one_process(data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST")}
+    env.update(OMP_NUM_THREADS="1")  # the plain-PyTorch path of the fast model: the plumbing is under test
+    common = dict(iters=[3], gt_sizes=[16])
+    one = _tiny_options(data, "one", batch_size_per_gpu=2, mini_batch_sizes=[2], **common)
+    two = _tiny_options(data, "two", batch_size_per_gpu=1, mini_batch_sizes=[1], **common)
+    for opt in (one, two):  # per-process randomness (mixup, sub-batches) differs by rank in the original too
+        opt["train"].update(total_iter=3, ema_decay=0.0)
+        opt["train"]["mixing_augs"]["mixup"] = False
+        opt["train"]["scheduler"].update(periods=[1, 2])
+        opt["logger"].update(save_checkpoint_freq=1)
+        del opt["val"]
+    cmd = [sys.executable, "-m", "drsformer_fast.cli", "train"]
+    p1 = subprocess.run([*cmd, _write(one, tmp_path / "one.yml")], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2 = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *cmd[1:],
+                         _write(two, tmp_path / "two.yml")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    assert "x 2 process(es)" in p2.stdout
+    for it in (1, 3):
+        a = _params(tmp_path / f"experiments/one/models/net_g_{it}.pth")
+        b = _params(tmp_path / f"experiments/two/models/net_g_{it}.pth")
+        for k in a:  # the two runs sum the same gradients in another order: rounding only
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"iter {it}: {k}")
+    first = _params(tmp_path / "experiments/one/models/net_g_1.pth")
+    assert any(not torch.equal(first[k], a[k]) for k in a), "iterations 2 and 3 changed nothing"
+
+
+def test_validation_scores_with_the_papers_protocol(data, tmp_path, capsys, monkeypatch, torch_path):
+    """val.protocol: validation PSNR is the MATLAB protocol's (the same function `score` uses)."""
+    from drsformer_fast import metrics
+
+    calls = []
+
+    def spy(result, target, protocol):
+        calls.append((protocol, metrics.psnr_matlab_did(result, target)))
+        return real(result, target, protocol)
+
+    real = metrics.score_pair
+    monkeypatch.setattr(metrics, "score_pair", spy)
+    monkeypatch.chdir(tmp_path)
+    path = _write(_tiny_options(data, "did"), tmp_path / "o.yml")
+    torch.set_num_threads(1)
+    code, _, err = run(capsys, "train", path, "--set", "val.protocol=matlab-did")
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "experiments/did/train_log.jsonl").read_text().splitlines()]
+    vals = [r for r in records if r["kind"] == "val"]
+    assert vals and [p for p, _ in calls] == ["matlab-did"] * 2 * len(vals)  # the two validation images each time
+    for i, val in enumerate(vals):
+        assert val["psnr"] == pytest.approx((calls[2 * i][1] + calls[2 * i + 1][1]) / 2, rel=1e-12)
