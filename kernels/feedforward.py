@@ -30,8 +30,9 @@ input gradient W_out^T dout in ``_ffn_bwd_uv_kernel``) follow PyTorch's setting 
 PyTorch's default ``torch.backends.cudnn.conv.fp32_precision == "tf32"`` (legacy
 ``cudnn.allow_tf32 = True``), "ieee" (exact fp32 FMA) when the user switches TF32 off. fp16/bf16 dots
 are unchanged: tensor cores with fp32 accumulation. The grouped convolutions are FMAs in fp32 (no
-dot) and the cuBLAS 1x1 products of the launchers follow ``torch.backends.cuda.matmul`` (exact fp32
-by default). Triton's interpreter runs every dot in exact fp32, so the tests see "ieee" numerics.
+dot), and the 1x1 ``project_in`` (forward, input and weight gradients) and project_out's weight
+gradient run as cuDNN convolutions (``F.conv2d``, ``aten.convolution_backward``), so they follow the
+same setting by construction. Triton's interpreter runs every dot in exact fp32, so the tests see "ieee" numerics.
 
 Small grids. Below 90% of the SMs' worth of (token tile x channel tile) programs (the 1x384x32x32
 latent: 16 x 3 = 48 programs for ~20 MB), ``_ffn_fwd_kernel`` splits the hidden chunks over up to
@@ -116,6 +117,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -497,10 +499,18 @@ def _fwd_split(programs: int, hidden: int, sms: int) -> int:
 
 
 def _project_in(x: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
-    """y = W_in x without bias (the bias is added inside stage 1): [B, 2h, H, W] contiguous."""
-    B, D, H, W = x.shape
-    w = w_in.detach().reshape(w_in.shape[0], D).to(x.dtype)
-    return torch.matmul(w, x.reshape(B, D, H * W)).view(B, -1, H, W)
+    """y = W_in x without bias (the bias is added inside stage 1): [B, 2h, H, W] contiguous. A 1x1
+    convolution through cuDNN, so that in fp32 it follows PyTorch's TF32 setting for convolutions
+    exactly as the original's ``project_in`` does."""
+    return F.conv2d(x, w_in.detach().to(x.dtype)).contiguous()
+
+
+def _conv1x1_weight_grad(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 gradient of a 1x1 convolution's weight (cuDNN: the original's TF32 setting)."""
+    _, dw, _ = torch.ops.aten.convolution_backward(
+        grad, inp, weight.detach().to(inp.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [False, True, False])
+    return dw.float().contiguous()
 
 
 def _stage1(x: torch.Tensor, y: torch.Tensor, p: dict, hidden: int) -> torch.Tensor:
@@ -595,8 +605,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         grads["g3_bias"] = pb_uv[:, :hidden].sum(0) if params["g3_bias"] is not None else None
         grads["g5_bias"] = pb_uv[:, hidden:].sum(0) if params["g5_bias"] is not None else None
         # dW_out = dout . cat(u, v)^T over batch and pixels (cuBLAS)
-        grads["out_weight"] = torch.einsum("bdn,bjn->dj", dout.reshape(B, D, N), uv.view(B, h2, N)).float().view(
-            D, h2, 1, 1)
+        grads["out_weight"] = _conv1x1_weight_grad(dout, uv, params["out_weight"])
         grads["out_bias"] = dout.sum((0, 2, 3), dtype=torch.float32) if params["out_bias"] is not None else None
 
         dy, (dw3, dw5), (db3, db5) = depthwise_conv_bwd(
@@ -606,14 +615,12 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         grads["dw3_weight"], grads["dw5_weight"] = dw3, dw5
         grads["dw3_bias"] = db3 if params["dw3_bias"] is not None else None
         grads["dw5_bias"] = db5 if params["dw5_bias"] is not None else None
-        dy3 = dy.view(B, h2, N)
-        x3 = x.reshape(B, D, N)
-        grads["in_weight"] = torch.einsum("bon,bin->oi", dy3, x3).float().view(h2, D, 1, 1)
-        grads["in_bias"] = dy3.sum((0, 2), dtype=torch.float32) if params["in_bias"] is not None else None
-        dx = None
-        if need_input_grad:
-            w_in = params["in_weight"].detach().reshape(h2, D).to(x.dtype)
-            dx = torch.matmul(w_in.t(), dy3).view(B, D, H, W)
+        grads["in_bias"] = dy.sum((0, 2, 3), dtype=torch.float32) if params["in_bias"] is not None else None
+        # the 1x1 project_in's backward through cuDNN, as the original's (its TF32 setting)
+        dx, d_in_w, _ = torch.ops.aten.convolution_backward(
+            dy, x, params["in_weight"].detach().to(x.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [need_input_grad, True, False])
+        grads["in_weight"] = d_in_w.float().contiguous()
     return dx, grads
 
 
