@@ -546,6 +546,7 @@ DOT_K = 16
 # Triton's default software pipelining depth, passed explicitly at every launch and registered in
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
+DQK_STAGES = NUM_STAGES
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
 # (a trip count of 4 is unrolled and spills the Gram kernel at 128 registers)
 SPLIT_ITERS = (16, 64)
@@ -567,8 +568,10 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel, 16 tokens per program. 64 rows take
     8 warps: 94-111 registers on sm_90 (2 CTAs, 16 warps per SM; 32 tokens took 216-219 registers,
-    1 CTA); 16-32 rows with 32 tokens spilled 8-32 bytes in the compile check."""
-    block_c = min(max(16, next_pow2(c)), 64)
+    1 CTA) for C >= 64; 16-32 rows with 32 tokens spilled 8-32 bytes in the compile check. C = 48
+    takes 32-row blocks at 4 warps (128-198 registers): as 64 rows (16 padded) at 8 warps it spilled
+    16 bytes of stack at 255 registers on sm_80 and in bf16 on sm_90 (compile check, as launched)."""
+    block_c = min(max(16, next_pow2(c)), 64 if c > 48 else 32)
     return block_c, DOT_K, 16, (8 if block_c == 64 else 4)
 
 
@@ -772,7 +775,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
             t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
-            num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            num_warps=nwq, num_stages=DQK_STAGES, **LAUNCH_OPTIONS,
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
@@ -832,7 +835,7 @@ def _compile_configs():
                      **_ints("C", "D", "HEADS", "H", "W", *strides4)},
                     {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
                      "J_ITERS": triton.cdiv(c, dq_j)},
-                    num_warps=dq_w, tag=dtype, **kw,
+                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES,
                 )
     # kernels 2 and 5: the per-row kernels, fp32 only
     for c in (16, 32, 64, 128, 256, 512, 1024):

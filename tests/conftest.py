@@ -18,6 +18,32 @@ import torch  # noqa: E402
 if GPU_MODE and not torch.cuda.is_available():
     raise RuntimeError("DRSFORMER_FAST_TEST_GPU=1 but torch sees no CUDA device")
 
+
+def _triton36_interpreter_index_fix() -> None:
+    """Triton 3.6's interpreter converts a runtime int (a one-element array) with ``int(array)``,
+    which NumPy >= 2.4 refuses, so every ``range()`` over a runtime bound inside a kernel fails there;
+    Triton 3.7+ squeezes the array first. Same fix, for the interpreter only (compiled kernels never
+    see it): the kernels' own code is what runs on the GPU machine's Triton 3.6."""
+    if GPU_MODE:
+        return
+    import triton
+    import triton.runtime.interpreter as interp
+
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7):
+        return
+    original = getattr(interp, "_patch_lang_tensor", None)
+    if original is None:
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interp._patch_lang_tensor = patched
+
+
+_triton36_interpreter_index_fix()
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one pytest-xdist worker per core: more threads per worker only oversubscribe the cores
     torch.set_num_threads(1)
