@@ -73,7 +73,7 @@ def _check_against_original(ref, fast, x, g, dtype=torch.float32):
 
 
 # (B, C, H, W): H, W not multiples of 8; batch 3 so the per-sample weights differ
-CASES = [(1, 20, 11, 13), (3, 20, 11, 13), (1, 48, 11, 13), (2, 48, 7, 9), (1, 96, 9, 11)]
+CASES = [(3, 20, 11, 13), (1, 48, 11, 13), (1, 96, 9, 11)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-C{}-{}x{}".format(*c))
