@@ -556,13 +556,11 @@ _PLANE_LIMIT = 2**31 - 2**16
 
 def _gram_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps, maxnreg) of the Gram kernel: the whole C x C Gram in one tile up to
-    C = 64, else 64 x 64 tiles. An fp32 FMA dot keeps (rows + cols per thread) x K operands in
-    registers: 64 x 64 tiles take 8 warps and 8 tokens (the dot's K) per step, which fits in 128
-    registers (sm_90: 2 CTAs, 16 warps per SM; 16 tokens took 208-214 registers, 1 CTA)."""
+    C = 64, else 64 x 64 tiles, 16 tokens (the dot's K) per step. 64 x 64 tiles take 8 warps and
+    208-214 registers (sm_90: 1 CTA, 8 warps per SM). 8 tokens per step would fit in 128 registers
+    (16 warps per SM) but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16."""
     block_c = min(max(16, next_pow2(c)), 64)
-    if block_c == 64:
-        return block_c, 8, 8, 128
-    return block_c, DOT_K, 4, 255
+    return block_c, DOT_K, (8 if block_c == 64 else 4), 255
 
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
