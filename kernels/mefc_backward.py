@@ -93,12 +93,8 @@ from ._utils import (
     is_interpreter,
     next_pow2,
 )
-from .mefc import sep_inner_fwd
+from .mefc import DIL_SIZES, MAX_CHANNELS, NUM_OPS, SEP_SIZES, sep_inner_fwd  # noqa: F401 (re-exported)
 
-SEP_SIZES = (1, 3, 5, 7)
-DIL_SIZES = (3, 5, 7)
-NUM_OPS = 8
-MAX_CHANNELS = 128
 TILE = 2048  # elements of a full-channel [BLOCK_C, BLOCK_N] tile (8 fp32 per thread at 8 warps)
 BLOCK_K = 16  # channel chunk of the dots' operands
 NUM_WARPS = 8
