@@ -264,16 +264,25 @@ def downsampling_factor(h: int, w: int) -> int:
     return max(1, math.floor(min(h, w) / 256 + 0.5))
 
 
-def ssim_index_2003(img1: np.ndarray, img2: np.ndarray) -> float:
-    """``SSIM_index(img1, img2)`` of the Rain200 script (2003) on two 2-d images on [0, 255]: the
-    mean of the SSIM map over the ``filter2 'valid'`` positions of the 11x11 Gaussian, K = [0.01
-    0.03], L = 255. ``-inf`` when a side is below 11 (the value the script intends; see the module
-    notes)."""
+def _ssim_pair(img1, img2) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Both SSIM scripts' inputs as float64 2-d images of one shape; (None, None) below the 11x11
+    window, where both give -inf."""
     a, b = np.asarray(img1, dtype=np.float64), np.asarray(img2, dtype=np.float64)
     _same_shape(a, b)
     if a.ndim != 2:
         raise ValueError(f"expected 2-d images, got shape {list(a.shape)}")
     if a.shape[0] < SSIM_WINDOW or a.shape[1] < SSIM_WINDOW:
+        return None, None
+    return a, b
+
+
+def ssim_index_2003(img1: np.ndarray, img2: np.ndarray) -> float:
+    """``SSIM_index(img1, img2)`` of the Rain200 script (2003) on two 2-d images on [0, 255]: the
+    mean of the SSIM map over the ``filter2 'valid'`` positions of the 11x11 Gaussian, K = [0.01
+    0.03], L = 255. ``-inf`` when a side is below 11 (the value the script intends; see the module
+    notes)."""
+    a, b = _ssim_pair(img1, img2)
+    if a is None:
         return -math.inf
     return _ssim(a, b)
 
@@ -283,11 +292,8 @@ def ssim_auto_downsample(img1: np.ndarray, img2: np.ndarray) -> float:
     images on [0, 255]: -inf below 11 pixels on a side (checked before downsampling), else with
     ``f = downsampling_factor(M, N)`` > 1 both are box-filtered (:func:`imfilter_box_symmetric`) and
     subsampled from the first pixel every ``f`` (``1:f:end``), then :func:`ssim_index_2003`."""
-    a, b = np.asarray(img1, dtype=np.float64), np.asarray(img2, dtype=np.float64)
-    _same_shape(a, b)
-    if a.ndim != 2:
-        raise ValueError(f"expected 2-d images, got shape {list(a.shape)}")
-    if a.shape[0] < SSIM_WINDOW or a.shape[1] < SSIM_WINDOW:
+    a, b = _ssim_pair(img1, img2)
+    if a is None:
         return -math.inf
     f = downsampling_factor(*a.shape)
     if f > 1:
