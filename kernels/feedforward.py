@@ -621,6 +621,11 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
             dy, x, params["in_weight"].detach().to(x.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
             [need_input_grad, True, False])
         grads["in_weight"] = d_in_w.float().contiguous()
+        if dx is not None:
+            # the convolution backends pick dx's memory format from x's and the weight's (channels-last
+            # in, channels-last out on CPU and cuDNN); the op promises a contiguous dx (its fake says so).
+            # No copy in the model, whose activations are contiguous.
+            dx = dx.contiguous()
     return dx, grads
 
 
