@@ -19,6 +19,16 @@ from .._validation import SUPPORTED_DTYPES, check_tensor  # noqa: F401 (re-expor
 LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 
 
+# Stencil layout. Triton's coalesce pass gives all the loads and stores of one tile shape the widest
+# vector any of them allows: a 16-B-aligned store of the output tile puts 4 pixels in each thread,
+# and the shifted (unaligned) tap loads of a depthwise convolution then become 4 scalar loads per
+# thread with lanes 16 B apart: 4 L1 wavefronts for every 128 useful bytes. Stencil kernels
+# therefore write their pixel offsets as ``tl.multiple_of(o_n, 1)`` (always true: it only takes
+# back the alignment Triton inferred): every access of the tile gets 1 pixel per thread along W,
+# lanes 4 B apart, coalesced taps (scalar stores, the same wavefronts). The static report
+# (``python -m drsformer_fast.static_report``) shows the effect per load.
+
+
 def conv_fp32_precision() -> str:
     """``input_precision`` for an fp32 ``tl.dot`` that stands in for a convolution: what ``nn.Conv2d``
     does for the original under PyTorch's current setting. ``"tf32"`` when cuDNN convolutions may use

@@ -52,7 +52,7 @@ from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard
 
 KERNEL_SIZES = (3, 5, 7)
-BLOCK_C = 16
+BLOCK_C = 8
 BLOCK_N = 128
 NUM_WARPS = 8
 # Passed at every launch and registered with the compile configs, so the check compiles what runs
@@ -65,9 +65,9 @@ _INT32_LIMIT = 2**31 - 1
 def _dw_fwd_kernel(
     x_ptr,  # x: [B, C, H, W], any strides
     w1_ptr,  # weight of branch 1: [C, K1*K1] fp32
-    b1_ptr,  # bias of branch 1: [C] fp32 (zeros when the branch has none)
+    b1_ptr,  # bias of branch 1: [C] fp32, or None (Triton specialises None away: no load, no fill launch)
     w2_ptr,  # weight of branch 2: [C, K2*K2] fp32 (unused without TWO)
-    b2_ptr,  # bias of branch 2: [C] fp32
+    b2_ptr,  # bias of branch 2: [C] fp32, or None
     xb_ptr,  # input bias: [C] fp32, added to x inside the image (unused when not HAS_XBIAS)
     o1_ptr,  # output of branch 1: [B, C, H, W], dense per image, batch stride stride_ob
     o2_ptr,  # output of branch 2: same layout (unused without TWO)
@@ -86,7 +86,8 @@ def _dw_fwd_kernel(
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_c = o_c < C
     m_n = o_n < N
     # loads use clamped channels (always in bounds, never stored), so the tap masks stay 1-D
@@ -128,12 +129,14 @@ def _dw_fwd_kernel(
 
     m_out = m_c[:, None] & m_n[None, :]
     o_out = i_b * stride_ob + o_c.to(tl.int64)[:, None] * N + o_n[None, :]
-    b_acc1 += tl.load(b1_ptr + o_cl)[:, None]
+    if b1_ptr is not None:
+        b_acc1 += tl.load(b1_ptr + o_cl)[:, None]
     if RELU:
         b_acc1 = tl.maximum(b_acc1, 0.0)
     tl.store(o1_ptr + o_out, b_acc1.to(o1_ptr.dtype.element_ty), mask=m_out)
     if TWO:
-        b_acc2 += tl.load(b2_ptr + o_cl)[:, None]
+        if b2_ptr is not None:
+            b_acc2 += tl.load(b2_ptr + o_cl)[:, None]
         if RELU:
             b_acc2 = tl.maximum(b_acc2, 0.0)
         tl.store(o2_ptr + o_out, b_acc2.to(o2_ptr.dtype.element_ty), mask=m_out)
@@ -192,7 +195,8 @@ def _dw_bwd_kernel(
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_c = o_c < C
     m_n = o_n < N
     o_cl = tl.minimum(o_c, C - 1)
@@ -278,10 +282,11 @@ def _order(sizes: list[int]) -> list[int]:
     return [1, 0] if len(sizes) == 2 and sizes[0] > sizes[1] else list(range(len(sizes)))
 
 
-def _f32(t: torch.Tensor | None, C: int, like: torch.Tensor) -> torch.Tensor:
-    """A parameter as a dense fp32 vector ([C] or [C * K * K]); zeros for a missing bias."""
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter as a dense fp32 vector ([C] or [C * K * K]); None stays None (a missing bias: the
+    kernels are specialised without it rather than handed a zero-filled buffer, one launch less)."""
     if t is None:
-        return torch.zeros(C, device=like.device, dtype=torch.float32)
+        return None
     return t.detach().to(torch.float32).contiguous().view(-1)
 
 
@@ -321,11 +326,11 @@ def depthwise_conv_fwd(
     if x.numel() == 0:
         return list(out)
     order = _order(sizes)
-    ws = [_f32(weights[i], C, x) for i in order]
-    bs = [_f32(biases[i], C, x) for i in order]
+    ws = [_f32(weights[i]) for i in order]
+    bs = [_f32(biases[i]) for i in order]
     os_ = [out[i] for i in order]
     two = len(sizes) == 2
-    xb = _f32(input_bias, C, x) if input_bias is not None else ws[0]
+    xb = _f32(input_bias) if input_bias is not None else ws[0]
     grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(C, BLOCK_C), B)
     with device_guard(x):
         _dw_fwd_kernel[grid](
@@ -378,12 +383,12 @@ def depthwise_conv_bwd(
     two = nb == 2
     ks = [sizes[i] for i in order]
     gs = [grads[i] for i in order]
-    ws = [_f32(weights[i], C, x) for i in order]
+    ws = [_f32(weights[i]) for i in order]
     n_tiles = triton.cdiv(N, BLOCK_N)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
     parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
              for k in ks]
-    xb = _f32(input_bias, C, x) if input_bias is not None else ws[0]
+    xb = _f32(input_bias) if input_bias is not None else ws[0]
     dummy = ws[0]
     grid = (n_tiles, triton.cdiv(C, BLOCK_C), B)
     with device_guard(x):

@@ -146,6 +146,9 @@ AB64_ELEMENTS = 2**31
 # backward
 BWD_BLOCK_N = 128
 BWD_BLOCK_J = 16
+# the x kernel's tiles hold 1 pixel per thread per row (coalesced taps, 64-bit addresses each): 8 groups
+# keep it at <= 128 registers
+BWD_X_BLOCK_J = 8
 BWD_BLOCK_D = 16
 BWD_NUM_WARPS = 8
 # Passed at every launch and registered with the compile configs (the check compiles what runs): 3
@@ -208,11 +211,11 @@ def _grouped_conv_chunk(
 def _ffn_fwd_kernel(
     ab_ptr,  # ab: [B, 4h, H, W] = (a, b) of stage 1, any strides
     g3w_ptr,  # dwconv3x3_1 weight: [h, 2, 3, 3] fp32
-    g3b_ptr,  # dwconv3x3_1 bias: [h] fp32 (zeros without bias)
+    g3b_ptr,  # dwconv3x3_1 bias: [h] fp32, or None (specialised away)
     g5w_ptr,  # dwconv5x5_1 weight: [h, 2, 5, 5] fp32
-    g5b_ptr,  # [h] fp32
+    g5b_ptr,  # [h] fp32, or None
     wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
-    bo_ptr,  # project_out bias: [D] fp32
+    bo_ptr,  # project_out bias: [D] fp32, or None
     res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
     out_ptr,  # SPLIT == 1: out [B, D, H, W] contiguous; else fp32 partial sums [SPLIT, B, D, H*W]
     HID: tl.constexpr, D: tl.constexpr, N, H, W,
@@ -232,7 +235,8 @@ def _ffn_fwd_kernel(
     i_s = tl.program_id(1) % SPLIT
     i_d = tl.program_id(1) // SPLIT
     i_b = tl.program_id(2).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m_n = o_n < N
     m_d = o_d < D
@@ -249,7 +253,9 @@ def _ffn_fwd_kernel(
         o_jl = tl.minimum(o_j, HID - 1)
         b_u = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g3w_ptr, HID, 0,
                                   stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_N)
-        b_u = tl.maximum(b_u + tl.load(g3b_ptr + o_jl)[:, None], 0.0)
+        if g3b_ptr is not None:
+            b_u += tl.load(g3b_ptr + o_jl)[:, None]
+        b_u = tl.maximum(b_u, 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
         b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision=PREC)
     for jc in range(J_PER):
@@ -258,14 +264,17 @@ def _ffn_fwd_kernel(
         o_jl = tl.minimum(o_j, HID - 1)
         b_v = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g5w_ptr, HID, HID,
                                   stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_N)
-        b_v = tl.maximum(b_v + tl.load(g5b_ptr + o_jl)[:, None], 0.0)
+        if g5b_ptr is not None:
+            b_v += tl.load(g5b_ptr + o_jl)[:, None]
+        b_v = tl.maximum(b_v, 0.0)
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
         b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision=PREC)
 
     m = m_d[:, None] & m_n[None, :]
     if SPLIT == 1:
-        b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+        if bo_ptr is not None:
+            b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
         if HAS_RES:
             b_out += tl.load(res_ptr + i_b * stride_rb + o_d.to(tl.int64)[:, None] * stride_rc
                              + (o_h.to(tl.int64) * stride_rh + o_w.to(tl.int64) * stride_rw)[None, :],
@@ -281,7 +290,7 @@ def _ffn_fwd_kernel(
 @triton.jit
 def _ffn_fwd_reduce_kernel(
     part_ptr,  # partial sums of project_out over hidden splits: [SPLIT, B, D, H*W] fp32
-    bo_ptr,  # project_out bias: [D] fp32
+    bo_ptr,  # project_out bias: [D] fp32, or None
     res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
     out_ptr,  # out: [B, D, H, W] contiguous
     N, W,
@@ -302,7 +311,8 @@ def _ffn_fwd_reduce_kernel(
     b_out = tl.zeros([BLOCK_N], dtype=tl.float32)
     for s in tl.static_range(SPLIT):
         b_out += tl.load(part_ptr + (s * tl.num_programs(2) * D * N + o_plane) + o_n, mask=m_n, other=0.0)
-    b_out += tl.load(bo_ptr + i_d)
+    if bo_ptr is not None:
+        b_out += tl.load(bo_ptr + i_d)
     if HAS_RES:
         o_res = i_b * stride_rb + i_d * stride_rc + (o_n // W).to(tl.int64) * stride_rh + (o_n % W).to(tl.int64) * stride_rw
         b_out += tl.load(res_ptr + o_res, mask=m_n, other=0.0).to(tl.float32)
@@ -314,7 +324,7 @@ def _ffn_bwd_uv_kernel(
     dout_ptr,  # dout: [B, D, H, W], any strides
     ab_ptr,  # ab: [B, 4h, H, W], any strides
     gw_ptr,  # weight of this side's grouped conv: [h, 2, K, K] fp32
-    gb_ptr,  # its bias: [h] fp32
+    gb_ptr,  # its bias: [h] fp32, or None
     wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
     duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous, x's dtype
     uv_ptr,  # out: the activations cat(u, v): [B, 2h, H, W] contiguous, x's dtype (for dW_out)
@@ -337,7 +347,8 @@ def _ffn_bwd_uv_kernel(
     i_n = tl.program_id(0) // N_J
     i_b = tl.program_id(1).to(tl.int64)
     o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_j = o_j < HID
     m_n = o_n < N
     o_jl = tl.minimum(o_j, HID - 1)
@@ -347,7 +358,8 @@ def _ffn_bwd_uv_kernel(
     o_right = W - 1 - o_w
     b_pre = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, gw_ptr, HID, x_off,
                                 stride_abb, stride_abc, stride_abh, stride_abw, K, AB64, BLOCK_J, BLOCK_N)
-    b_pre += tl.load(gb_ptr + o_jl)[:, None]
+    if gb_ptr is not None:
+        b_pre += tl.load(gb_ptr + o_jl)[:, None]
     m_out = m_j[:, None] & m_n[None, :]
     o_out = i_b * (2 * HID) * N + (x_off + o_j).to(tl.int64)[:, None] * N + o_n[None, :]
     tl.store(uv_ptr + o_out, tl.maximum(b_pre, 0.0).to(uv_ptr.dtype.element_ty), mask=m_out)
@@ -389,7 +401,8 @@ def _ffn_bwd_x_kernel(
     i_j = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_j = o_j < HID
     m_n = o_n < N
     o_jl = tl.minimum(o_j, HID - 1)
@@ -465,9 +478,11 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
     return hidden
 
 
-def _f32(t: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A parameter as a dense fp32 vector; None (a missing bias) stays None: the kernels are
+    specialised without it (no zero-filled buffer, no fill launch)."""
     if t is None:
-        return torch.zeros(n, device=like.device, dtype=torch.float32)
+        return None
     return t.detach().to(torch.float32).contiguous().view(-1)
 
 
@@ -537,11 +552,11 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         res = residual if residual is not None else out
         n_tiles, n_d = triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
-        bo = _f32(params["out_bias"], D, x)
+        bo = _f32(params["out_bias"])
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
         _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
-            ab, _f32(params["g3_weight"], hidden, x), _f32(params["g3_bias"], hidden, x),
-            _f32(params["g5_weight"], hidden, x), _f32(params["g5_bias"], hidden, x),
+            ab, _f32(params["g3_weight"]), _f32(params["g3_bias"]),
+            _f32(params["g5_weight"]), _f32(params["g5_bias"]),
             wo, bo, res, dest,
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
             HAS_RES=residual is not None and split == 1, PREC=dot_precision(x.dtype), SPLIT=split,
@@ -587,16 +602,16 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
             _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
-                dout, ab, _f32(params[f"{name}_weight"], hidden, x), _f32(params[f"{name}_bias"], hidden, x),
+                dout, ab, _f32(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
                 K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
                 num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
-            _ffn_bwd_x_kernel[(n_tiles, n_j, B)](
-                duv, ab, _f32(params[f"{name}_weight"], hidden, x), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
-                K=k, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            _ffn_bwd_x_kernel[(n_tiles, triton.cdiv(hidden, BWD_X_BLOCK_J), B)](
+                duv, ab, _f32(params[f"{name}_weight"]), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
+                K=k, BLOCK_J=BWD_X_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
             # fixed-order sums over programs: deterministic
             # partials are [2, K*K, h] (coalesced writes); the gradient is contiguous like the weight
@@ -688,6 +703,6 @@ def _compile_configs():
                     _ffn_bwd_x_kernel,
                     {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
                      "pw_ptr": "*fp32", **{k_: "i32" for k_ in ("N", "H", "W", "x_off")}, **ab_strides},
-                    {"HID": hidden, "K": k, "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
+                    {"HID": hidden, "K": k, "BLOCK_J": BWD_X_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
                     num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                 )

@@ -141,7 +141,8 @@ def _mefc_inner_kernel(
     h0 = (i_t // n_tw) * BLOCK_H
     w0 = (i_t % n_tw) * BLOCK_W
     # pixel vectors as [1, BLOCK_N] rows: they broadcast in the taps' own layout (no conversions per tap)
-    o_n = tl.arange(0, BLOCK_N)[None, :]
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(tl.arange(0, BLOCK_N), 1)[None, :]
     o_lh = o_n // BLOCK_W
     o_lw = o_n % BLOCK_W
     o_h = h0 + o_lh
@@ -213,7 +214,8 @@ def _mefc_step_kernel(
     h0 = (i_t // n_tw) * BLOCK_H
     w0 = (i_t % n_tw) * BLOCK_W
     # pixel vectors as [1, BLOCK_N] rows: they broadcast in the taps' own layout (no conversions per tap)
-    o_n = tl.arange(0, BLOCK_N)[None, :]
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(tl.arange(0, BLOCK_N), 1)[None, :]
     o_lh = o_n // BLOCK_W
     o_lw = o_n % BLOCK_W
     o_h = h0 + o_lh

@@ -211,7 +211,8 @@ def _mefc_bwd_dz_kernel(
     # bytes: reads t (4C), s, g, s_out; writes dpre (C) and dz (8C); taps re-read from L1/L2
     i_n = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_n = o_n < N
     o_h = o_n // W
     o_w = o_n % W
@@ -315,7 +316,8 @@ def _mefc_bwd_outer_kernel(
         p_g = gr_ptr + (i_b * G_CH + o_c64) * N
     b_acc = tl.zeros([BLOCK_C, BLOCK_K], dtype=tl.float32)
     for it in range(0, tiles_per_chunk):
-        o_n = (i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+        o_n = tl.multiple_of((i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
         m_n = o_n < N
         o_h = o_n // W
         o_w = o_n % W
@@ -347,7 +349,8 @@ def _mefc_bwd_sep_kernel(
     i_n = tl.program_id(0)
     j = tl.program_id(1).to(tl.int64)
     i_b = tl.program_id(2).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_n = o_n < N
     o_h = o_n // W
     o_w = o_n % W
@@ -397,7 +400,8 @@ def _mefc_bwd_ds_kernel(
     i_n = tl.program_id(0)
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_n = o_n < N
     o_h = o_n // W
     o_w = o_n % W
@@ -466,7 +470,8 @@ def _mefc_bwd_dwgrad_kernel(
     p_x = x_ptr + i_b * stride_xb + tl.cast(j, tl.int64) * stride_xo + o_c64 * stride_xc
     p_part = part_ptr + ((i_b * tl.num_programs(0) + i_ch) * TAPS + _tap_offset(j, K0)) * C + o_c
     for it in range(0, tiles_per_chunk):
-        o_n = (i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
+        o_n = tl.multiple_of((i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
         m_n = o_n < N
         o_h = o_n // W
         o_w = o_n % W
