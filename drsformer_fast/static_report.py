@@ -49,7 +49,8 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
      stores count 1 wavefront per 128 bytes. Still a model: same-line attribution (a line with two
      loads of different layouts is charged the worse one), static counts (a load inside a loop weighs
      as much as one outside), and the bytes are weighted per instruction as if 32 lanes read distinct
-     addresses.
+     addresses (the rows also carry ``l1_factor_per_warp``, which charges a broadcast load its full
+     wavefront and a 2-byte load by 32 lanes 2x; not used in the prediction).
    * efficiency = the share of the GPU the grid can use, taking one CTA to saturate its SM's
      throughput: ``P / 132`` for ``P < 132`` programs (a 3-program grid uses 3 of 132 SMs), else
      ``(P / 132) / (c ceil(P / (132 c)))`` with ``c`` resident CTAs per SM (the last wave partly
@@ -234,8 +235,15 @@ def lane_spacing(layout: str, shape: tuple, elem_bytes: int, blocked: dict):
     attribute): 0 when every lane of a warp reads the same address (a scalar, a slice whose sliced dim
     carries the lanes, a tensor too small to span them); None when the layout is not one modelled
     here (lanes only across non-contiguous dims, MMA or linear layouts)."""
+    geometry = lane_geometry(layout, shape, elem_bytes, blocked)
+    return None if geometry is None else geometry[0]
+
+
+def lane_geometry(layout: str, shape: tuple, elem_bytes: int, blocked: dict):
+    """(lane spacing in bytes as :func:`lane_spacing`, lanes reading distinct addresses along the
+    contiguous dim, distinct rows across the others) of one warp's load, or None."""
     if not shape:
-        return 0
+        return 0, 1, 1
     sliced = None
     m = re.match(r"#ttg\.slice<\{dim = (\d+), parent = #(\w+)\}>", layout)
     if m:
@@ -251,15 +259,16 @@ def lane_spacing(layout: str, shape: tuple, elem_bytes: int, blocked: dict):
     # lanes that read distinct elements along each dim (a sliced dim, or wrap-around, repeats them)
     distinct = {d: 1 if d == sliced else min(lanes[d], max(1, -(-extent[d] // size[d]))) for d in range(len(size))}
     if all(v == 1 for v in distinct.values()):
-        return 0
+        return 0, 1, 1
     contiguous = next(d for d in order if d != sliced)
     if distinct[contiguous] > 1:
-        return size[contiguous] * elem_bytes
+        return size[contiguous] * elem_bytes, distinct[contiguous], math.prod(
+            v for d, v in distinct.items() if d != contiguous)
     return None
 
 
 def ttgir_loads(ttgir: str) -> dict:
-    """{(file, line): [lane spacing in bytes or None, ...]} for every global load of a ttgir listing
+    """{(file, line): [:func:`lane_geometry` or None, ...]} for every global load of a ttgir listing
     (``tt.load`` and cp.async's ``ttg.async_copy_global_to_local``), at its innermost source line."""
     blocked = {}
     for m in _TTGIR_LAYOUT_RE.finditer(ttgir):
@@ -278,11 +287,11 @@ def ttgir_loads(ttgir: str) -> dict:
         if where is None:
             continue
         if m.group(4):  # a scalar pointer: one address for the whole warp
-            spacing = 0
+            spacing = (0, 1, 1)
         else:
             shape = tuple(int(v) for v in m.group(1).rstrip("x").split("x"))
             bits = re.search(r"\d+", m.group(2))
-            spacing = lane_spacing(m.group(3), shape, int(bits.group()) // 8 if bits else 4, blocked)
+            spacing = lane_geometry(m.group(3), shape, int(bits.group()) // 8 if bits else 4, blocked)
         out.setdefault(where, []).append(spacing)
     return out
 
@@ -360,7 +369,12 @@ def l1_layout_factor(ttgir: str, ptx: str, sass_lines: str | None = None) -> dic
     run), else the PTX ones; a SASS load at a line where the PTX saw loads of several source lines
     (Triton's inline-asm loads reach ptxas one line late) is shared among them as the PTX counts
     are. Loads that map to no line or to a layout not modelled here fall back to the widest rule
-    (lanes ``max(w, V)`` apart, V the widest global access) and are counted (``fell_back``)."""
+    (lanes ``max(w, V)`` apart, V the widest global access) and are counted (``fell_back``).
+
+    ``l1_factor_per_warp`` (reported, not used by :func:`predict`) counts what the factor leaves out:
+    a warp's load costs at least one wavefront per row of lanes, and only its distinct lanes' bytes
+    are bytes the interpreter counts, so a broadcast (one address per warp) costs 128 / w, and a
+    2-byte load by 32 lanes 2x."""
     by_line = ttgir_loads(ttgir)
     ptx_list, widest = ptx_loads(ptx)
     if sass_lines is not None:
@@ -373,22 +387,27 @@ def l1_layout_factor(ttgir: str, ptx: str, sass_lines: str | None = None) -> dic
         widest = max([widest, *(w for w, _ in loads)])
     else:
         loads = [(w, Counter([where])) for w, where, _ in ptx_list]
-    useful = touched = fell_back = 0
+    useful = touched = fell_back = warp_useful = warp_touched = 0
     for w, wheres in loads:
         total = sum(wheres.values())
         for where, n in wheres.items():
-            spacings = by_line.get(where, [])
-            if spacings and all(sp is not None for sp in spacings):
-                spacing = max(spacings)
+            found = by_line.get(where, [])
+            if found and all(g is not None for g in found):
+                spacing, lanes, rows = max(found)
             else:
-                spacing, fell_back = widest, fell_back + n / total
+                (spacing, lanes, rows), fell_back = (widest, 32, 1), fell_back + n / total
             useful += w * n / total
             touched += max(w, spacing) * n / total
+            # per warp: at least one wavefront per row of lanes, and only distinct lanes' bytes count
+            # (the interpreter counts each element once, however many lanes read it)
+            warp_useful += rows * lanes * w * n / total
+            warp_touched += rows * math.ceil(lanes * max(w, spacing) / 128) * 128 * n / total
     fell_back = round(fell_back, 2)
     rule = "layout" if not fell_back else ("widest" if fell_back >= len(loads) else "layout+widest")
     return {"l1_factor": touched / useful if useful else 1.0, "l1_rule": rule, "counted": "sass" if
             sass_lines is not None else "ptx", "loads": len(loads), "fell_back": fell_back,
-            "widest_bytes_per_lane": widest}
+            "widest_bytes_per_lane": widest,
+            "l1_factor_per_warp": warp_touched / warp_useful if warp_useful else 1.0}
 
 
 # --------------------------------------------------------------------------------------------

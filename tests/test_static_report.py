@@ -174,6 +174,7 @@ def test_l1_layout_rule_strided_taps(stencil_rows):
     assert row["l1"]["fell_back"] == 0 and row["l1"]["l1_rule"] == "layout" and row["l1"]["counted"] == "sass"
     assert row["l1"]["loads"] == sum(row["sass"]["ldg"].values())
     assert row["l1"]["l1_factor"] == pytest.approx(4.0)
+    assert row["l1"]["l1_factor_per_warp"] == pytest.approx(4.0)  # 32 lanes x 16 B: 4 wavefronts for 1
     assert row["sass"]["l1_factor"] == pytest.approx(4.0)
 
 
@@ -185,6 +186,7 @@ def test_l1_layout_rule_coalesced_taps_beside_a_vector_load(stencil_rows):
     assert "16" in row["sass"]["ldg"] and row["l1"]["widest_bytes_per_lane"] == 16  # the vector weight load
     assert row["l1"]["fell_back"] == 0 and row["l1"]["l1_rule"] == "layout"
     assert row["l1"]["l1_factor"] == pytest.approx(1.0)
+    assert row["l1"]["l1_factor_per_warp"] > 1.01  # the bias loads: a whole wavefront per warp for 4 bytes each
     assert row["sass"]["l1_factor"] > 3.0
     model = S.predict(1, 1, row, {"program": {"load_bytes": 1280, "store_bytes": 2048, "ffma": 0, "dot": {}},
                                   "tensors": {}})
