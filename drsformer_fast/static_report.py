@@ -31,13 +31,26 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
      TF32 dot MACs / 247 T/s + fp16/bf16 dot MACs / 495 T/s (dense tensor-core peaks). Elementwise
      adds and multiplies count one each (an upper bound where the compiler fuses them into FMAs);
      reductions, exp and comparisons are not counted.
-   * L1 = wavefronts / (1 per clock per SM x 132 SMs x 1.98 GHz). Every global load of ``w`` bytes
-     per lane in a kernel whose widest global access is ``V`` bytes per lane (16 for a 4 x fp32
-     per-thread layout) is taken to have its lanes ``max(w, V)`` bytes apart: 32 lanes x ``max(w, V)``
-     / 128 wavefronts for 32 x ``w`` useful bytes (so a scalar fp32 tap load in a 4-per-thread layout
-     costs 4x: the bank-conflicted stencil of issue 9). The kernel's factor ``sum(max(w, V)) /
-     sum(w)`` over its static load instructions (LDG and LDGSTS) scales the bytes the interpreter saw
-     loaded; stores count 1 wavefront per 128 bytes.
+   * L1 = wavefronts / (1 per clock per SM x 132 SMs x 1.98 GHz). Each global load instruction of
+     ``w`` bytes per lane is taken to have its lanes ``max(w, s)`` bytes apart: 32 lanes x ``max(w, s)``
+     / 128 wavefronts for 32 x ``w`` useful bytes. The spacing ``s`` comes from the load's own Triton
+     layout (:func:`l1_layout_factor`): each LDG/LDGSTS of the SASS is matched by its source line
+     (``nvdisasm -g``, through the PTX's ``.loc`` lines) to the ttgir load(s) on that line
+     (``tt.load``, ``ttg.async_copy_global_to_local``), and
+     ``s = sizePerThread x element bytes`` along the layout's contiguous dim when lanes step along it
+     (a scalar fp32 tap load in a 4-per-thread layout: 16 B apart, 4x the wavefronts: the stencil of
+     issue 9; the same taps in a 1-per-thread layout: 4 B, 1x). A load whose lanes all read one address
+     (a scalar, a slice whose sliced dim carries the lanes, a tensor too small to span them) counts 1x;
+     a line with several loads takes the largest spacing. A load that maps to no line or to a layout
+     not modelled here (lanes only across rows, MMA and linear layouts) falls back to the older rule,
+     ``s = V`` the widest global access of the kernel, and the row says how many did (``l1_rule``,
+     ``fell_back``). The kernel's factor ``sum(max(w, s)) / sum(w)`` over its static SASS load
+     instructions (LDG and LDGSTS, as counted in the table) scales the bytes the interpreter saw loaded;
+     stores count 1 wavefront per 128 bytes. Still a model: same-line attribution (a line with two
+     loads of different layouts is charged the worse one), static counts (a load inside a loop weighs
+     as much as one outside), and the bytes are weighted per instruction as if 32 lanes read distinct
+     addresses (the rows also carry ``l1_factor_per_warp``, which charges a broadcast load its full
+     wavefront and a 2-byte load by 32 lanes 2x; not used in the prediction).
    * efficiency = the share of the GPU the grid can use, taking one CTA to saturate its SM's
      throughput: ``P / 132`` for ``P < 132`` programs (a 3-program grid uses 3 of 132 SMs), else
      ``(P / 132) / (c ceil(P / (132 c)))`` with ``c`` resident CTAs per SM (the last wave partly
@@ -125,7 +138,8 @@ def sass_counts(sass: str) -> dict:
     """Static instruction counts of a SASS listing: global loads by bytes per lane (``ldg``: LDG,
     ``ldgsts``: cp.async), global stores (``stg``), tensor-core (``hmma``: HMMA, ``hgmma``: HGMMA),
     ``ffma`` (FFMA and its variants), ``fp32_other`` (FADD, FMUL), shared loads/stores, and the L1
-    factor of the load instructions (see the module docstring)."""
+    factor of the load instructions by the widest rule (every load's lanes as far apart as the widest
+    global access: what the model falls back to where :func:`l1_layout_factor` has no layout)."""
     ops = Counter(m.group(1) for m in _SASS_RE.finditer(sass))
     ldg, ldgsts, stg = Counter(), Counter(), Counter()
     out = Counter()
@@ -181,6 +195,222 @@ def load_pattern(c: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# L1: each load's lane spacing from its Triton layout (ttgir) matched to the PTX by source line
+# --------------------------------------------------------------------------------------------
+
+_TTGIR_LAYOUT_RE = re.compile(r"^#(\w+) = #ttg\.blocked<\{(.*)\}>\s*$", re.M)
+_TTGIR_LOC_RE = re.compile(r"^#(loc\d*) = loc\((.*)\)\s*$", re.M)
+# a tensor of pointers (shape, element type, layout: a name or an inline attribute), or one pointer
+_TTGIR_PTR_RE = re.compile(r"tensor<((?:\d+x)+)!tt\.ptr<(\w+)>, "
+                           r"(#ttg\.slice<\{[^}]*\}>|#\w+(?:\.\w+)?(?:<\{[^}]*\}>)?)>|!tt\.ptr<(\w+)>")
+_PTX_LOAD_RE = re.compile(r"^\s*(?:@!?%\w+\s+)?(ld\.global[\w.:]*|cp\.async\.c[ag]\.shared\.global[\w.:]*)\s+(.*)$")
+_PTX_STORE_RE = re.compile(r"^\s*(?:@!?%\w+\s+)?(st\.global[\w.:]*)\s")
+
+
+def _ints(text: str, key: str) -> list[int]:
+    m = re.search(key + r" = \[([\d, ]*)\]", text)
+    return [int(v) for v in m.group(1).split(",") if v.strip()] if m else []
+
+
+def _resolve_loc(name: str, locs: dict, depth: int = 0):
+    """(file, line) of a ttgir location: names and call sites resolve to the innermost one."""
+    text = locs.get(name)
+    if text is None or depth > 64:
+        return None
+    return _loc_text(text, locs, depth)
+
+
+def _loc_text(text: str, locs: dict, depth: int):
+    m = re.match(r'\s*"([^"]*)":(\d+):\d+', text)
+    if m:
+        return m.group(1), int(m.group(2))
+    m = re.match(r'\s*callsite\(#(loc\d*) at', text)  # the callee: the load's own line, not the call
+    if m is None:
+        m = re.match(r'\s*"[^"]*"\(#(loc\d*)\)', text) or re.match(r'\s*fused\[#(loc\d*)', text)
+    return _resolve_loc(m.group(1), locs, depth + 1) if m else None
+
+
+def lane_spacing(layout: str, shape: tuple, elem_bytes: int, blocked: dict):
+    """Bytes between adjacent lanes' addresses for a load of a tensor in ``layout`` (a ttgir layout
+    attribute): 0 when every lane of a warp reads the same address (a scalar, a slice whose sliced dim
+    carries the lanes, a tensor too small to span them); None when the layout is not one modelled
+    here (lanes only across non-contiguous dims, MMA or linear layouts)."""
+    geometry = lane_geometry(layout, shape, elem_bytes, blocked)
+    return None if geometry is None else geometry[0]
+
+
+def lane_geometry(layout: str, shape: tuple, elem_bytes: int, blocked: dict):
+    """(lane spacing in bytes as :func:`lane_spacing`, lanes reading distinct addresses along the
+    contiguous dim, distinct rows across the others) of one warp's load, or None."""
+    if not shape:
+        return 0, 1, 1
+    sliced = None
+    m = re.match(r"#ttg\.slice<\{dim = (\d+), parent = #(\w+)\}>", layout)
+    if m:
+        sliced, layout = int(m.group(1)), "#" + m.group(2)
+    parent = blocked.get(layout[1:])
+    if parent is None:
+        return None
+    size, lanes, order = parent["sizePerThread"], parent["threadsPerWarp"], parent["order"]
+    dims = [d for d in range(len(size)) if d != sliced]  # the tensor's dims, in the parent's numbering
+    if len(dims) != len(shape):
+        return None
+    extent = dict(zip(dims, shape))
+    # lanes that read distinct elements along each dim (a sliced dim, or wrap-around, repeats them)
+    distinct = {d: 1 if d == sliced else min(lanes[d], max(1, -(-extent[d] // size[d]))) for d in range(len(size))}
+    if all(v == 1 for v in distinct.values()):
+        return 0, 1, 1
+    contiguous = next(d for d in order if d != sliced)
+    if distinct[contiguous] > 1:
+        return size[contiguous] * elem_bytes, distinct[contiguous], math.prod(
+            v for d, v in distinct.items() if d != contiguous)
+    return None
+
+
+def ttgir_loads(ttgir: str) -> dict:
+    """{(file, line): [:func:`lane_geometry` or None, ...]} for every global load of a ttgir listing
+    (``tt.load`` and cp.async's ``ttg.async_copy_global_to_local``), at its innermost source line."""
+    blocked = {}
+    for m in _TTGIR_LAYOUT_RE.finditer(ttgir):
+        body = m.group(2)
+        blocked[m.group(1)] = {k: _ints(body, k) for k in ("sizePerThread", "threadsPerWarp", "order")}
+    locs = {m.group(1): m.group(2) for m in _TTGIR_LOC_RE.finditer(ttgir)}
+    out = {}
+    for line in ttgir.splitlines():
+        if " tt.load " not in line and " ttg.async_copy_global_to_local " not in line:
+            continue
+        m = _TTGIR_PTR_RE.search(line.split(" : ", 1)[-1])
+        lm = re.search(r"loc\((#loc\d*|\"[^)]*)\)\s*$", line)
+        if m is None or lm is None:
+            continue
+        where = _resolve_loc(lm.group(1)[1:], locs) if lm.group(1).startswith("#") else _loc_text(lm.group(1), locs, 0)
+        if where is None:
+            continue
+        if m.group(4):  # a scalar pointer: one address for the whole warp
+            spacing = (0, 1, 1)
+        else:
+            shape = tuple(int(v) for v in m.group(1).rstrip("x").split("x"))
+            bits = re.search(r"\d+", m.group(2))
+            spacing = lane_geometry(m.group(3), shape, int(bits.group()) // 8 if bits else 4, blocked)
+        out.setdefault(where, []).append(spacing)
+    return out
+
+
+def _ptx_width(op: str, operands: str) -> int:
+    """Bytes per thread of a PTX global load (``ld.global[.v2/.v4].<type>``) or cp.async (its size operand)."""
+    if op.startswith("cp.async"):
+        m = re.match(r"\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)", operands)
+        return int(m.group(1), 0) if m else 4
+    vec = re.search(r"\.v(\d)\b", op)
+    bits = re.findall(r"\.[bfsu](\d+)\b", op)
+    return (int(vec.group(1)) if vec else 1) * (int(bits[-1]) // 8 if bits else 4)
+
+
+def ptx_loads(ptx: str) -> tuple[list, int]:
+    """[(bytes per thread, (file, line), (file, line) as ptxas sees it)] for each global load
+    instruction of a PTX listing (``ld.global*`` and ``cp.async.ca/cg``; lines may be None), and the
+    widest global access (loads and stores).
+
+    An instruction's line is the last ``.loc`` before it, except inside an inline-asm block (where
+    Triton emits its loads): LLVM numbers the block's lines on from the block's own ``.loc`` (the
+    second line of ``mov; ld`` gets line + 1), so the block's first ``.loc`` is the load's line, and the
+    last one is the line ptxas (and so the SASS line info) gives it."""
+    files = {m.group(1): m.group(2) for m in re.finditer(r'^\s*\.file\s+(\d+)\s+"([^"]*)"', ptx, re.M)}
+    loads, widest, loc, block_loc, in_asm = [], 0, None, None, False
+    for line in ptx.splitlines():
+        s = line.strip()
+        if s.startswith("// begin inline asm"):
+            in_asm, block_loc = True, None
+            continue
+        if s.startswith("// end inline asm"):
+            in_asm = False
+            continue
+        if s.startswith(".loc"):
+            parts = s.split()
+            loc = (files.get(parts[1]), int(parts[2])) if len(parts) > 2 and parts[1] in files else None
+            if in_asm and block_loc is None:
+                block_loc = loc
+            continue
+        m = _PTX_LOAD_RE.match(line)
+        if m:
+            w = _ptx_width(m.group(1), m.group(2))
+            loads.append((w, (block_loc or loc) if in_asm else loc, loc))
+            widest = max(widest, w)
+            continue
+        m = _PTX_STORE_RE.match(line)
+        if m:
+            widest = max(widest, _ptx_width(m.group(1), ""))
+    return loads, widest
+
+
+_SASS_LINE_RE = re.compile(r'//## File "([^"]*)", line (\d+)')
+
+
+def sass_loads(listing: str) -> list:
+    """[(bytes per lane, (file, line) or None)] for each LDG/LDGSTS of an ``nvdisasm -g`` listing
+    (its ``//## File`` comments give each instruction's innermost source line)."""
+    out, loc = [], None
+    for line in listing.splitlines():
+        m = _SASS_LINE_RE.search(line)
+        if m:
+            loc = (m.group(1), int(m.group(2)))
+            continue
+        m = _SASS_RE.search(line)
+        if m and m.group(1).split(".")[0] in ("LDG", "LDGSTS"):
+            out.append((_width(m.group(1)), loc))
+    return out
+
+
+def l1_layout_factor(ttgir: str, ptx: str, sass_lines: str | None = None) -> dict:
+    """The L1 factor of the module docstring: each global load's lanes ``max(w, s)`` bytes apart, the
+    spacing ``s`` from the Triton layout of the ttgir load(s) at the load's source line (the largest
+    where a line has several). The loads counted are the SASS ones when ``sass_lines`` (an
+    ``nvdisasm -g`` listing) is given (ptxas unrolls loops: its counts weigh a loop's loads as they
+    run), else the PTX ones; a SASS load at a line where the PTX saw loads of several source lines
+    (Triton's inline-asm loads reach ptxas one line late) is shared among them as the PTX counts
+    are. Loads that map to no line or to a layout not modelled here fall back to the widest rule
+    (lanes ``max(w, V)`` apart, V the widest global access) and are counted (``fell_back``).
+
+    ``l1_factor_per_warp`` (reported, not used by :func:`predict`) counts what the factor leaves out:
+    a warp's load costs at least one wavefront per row of lanes, and only its distinct lanes' bytes
+    are bytes the interpreter counts, so a broadcast (one address per warp) costs 128 / w, and a
+    2-byte load by 32 lanes 2x."""
+    by_line = ttgir_loads(ttgir)
+    ptx_list, widest = ptx_loads(ptx)
+    if sass_lines is not None:
+        # the line ptxas sees may be the inline-asm shifted line of a load on the line before: a SASS
+        # load at that line stands for the PTX loads seen there, in their proportions
+        seen_as = {}
+        for _, true, seen in ptx_list:
+            seen_as.setdefault(seen, Counter())[true] += 1
+        loads = [(w, seen_as.get(where) or Counter([where])) for w, where in sass_loads(sass_lines)]
+        widest = max([widest, *(w for w, _ in loads)])
+    else:
+        loads = [(w, Counter([where])) for w, where, _ in ptx_list]
+    useful = touched = fell_back = warp_useful = warp_touched = 0
+    for w, wheres in loads:
+        total = sum(wheres.values())
+        for where, n in wheres.items():
+            found = by_line.get(where, [])
+            if found and all(g is not None for g in found):
+                spacing, lanes, rows = max(found)
+            else:
+                (spacing, lanes, rows), fell_back = (widest, 32, 1), fell_back + n / total
+            useful += w * n / total
+            touched += max(w, spacing) * n / total
+            # per warp: at least one wavefront per row of lanes, and only distinct lanes' bytes count
+            # (the interpreter counts each element once, however many lanes read it)
+            warp_useful += rows * lanes * w * n / total
+            warp_touched += rows * math.ceil(lanes * max(w, spacing) / 128) * 128 * n / total
+    fell_back = round(fell_back, 2)
+    rule = "layout" if not fell_back else ("widest" if fell_back >= len(loads) else "layout+widest")
+    return {"l1_factor": touched / useful if useful else 1.0, "l1_rule": rule, "counted": "sass" if
+            sass_lines is not None else "ptx", "loads": len(loads), "fell_back": fell_back,
+            "widest_bytes_per_lane": widest,
+            "l1_factor_per_warp": warp_touched / warp_useful if warp_useful else 1.0}
+
+
+# --------------------------------------------------------------------------------------------
 # compilation (a worker process per compile; no TRITON_INTERPRET)
 # --------------------------------------------------------------------------------------------
 
@@ -219,6 +449,9 @@ def compile_spec(spec, arch: int, sass: bool = True) -> dict:
                              check=True).stdout
         listing = subprocess.run([_tool("cuobjdump"), "--dump-sass", path], capture_output=True, text=True,
                                  check=True).stdout if sass else ""
+        # the same SASS with each instruction's source line (Triton compiles with line info)
+        lined = subprocess.run([_tool("nvdisasm"), "-g", "-c", path], capture_output=True, text=True,
+                               check=True).stdout if sass else ""
     finally:
         os.unlink(path)
     m = _RESOURCE_RE.search(res)
@@ -229,6 +462,9 @@ def compile_spec(spec, arch: int, sass: bool = True) -> dict:
     row["shared"] = max(row["cuobjdump_shared"], row["triton_shared"])
     if sass:
         row["sass"] = sass_counts(listing)
+        asm = compiled.asm
+        if "ttgir" in asm and "ptx" in asm:
+            row["l1"] = l1_layout_factor(asm["ttgir"], asm["ptx"], lined)
     problems = []
     if row["local"] or row["stack"]:
         problems.append(f"register spills: LOCAL={row['local']} STACK={row['stack']}")
@@ -512,7 +748,9 @@ def predict(programs: int, num_warps: int, comp: dict, work: dict) -> dict:
     loads, stores = p["load_bytes"] * programs, p["store_bytes"] * programs
     dots = {k: v * programs for k, v in p["dot"].items()}
     ffma = p["ffma"] * programs + dots.get("ieee", 0)
-    l1_factor = comp.get("sass", {}).get("l1_factor", 1.0)
+    # the layout rule where the compilation gave one (rows of older runs have only the widest rule)
+    l1 = comp.get("l1") or {"l1_factor": comp.get("sass", {}).get("l1_factor", 1.0), "l1_rule": "widest"}
+    l1_factor = l1["l1_factor"]
     wavefronts = loads * l1_factor / 128 + stores / 128
     hbm_us = compulsory / HBM_BYTES_PER_S * 1e6
     compute_us = (ffma / FFMA_PER_S + (dots.get("tf32", 0) + 3 * dots.get("tf32x3", 0)) / TF32_MAC_PER_S
@@ -527,7 +765,8 @@ def predict(programs: int, num_warps: int, comp: dict, work: dict) -> dict:
     return {
         "compulsory_bytes": compulsory, "loaded_bytes": loads, "stored_bytes": stores, "ffma": ffma,
         "dot_macs": dots, "l1_wavefronts": wavefronts, "hbm_us": hbm_us, "compute_us": compute_us,
-        "l1_us": l1_us, "efficiency": efficiency, "bound": bound, "predicted_us": predicted,
+        "l1_us": l1_us, "l1_factor": l1_factor, "l1_rule": l1["l1_rule"], "l1_fell_back": l1.get("fell_back", 0),
+        "efficiency": efficiency, "bound": bound, "predicted_us": predicted,
         "ratio": predicted / hbm_us if hbm_us else float("inf"),
         "waves": programs / slots, **(occ or {}),
     }
@@ -584,6 +823,16 @@ def _config_cell(config: str) -> str:
     return rest.rstrip(")")
 
 
+def _loads_cell(c: dict, m: dict) -> str:
+    """The load pattern and the L1 factor the model used ('*': some loads by the widest rule)."""
+    if "sass" not in c:
+        return "-"
+    cell = load_pattern(c["sass"])
+    if "l1_factor" in m:  # rows of older runs have none
+        cell += f", L1 x{m['l1_factor']:.1f}{'' if m.get('l1_rule') == 'layout' else '*'}"
+    return cell
+
+
 def _sass_cell(s: dict) -> str:
     tc = s.get("hmma", 0) + s.get("hgmma", 0)
     return f"{tc}/{s.get('ffma', 0)}"
@@ -598,7 +847,9 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
     lines += ["", "Columns: programs and waves (on 132 SMs, at the resident CTAs per SM), warps per CTA, "
               "registers per thread, shared memory per CTA (KB), resident warps per SM (and the limiting "
               "resource), spilled bytes, global-load pattern from the SASS (vector = 8/16-byte loads, scalar "
-              "= 4 bytes or less per lane, +async = cp.async), tensor-core/FFMA static instruction counts, "
+              "= 4 bytes or less per lane, +async = cp.async) and the L1 factor of the loads (from each load's "
+              "layout; * where some fell back to the widest-access rule), tensor-core/FFMA static instruction "
+              "counts, "
               "compulsory MB, HBM roofline us, predicted us, the bound (hbm, compute, l1) and predicted/roofline.",
               ""]
     groups = {}
@@ -631,7 +882,7 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
         m = r.model
         lines.append(f"| {r.kernel} | {r.shape} | {r.dtype} | {r.pass_} | {r.programs} | {m['predicted_us']:.1f} | "
                      f"{m['hbm_us']:.1f} | {m['ratio']:.2f} | {m['bound']} | {m.get('warps_per_sm', '-')} | "
-                     f"{load_pattern(r.compile['sass']) if 'sass' in r.compile else '-'} |")
+                     f"{_loads_cell(r.compile, m)} |")
     for (shape, dtype, pass_), rs in groups.items():
         if rs[0].level == "model":  # hundreds of launches: one row per kernel
             lines += ["", f"## {shape} {dtype} {pass_} (per kernel)", "",
@@ -647,7 +898,7 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
                 warps = sorted({r.model.get("warps_per_sm", 0) for r in ks})
                 progs = [r.programs for r in ks]
                 spill = max(r.compile.get("local", 0) + r.compile.get("stack", 0) for r in ks)
-                pattern = load_pattern(ks[0].compile["sass"]) if "sass" in ks[0].compile else "-"
+                pattern = _loads_cell(ks[0].compile, ks[0].model)
                 lines.append(f"| {kernel} | {len(ks)} | {min(progs)}-{max(progs)} | {regs[0]}-{regs[-1]} | "
                              f"{warps[0]}-{warps[-1]} | {spill} | {pattern} | "
                              f"{_mb(sum(r.model['compulsory_bytes'] for r in ks))} | {roof:.1f} | {pred:.1f} | "
@@ -668,7 +919,7 @@ def format_markdown(rows: list[Row], arch: int, meta: dict) -> str:
                 f"| {r.index} | {r.kernel} | {_config_cell(r.config)} | {'x'.join(map(str, r.grid))} | "
                 f"{r.programs} | {m['waves']:.2f} | {r.num_warps} | {c['regs']} | {c['shared'] / 1024:.1f} | "
                 f"{m['warps_per_sm']} ({m['limited_by']}) | {c['local'] + c['stack']} | "
-                f"{load_pattern(c['sass'])} | {_sass_cell(c['sass'])} | {_mb(m['compulsory_bytes'])} | "
+                f"{_loads_cell(c, m)} | {_sass_cell(c['sass'])} | {_mb(m['compulsory_bytes'])} | "
                 f"{m['hbm_us']:.1f} | {m['predicted_us']:.1f} | {m['bound']} | {m['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -101,3 +101,111 @@ def test_markdown_and_json_round_trip():
     saved = json.loads(json.dumps([S._row_json(r) for r in rows], default=str))
     again = S.format_markdown([S._row_from_json(r) for r in saved], 90, {"triton": "x"})
     assert again == md
+
+
+# Two tiny stencils for the L1 rule, compiled for sm_90 in a process without the interpreter (it
+# compiles nothing, and its jit helpers such as tl.sum's combine function break in-process compiles).
+# STENCIL: y = x[n - 1] + x[n + 1] on a [BLOCK_C, BLOCK_N] tile; the aligned store makes the coalesce
+# pass give every tile 4 fp32 per thread, so the shifted taps are scalar loads with lanes 16 B apart.
+# With HINT the pixel offsets claim no divisibility: 1 per thread, lanes 4 B apart; a [BLOCK_C] bias
+# (a slice layout: one address per warp) and a 16-B vector weight load in its own layout stay beside.
+_STENCIL = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _stencil_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HINT: tl.constexpr):
+    o_c = tl.arange(0, BLOCK_C)
+    o_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if HINT:
+        o_n = tl.multiple_of(o_n, 1)
+    m = (o_n < N)[None, :]
+    p_x = x_ptr + o_c[:, None] * N + o_n[None, :]
+    b_y = tl.load(p_x - 1, mask=m & (o_n >= 1)[None, :], other=0.0)
+    b_y += tl.load(p_x + 1, mask=m & (o_n + 1 < N)[None, :], other=0.0)
+    if HINT:
+        b_y += tl.load(b_ptr + o_c)[:, None]
+        b_y += tl.sum(tl.load(w_ptr + tl.arange(0, 128)))
+    tl.store(y_ptr + o_c[:, None] * N + o_n[None, :], b_y, mask=m)
+'''
+
+_COMPILE_STENCILS = '''
+import json, sys
+from types import SimpleNamespace
+from drsformer_fast import static_report as S
+
+rows = {}
+for hint in (False, True):
+    spec = SimpleNamespace(
+        module="l1_stencil", kernel="_stencil_kernel", num_warps=1, num_stages=3,
+        signature=(("x_ptr", "*fp32"), ("w_ptr", "*fp32"), ("b_ptr", "*fp32"), ("y_ptr", "*fp32"), ("N", "i32"),
+                   ("BLOCK_C", "constexpr"), ("BLOCK_N", "constexpr"), ("HINT", "constexpr")),
+        constexprs=(((5,), 4), ((6,), 128), ((7,), hint)),
+        attrs=tuple(((i,), (("tt.divisibility", 16),)) for i in range(5)),
+        options=(("num_warps", 1), ("num_stages", 3)))
+    rows[str(hint)] = S.compile_spec(spec, 90)
+json.dump(rows, sys.stdout)
+'''
+
+
+@pytest.fixture(scope="module")
+def stencil_rows(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+
+    d = tmp_path_factory.mktemp("l1")
+    (d / "l1_stencil.py").write_text(_STENCIL)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(d), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_STENCILS], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout)
+
+
+def test_l1_layout_rule_strided_taps(stencil_rows):
+    """Without the hint both rules agree: every load is a shifted scalar tap whose lanes are 16 B apart."""
+    row = stencil_rows["False"]
+    assert "error" not in row, row.get("error")
+    assert set(row["sass"]["stg"]) == {"16"} and set(row["sass"]["ldg"]) == {"4"}  # 16-B stores, scalar taps
+    assert row["l1"]["fell_back"] == 0 and row["l1"]["l1_rule"] == "layout" and row["l1"]["counted"] == "sass"
+    assert row["l1"]["loads"] == sum(row["sass"]["ldg"].values())
+    assert row["l1"]["l1_factor"] == pytest.approx(4.0)
+    assert row["l1"]["l1_factor_per_warp"] == pytest.approx(4.0)  # 32 lanes x 16 B: 4 wavefronts for 1
+    assert row["sass"]["l1_factor"] == pytest.approx(4.0)
+
+
+def test_l1_layout_rule_coalesced_taps_beside_a_vector_load(stencil_rows):
+    """With the hint the taps are coalesced (lanes 4 B apart) and the bias a broadcast: factor 1, where the
+    widest rule, seeing the 16-B weight load, still charges every scalar load 4x."""
+    row = stencil_rows["True"]
+    assert "error" not in row, row.get("error")
+    assert "16" in row["sass"]["ldg"] and row["l1"]["widest_bytes_per_lane"] == 16  # the vector weight load
+    assert row["l1"]["fell_back"] == 0 and row["l1"]["l1_rule"] == "layout"
+    assert row["l1"]["l1_factor"] == pytest.approx(1.0)
+    assert row["l1"]["l1_factor_per_warp"] > 1.01  # the bias loads: a whole wavefront per warp for 4 bytes each
+    assert row["sass"]["l1_factor"] > 3.0
+    model = S.predict(1, 1, row, {"program": {"load_bytes": 1280, "store_bytes": 2048, "ffma": 0, "dot": {}},
+                                  "tensors": {}})
+    assert (model["l1_factor"], model["l1_rule"]) == (1.0, "layout")
+
+
+_BLOCKED = {"taps": {"sizePerThread": [1, 4], "threadsPerWarp": [1, 32], "order": [1, 0]},
+            "rows": {"sizePerThread": [1, 1], "threadsPerWarp": [32, 1], "order": [1, 0]}}
+
+
+@pytest.mark.parametrize("layout, shape, elem, spacing", [
+    ("#taps", (16, 128), 4, 16),  # 4 per thread along the pixels: lanes 16 B apart
+    ("#taps", (16, 128), 2, 8),
+    ("#ttg.slice<{dim = 1, parent = #taps}>", (16,), 4, 0),  # the lanes' dim is sliced away: one address
+    ("#ttg.slice<{dim = 0, parent = #taps}>", (128,), 4, 16),
+    ("#taps", (16, 4), 4, 0),  # 4 pixels: one thread's worth, the other lanes repeat it
+    ("#rows", (32, 8), 4, None),  # lanes step across rows: their stride is not in the layout
+    ("#ttg.slice<{dim = 1, parent = #mma}>", (64,), 4, None),  # not a blocked parent
+    ("#taps", (), 4, 0),  # a scalar
+])
+def test_lane_spacing(layout, shape, elem, spacing):
+    assert S.lane_spacing(layout, shape, elem, _BLOCKED) == spacing
