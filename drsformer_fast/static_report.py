@@ -45,12 +45,16 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
      not modelled here (lanes only across rows, MMA and linear layouts) falls back to the older rule,
      ``s = V`` the widest global access of the kernel, and the row says how many did (``l1_rule``,
      ``fell_back``). The kernel's factor ``sum(max(w, s)) / sum(w)`` over its static SASS load
-     instructions (LDG and LDGSTS, as counted in the table) scales the bytes the interpreter saw loaded;
-     stores count 1 wavefront per 128 bytes. Still a model: same-line attribution (a line with two
-     loads of different layouts is charged the worse one), static counts (a load inside a loop weighs
-     as much as one outside), and the bytes are weighted per instruction as if 32 lanes read distinct
-     addresses (the rows also carry ``l1_factor_per_warp``, which charges a broadcast load its full
-     wavefront and a 2-byte load by 32 lanes 2x; not used in the prediction).
+     instructions (LDG and LDGSTS, as counted in the table) is ``l1_factor``. The prediction uses
+     ``l1_factor_per_warp``, the same sum per warp instruction: at least one wavefront per row of
+     lanes (a [2, 16]-lane tile of 4-byte loads: 2 for 128 bytes), and only the distinct bytes its
+     lanes read count as useful (the interpreter counts each element once however many lanes read
+     it), so a broadcast weight load (one address per warp) costs a wavefront for 4 bytes and a
+     2-byte load by 32 lanes 2x. That factor scales the bytes the interpreter saw loaded; stores
+     count 1 wavefront per 128 bytes. Still a model: same-line attribution (a line with two loads
+     of different layouts is charged the worse one) and static counts (a load inside a loop weighs
+     as much as one outside: a kernel whose per-channel loads sit outside its tap loop is charged
+     too much for them).
    * efficiency = the share of the GPU the grid can use, taking one CTA to saturate its SM's
      throughput: ``P / 132`` for ``P < 132`` programs (a 3-program grid uses 3 of 132 SMs), else
      ``(P / 132) / (c ceil(P / (132 c)))`` with ``c`` resident CTAs per SM (the last wave partly
@@ -371,7 +375,7 @@ def l1_layout_factor(ttgir: str, ptx: str, sass_lines: str | None = None) -> dic
     are. Loads that map to no line or to a layout not modelled here fall back to the widest rule
     (lanes ``max(w, V)`` apart, V the widest global access) and are counted (``fell_back``).
 
-    ``l1_factor_per_warp`` (reported, not used by :func:`predict`) counts what the factor leaves out:
+    ``l1_factor_per_warp`` (what :func:`predict` uses) counts what the factor leaves out:
     a warp's load costs at least one wavefront per row of lanes, and only its distinct lanes' bytes
     are bytes the interpreter counts, so a broadcast (one address per warp) costs 128 / w, and a
     2-byte load by 32 lanes 2x."""
@@ -750,7 +754,7 @@ def predict(programs: int, num_warps: int, comp: dict, work: dict) -> dict:
     ffma = p["ffma"] * programs + dots.get("ieee", 0)
     # the layout rule where the compilation gave one (rows of older runs have only the widest rule)
     l1 = comp.get("l1") or {"l1_factor": comp.get("sass", {}).get("l1_factor", 1.0), "l1_rule": "widest"}
-    l1_factor = l1["l1_factor"]
+    l1_factor = l1.get("l1_factor_per_warp", l1["l1_factor"])
     wavefronts = loads * l1_factor / 128 + stores / 128
     hbm_us = compulsory / HBM_BYTES_PER_S * 1e6
     compute_us = (ffma / FFMA_PER_S + (dots.get("tf32", 0) + 3 * dots.get("tf32x3", 0)) / TF32_MAC_PER_S

@@ -52,8 +52,15 @@ from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard
 
 KERNEL_SIZES = (3, 5, 7)
-BLOCK_C = 8
-BLOCK_N = 128
+# Tiles: few channels x many pixels. With coalesced taps (1 pixel per thread per row, see
+# kernels/_utils.py) every row a thread holds costs one warp-wide broadcast load of its weight per
+# tap, as many L1 wavefronts as the tap loads themselves when a thread holds one pixel per row: 2
+# channels x 1024 pixels at 8 warps give each thread 4 pixels per row (sm_90, fp32: forward 80
+# registers, backward at 512 pixels 79-96; 1024 would take the backward to 152).
+FWD_BLOCK_C = 2
+FWD_BLOCK_N = 1024
+BWD_BLOCK_C = 2
+BWD_BLOCK_N = 512
 NUM_WARPS = 8
 # Passed at every launch and registered with the compile configs, so the check compiles what runs
 # (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
@@ -331,12 +338,12 @@ def depthwise_conv_fwd(
     os_ = [out[i] for i in order]
     two = len(sizes) == 2
     xb = _f32(input_bias) if input_bias is not None else ws[0]
-    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(C, BLOCK_C), B)
+    grid = (triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(C, FWD_BLOCK_C), B)
     with device_guard(x):
         _dw_fwd_kernel[grid](
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
             sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
-            HAS_XBIAS=input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+            HAS_XBIAS=input_bias is not None, BLOCK_C=FWD_BLOCK_C, BLOCK_N=FWD_BLOCK_N, num_warps=NUM_WARPS,
             num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     return list(out)
@@ -384,20 +391,20 @@ def depthwise_conv_bwd(
     ks = [sizes[i] for i in order]
     gs = [grads[i] for i in order]
     ws = [_f32(weights[i]) for i in order]
-    n_tiles = triton.cdiv(N, BLOCK_N)
+    n_tiles = triton.cdiv(N, BWD_BLOCK_N)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
     parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
              for k in ks]
     xb = _f32(input_bias) if input_bias is not None else ws[0]
     dummy = ws[0]
-    grid = (n_tiles, triton.cdiv(C, BLOCK_C), B)
+    grid = (n_tiles, triton.cdiv(C, BWD_BLOCK_C), B)
     with device_guard(x):
         _dw_bwd_kernel[grid](
             gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
             parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
             C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
             TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
-            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N,
+            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=BWD_BLOCK_C, BLOCK_N=BWD_BLOCK_N,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     dws: list[torch.Tensor | None] = [None] * nb
@@ -437,8 +444,8 @@ def _compile_configs():
                         {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
                          "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
                          **{k: "i32" for k in ints}, "stride_ob": "i32"},
-                        {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C,
-                         "BLOCK_N": BLOCK_N},
+                        {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": FWD_BLOCK_C,
+                         "BLOCK_N": FWD_BLOCK_N},
                         num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
             bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
@@ -450,6 +457,6 @@ def _compile_configs():
                      "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
                      "p2_ptr": "*fp32", **{k: "i32" for k in bwd_ints}},
                     {"K1": k1, "K2": k2, "TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param,
-                     "HAS_XBIAS": xbias, "BLOCK_C": BLOCK_C, "BLOCK_N": BLOCK_N},
+                     "HAS_XBIAS": xbias, "BLOCK_C": BWD_BLOCK_C, "BLOCK_N": BWD_BLOCK_N},
                     num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                 )
