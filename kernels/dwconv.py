@@ -13,15 +13,15 @@ than 2**31 elements from ~4 MP on); pixel indices are int32 (H*W <= MAX_PIXELS).
 constexpr (Triton 3.6's interpreter cannot loop over runtime scalars); the tap loops stay loops:
 unrolled, ptxas hoists every tap's load and the kernels take 255 registers and spill on sm_90.
 
-Launch picture on sm_90 (compiled as launched: 8 warps, num_stages 3; batch 1, 256x256 input):
-  kernel          shape (C = 2h)         programs   regs before/after   resident warps/SM   HBM bytes  t_HBM
-  _dw_fwd  (3+5)  level 1: 254 x 256^2     8192      70 / 68 (fp32)      24                 200 MB    60 us
-                  decoder 1: 510 x 256^2  16384      70 / 68 (fp32)      24                 401 MB   120 us
-  _dw_bwd  (3+5)  level 1                  8192      80 / 108 (fp32)     24 -> 16           266 MB    80 us
-                  (bf16: 62 / 64 and 77 / 80 registers, 32 and 24 resident warps, half the bytes)
-FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1, so both are
-HBM-bound by the model. Not done: the shifted taps still load with the 4-elements-per-thread layout
-of the 128-bit store (scalar loads, lanes 16 B apart): L1 wavefronts, not HBM, may bound them.
+Launch picture on sm_90 (compiled as launched, 8 warps, num_stages 3; `python -m
+drsformer_fast.static_report`): forward 2 channels x 1024 pixels per program, 80 registers (bf16 72),
+24 resident warps per SM; backward 2 x 512, 79-96 registers, 16-24 resident warps; level 1 at 256x256
+(C = 2h = 254): 8128 forward programs. Loads: the taps are coalesced (1 pixel per thread along W:
+``tl.multiple_of(o_n, 1)``, see kernels/_utils.py), so their L1 wavefronts equal their bytes / 128;
+each tap also loads one weight per row a thread holds (a broadcast: one wavefront per warp), which
+the 4 pixels per thread per row amortise: per-warp L1 factor 1.48 forward, 1.3 backward in fp32
+(2.5-2.9 in bf16, whose 2-byte tap loads fill half a wavefront). FMA bound (2h * 34 FMA per pixel,
+~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1, under the HBM time (60 us forward).
 
 Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
 so one loop over the larger window loads each shifted tile once and feeds both accumulators.

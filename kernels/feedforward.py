@@ -59,6 +59,11 @@ FFMA at ~33.5 T/s; TF32 tensor-core dots counted at ~120 T FMA/s, half the dense
   bf16 _ffn_fwd       48@256^2      1024        110/112  16/16     79 MB   24 us   17 us (MMA dot)  24 / 24 us
   _ffn_fwd_reduce_kernel: 20-40 registers at 4 warps (64 resident warps). "FMA bound" adds the CUDA-core
   grouped conv and the project_out dot (FFMA before; TF32 tensor cores after, a separate pipe).
+Since then (issue 9's stencil layout, kernels/_utils.py): every grouped-conv tap load is coalesced (1
+pixel per thread along W), at per-warp L1 factors (static_report) of 2.1 (_ffn_fwd: per tap two
+broadcast weight loads per row beside the two taps), 1.3 (_ffn_bwd_uv, 127 registers, 16 resident
+warps) and 1.6 (_ffn_bwd_x, now 8 groups per tile: 110 registers, 16 resident warps), fp32 level 1;
+absent biases are None pointers (specialised away: no zero-filled buffers, no fill launches).
 Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
 _grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
 
