@@ -64,7 +64,11 @@ max(bytes / 3.35 TB/s, FFMA / 33.5 T/s, TF32 MAC / ~250 T/s), before -> after is
   _attn_dqk_kernel               4096 -> 8192  209@8 -> 94@8    8 -> 16  100 MB   1.99 G      59 us (FMA, 2x HBM)
   _attn_topk_softmax_kernel      12 -> 96      128@4 -> 71@4   16 -> 28   tiny (plus 12 programs of gram reduce before)
 The Gram and dQ/dK stay exact fp32 FFMA (top-k values; torch.matmul is not TF32): at C = 96 they are
-FMA-bound. Stencil taps still load as scalars (LDG.E) with lanes 16 B apart (not yet addressed).
+FMA-bound. Stencil taps still load as scalars (LDG.E) with lanes 16 B apart in the Gram and mix
+kernels. Since: 1 pixel per thread along W (coalesced taps) in the backward's G = dOut V^T, 64 x 32
+tokens at 16 warps, 125-128@16 (16 warps per SM; per-warp L1 factor fp32 4.97 -> 1.85, bf16 13.7 ->
+3.6), and dQ/dK, 32 rows x 32 tokens at 8 warps for every C, 128@8 capped (16 warps per SM; fp32
+6.1-6.5 -> 2.0, bf16 12.3 -> 3.7; ~11% more FFMA at C = 96 than 64-row blocks).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -401,7 +405,8 @@ def _attn_dout_v_kernel(
     b_g = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     b_rs = tl.zeros([BLOCK_D], dtype=tl.float32)
     for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_n >= N)
-        o_n = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # 1 pixel per thread along W: coalesced tap loads (see "Stencil layout" in _utils.py)
+        o_n = tl.multiple_of((i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
         m_n = o_n < N
         o_h = o_n // W
         o_w = o_n % W
@@ -499,7 +504,8 @@ def _attn_dqk_kernel(
     i_b = (i_bh // HEADS).to(tl.int64)
     i_h = i_bh % HEADS
     N = H * W
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 1 pixel per thread along W: coalesced tap loads (see "Stencil layout" in _utils.py)
+    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
     m_n = o_n < N
     o_h = o_n // W
     o_w = o_n % W
@@ -519,14 +525,15 @@ def _attn_dqk_kernel(
     for i_j in range(J_ITERS):
         o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < C
-        b_qj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
-                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        m_ij = m_i[:, None] & m_j[None, :]
+        # one dot's operands live at a time (an FMA dot holds its rows' and columns' whole K extent)
         b_kj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
                                stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
-        m_ij = m_i[:, None] & m_j[None, :]
         b_dg = tl.load(p_dg + o_i[:, None] * C + o_j[None, :], mask=m_ij, other=0.0)  # dG[i, j]
-        b_dgt = tl.load(p_dg + o_j[None, :] * C + o_i[:, None], mask=m_ij, other=0.0)  # dG^T[i, j]
         b_dq += tl.dot(b_dg, b_kj, input_precision="ieee")
+        b_qj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
+                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        b_dgt = tl.load(p_dg + o_j[None, :] * C + o_i[:, None], mask=m_ij, other=0.0)  # dG^T[i, j]
         b_dk += tl.dot(b_dgt, b_qj, input_precision="ieee")
 
     p_dt = dt_ptr + i_b * 3 * D * N
@@ -547,6 +554,10 @@ DOT_K = 16
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
 DQK_STAGES = NUM_STAGES
+# register cap of the dQ/dK kernel (see _dqk_config)
+DQK_MAXNREG = 128
+# register cap of the dOut V^T kernel (see _dout_v_config)
+DOUT_V_MAXNREG = 128
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
 # (a trip count of 4 is unrolled and spills the Gram kernel at 128 registers)
 SPLIT_ITERS = (16, 64)
@@ -564,13 +575,14 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel, 16 tokens per program. 64 rows take
-    8 warps: 94-111 registers on sm_90 (2 CTAs, 16 warps per SM; 32 tokens took 216-219 registers,
-    1 CTA) for C >= 64; 16-32 rows with 32 tokens spilled 8-32 bytes in the compile check. C = 48
-    takes 32-row blocks at 4 warps (128-198 registers): as 64 rows (16 padded) at 8 warps it spilled
-    16 bytes of stack at 255 registers on sm_80 and in bf16 on sm_90 (compile check, as launched)."""
-    block_c = min(max(16, next_pow2(c)), 64 if c > 48 else 32)
-    return block_c, DOT_K, 16, (8 if block_c == 64 else 4)
+    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 32 rows x 32 tokens at 8 warps,
+    capped at 128 registers (16 warps per SM, no spills on sm_90 or sm_80; uncapped, ptxas takes
+    146-152). 32 tokens give each warp 32 pixels, 1 per thread: coalesced tap loads (per-warp L1
+    factor 2.0, was 6.1-6.5 with 16 tokens, whose taps shared the [1, 4] layout of the dG tile of
+    the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
+    a 40-byte spill at 128; 32 rows recompute Q and K of all C columns once per 32 rows (about
+    +11% FFMA at C = 96)."""
+    return min(max(16, next_pow2(c)), 32), DOT_K, 32, 8
 
 
 def _row_config(c: int) -> tuple[int, int, int, int]:
@@ -593,9 +605,13 @@ def _mix_config(d: int) -> tuple[int, int, int, int]:
 
 
 def _dout_v_config(d: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_N, num_warps) of the dOut V^T kernel (D x D in 64 x 64 tiles at most)."""
+    """(BLOCK_D, BLOCK_N, num_warps) of the dOut V^T kernel (D x D in 64 x 64 tiles at most), 32 tokens
+    (the dot's K) per step: 1 pixel per thread across a warp's 32 lanes, coalesced tap loads (per-warp
+    L1 factor 1.85 in fp32, was 4.97 with 16 tokens). 64 x 32 tiles take 16 warps at <= 128 registers
+    (16 warps per SM); at 8 warps ptxas's unrolled tap loop takes 252 registers (16 bytes of spill
+    at 128)."""
     block_d = min(max(16, next_pow2(d)), 64)
-    return block_d, DOT_K, (8 if block_d == 64 else 4)
+    return block_d, 32, (16 if block_d == 64 else 4)
 
 
 def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
@@ -739,7 +755,8 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _attn_dout_v_kernel[(splits, n_db * n_db, B)](
             dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, n_db, *dout.stride(), *t0.stride(),
             HAS_BIAS=has_bias, HALF_DOT=half, DOT_PRECISION="ieee" if half else conv_fp32_precision(), BLOCK_D=block_d,
-            BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
+            **{**LAUNCH_OPTIONS, "maxnreg": DOUT_V_MAXNREG},
         )
         g = g_part.sum(1).view(B, D, heads, C)
         p4 = p.view(B, heads, C, C)
@@ -773,7 +790,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
             t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
-            num_warps=nwq, num_stages=DQK_STAGES, **LAUNCH_OPTIONS,
+            num_warps=nwq, num_stages=DQK_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": DQK_MAXNREG},
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
@@ -833,7 +850,7 @@ def _compile_configs():
                      **_ints("C", "D", "HEADS", "H", "W", *strides4)},
                     {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
                      "J_ITERS": triton.cdiv(c, dq_j)},
-                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES,
+                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES, extra={"maxnreg": DQK_MAXNREG},
                 )
     # kernels 2 and 5: the per-row kernels, fp32 only
     for c in (16, 32, 64, 128, 256, 512, 1024):
@@ -888,5 +905,5 @@ def _compile_configs():
                              **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bchw"))},
                             {"HAS_BIAS": has_bias, "HALF_DOT": dtype != "float32", "DOT_PRECISION": prec,
                              "BLOCK_D": block_d, "BLOCK_N": block_n, "ITERS": iters},
-                            num_warps=nw, tag=dtype, **kw,
+                            num_warps=nw, tag=dtype, extra={"maxnreg": DOUT_V_MAXNREG}, **kw,
                         )
