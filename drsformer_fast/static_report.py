@@ -668,16 +668,21 @@ def _count_worker(request: dict) -> list:
     import torch
 
     from . import launches as L
+    from .kernels._utils import gpu_tiles
 
     out = []
     cache = {}
     for shape_id, dtype in request["cases"]:
         torch_dtype = torch.float16 if dtype in ("bf16", "fp16") else torch.float32
-        for i, launch in enumerate(L.capture_case(shape_id, torch_dtype, tf32=request["tf32"])):
+        # the GPU's tiles, not the interpreter's: the counted program is the compiled one
+        with gpu_tiles():
+            captured = L.capture_case(shape_id, torch_dtype, tf32=request["tf32"])
+        for i, launch in enumerate(captured):
             key = (launch.name, launch.grid, _arg_key(launch))
             if key not in cache:
                 cache[key] = count_work(launch)
-            out.append({"shape": shape_id, "dtype": dtype, "index": i, "kernel": launch.name, **cache[key]})
+            out.append({"shape": shape_id, "dtype": dtype, "index": i, "kernel": launch.name,
+                        "grid": list(launch.grid), **cache[key]})
         print(f"counted {shape_id} {dtype}", file=sys.stderr, flush=True)
     return out
 
@@ -800,9 +805,9 @@ def build_rows(shape_ids: list[str], dtypes: list[str], arch: int, jobs: int | N
     rows = []
     for shape_id, dtype, i, launch, spec in captured:
         w = work[(shape_id, dtype, i)]
-        if w["kernel"] != launch.name:
-            raise RuntimeError(f"{shape_id} {dtype} launch {i}: the interpreter saw {w['kernel']}, "
-                               f"the compiler {launch.name}")
+        if w["kernel"] != launch.name or tuple(w.get("grid", launch.grid)) != tuple(launch.grid):
+            raise RuntimeError(f"{shape_id} {dtype} launch {i}: the interpreter saw {w['kernel']} on grid "
+                               f"{w.get('grid')}, the compiler {launch.name} on {launch.grid}")
         comp = compiled[spec]
         row = Row(shape_id, launch.tags["level"], launch.tags["scenario"], dtype, launch.tags["pass"], i,
                   launch.name, spec.describe(), launch.grid, launch.programs, spec.num_warps, spec.num_stages,

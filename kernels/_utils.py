@@ -80,6 +80,28 @@ def is_interpreter() -> bool:
     return _probe.__class__.__name__ == "InterpretedFunction"
 
 
+# The static report counts the work of the GPU's own launches by running one program of each in the
+# interpreter (drsformer_fast.static_report): there the launchers must keep their GPU tiles.
+_GPU_TILES_IN_INTERPRETER = [False]
+
+
+def interpreter_tiles() -> bool:
+    """True when launchers take their interpreter tiles: under Triton's CPU interpreter, which pays
+    per operation and program (not per element), outside :func:`gpu_tiles`."""
+    return is_interpreter() and not _GPU_TILES_IN_INTERPRETER[0]
+
+
+@contextlib.contextmanager
+def gpu_tiles():
+    """Launchers use their GPU tiles even under the interpreter (what the static report counts)."""
+    saved = _GPU_TILES_IN_INTERPRETER[0]
+    _GPU_TILES_IN_INTERPRETER[0] = True
+    try:
+        yield
+    finally:
+        _GPU_TILES_IN_INTERPRETER[0] = saved
+
+
 @triton.jit
 def _probe():
     pass

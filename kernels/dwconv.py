@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard
+from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, interpreter_tiles
 
 KERNEL_SIZES = (3, 5, 7)
 # Tiles: few channels x many pixels. With coalesced taps (1 pixel per thread per row, see
@@ -61,6 +61,18 @@ FWD_BLOCK_C = 2
 FWD_BLOCK_N = 1024
 BWD_BLOCK_C = 2
 BWD_BLOCK_N = 512
+# Triton's CPU interpreter pays per executed operation and program, not per element: 2-channel tiles
+# would multiply its programs (the tests' time) by 8. It runs the same kernels on 16 x 128 tiles
+# (still several channel blocks and pixel tiles at the tests' sizes).
+INTERPRETER_BLOCK_C = 16
+INTERPRETER_BLOCK_N = 128
+
+
+def tiles(backward: bool) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_N) of the forward or backward launch (the interpreter's own on CPU)."""
+    if interpreter_tiles():
+        return INTERPRETER_BLOCK_C, INTERPRETER_BLOCK_N
+    return (BWD_BLOCK_C, BWD_BLOCK_N) if backward else (FWD_BLOCK_C, FWD_BLOCK_N)
 NUM_WARPS = 8
 # Passed at every launch and registered with the compile configs, so the check compiles what runs
 # (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
@@ -338,12 +350,13 @@ def depthwise_conv_fwd(
     os_ = [out[i] for i in order]
     two = len(sizes) == 2
     xb = _f32(input_bias) if input_bias is not None else ws[0]
-    grid = (triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(C, FWD_BLOCK_C), B)
+    block_c, block_n = tiles(backward=False)
+    grid = (triton.cdiv(N, block_n), triton.cdiv(C, block_c), B)
     with device_guard(x):
         _dw_fwd_kernel[grid](
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
             sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
-            HAS_XBIAS=input_bias is not None, BLOCK_C=FWD_BLOCK_C, BLOCK_N=FWD_BLOCK_N, num_warps=NUM_WARPS,
+            HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
             num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     return list(out)
@@ -391,20 +404,21 @@ def depthwise_conv_bwd(
     ks = [sizes[i] for i in order]
     gs = [grads[i] for i in order]
     ws = [_f32(weights[i]) for i in order]
-    n_tiles = triton.cdiv(N, BWD_BLOCK_N)
+    block_c, block_n = tiles(backward=True)
+    n_tiles = triton.cdiv(N, block_n)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
     parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
              for k in ks]
     xb = _f32(input_bias) if input_bias is not None else ws[0]
     dummy = ws[0]
-    grid = (n_tiles, triton.cdiv(C, BWD_BLOCK_C), B)
+    grid = (n_tiles, triton.cdiv(C, block_c), B)
     with device_guard(x):
         _dw_bwd_kernel[grid](
             gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
             parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
             C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
             TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
-            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=BWD_BLOCK_C, BLOCK_N=BWD_BLOCK_N,
+            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=block_c, BLOCK_N=block_n,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     dws: list[torch.Tensor | None] = [None] * nb

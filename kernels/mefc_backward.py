@@ -90,7 +90,7 @@ from ._utils import (
     check_tensor,
     conv_fp32_precision,
     device_guard,
-    is_interpreter,
+    interpreter_tiles,
     next_pow2,
 )
 from .mefc import DIL_SIZES, MAX_CHANNELS, NUM_OPS, SEP_SIZES, sep_inner_fwd  # noqa: F401 (re-exported)
@@ -598,7 +598,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     s = _fit_plane_offsets("s", s)
     s_out = _fit_plane_offsets("s_out", s_out)
     prec = conv_fp32_precision()
-    interp = is_interpreter()
+    interp = interpreter_tiles()
     block_c, block_n = _full_tile(C, interp)
     dw_block_c = INTERPRETER_DW_BLOCK_C if interp else DW_BLOCK_C
     n_tiles = triton.cdiv(N, block_n)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import half_dtypes
-from drsformer_fast.kernels.dwconv import BWD_BLOCK_N, FWD_BLOCK_N, depthwise_conv_bwd, depthwise_conv_fwd
+from drsformer_fast.kernels.dwconv import depthwise_conv_bwd, depthwise_conv_fwd, tiles
 from golden_data import FEEDFORWARD_FILES, load
 from helpers import assert_close, assert_golden, non_contiguous, randn
 
@@ -193,8 +193,11 @@ DW_CASES = [  # (kernel sizes, relu, input bias, biases)
                                                                                          c[1], c[2]))
 def test_depthwise_conv_kernels(case, device):
     sizes, relu, has_xb, has_b = case
-    # two branches: more pixels than a forward tile and two backward tiles (partial sums across tiles)
-    B, C, H, W = (2, 19, 7, 13) if len(sizes) == 1 else (1, 19, max(FWD_BLOCK_N, 2 * BWD_BLOCK_N) // 13 + 1, 13)
+    # two branches: more pixels than a forward tile and two backward tiles (partial sums across tiles),
+    # more channels than one channel block
+    (fwd_c, fwd_n), (bwd_c, bwd_n) = tiles(backward=False), tiles(backward=True)
+    C = max(fwd_c, bwd_c) + 3
+    B, H, W = (2, 7, 13) if len(sizes) == 1 else (1, max(fwd_n, 2 * bwd_n) // 13 + 1, 13)
     x = non_contiguous(randn(B, C, H, W, seed=20, device=device), "channels_last")
     ws = [randn(C, 1, k, k, seed=21 + i, device=device) / k for i, k in enumerate(sizes)]
     bs = [randn(C, seed=25 + i, device=device) if b else None for i, b in enumerate(has_b)]
