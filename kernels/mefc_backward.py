@@ -451,6 +451,7 @@ def _mefc_bwd_dwgrad_kernel(
     DIL: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # >= the largest op's taps
 ):
     """Depthwise weight gradient of op j (size K0 + 2j, dilation DIL) of a group:
     d w[c, t] = sum_p G(c, p - d_t) X(c, p) over the pixels of this program's chunk."""
@@ -469,6 +470,10 @@ def _mefc_bwd_dwgrad_kernel(
     p_g = gr_ptr + (i_b * G_CH + g_row0 + j * C + o_c64) * N
     p_x = x_ptr + i_b * stride_xb + tl.cast(j, tl.int64) * stride_xo + o_c64 * stride_xc
     p_part = part_ptr + ((i_b * tl.num_programs(0) + i_ch) * TAPS + _tap_offset(j, K0)) * C + o_c
+    # the chunk's tap sums stay in registers ([BLOCK_C, BLOCK_T], one column per tap) until the end:
+    # no load and store of the partial row per tap and tile
+    o_t = tl.arange(0, BLOCK_T)
+    b_tap = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
     for it in range(0, tiles_per_chunk):
         # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
         o_n = tl.multiple_of((i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
@@ -485,10 +490,8 @@ def _mefc_bwd_dwgrad_kernel(
                 dw = (kw - R) * DIL
                 m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
                 b_gs = tl.load(p_g[:, None] + (o_n - (dh * W + dw))[None, :], mask=m, other=0.0).to(tl.float32)
-                # this program's own partial row, accumulated over its tiles (no other program writes it)
-                p_tap = p_part + (kh * K + kw) * C
-                b_prev = tl.load(p_tap, mask=m_c & (it > 0), other=0.0)
-                tl.store(p_tap, b_prev + tl.sum(b_gs * b_x, axis=1), mask=m_c)
+                b_tap += tl.where(o_t[None, :] == kh * K + kw, tl.sum(b_gs * b_x, axis=1)[:, None], 0.0)
+    tl.store(p_part[:, None] + (o_t * C)[None, :], b_tap, mask=m_c[:, None] & (o_t < K * K)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,7 +674,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             part = torch.empty((B * n_ch2, taps, C), device=dev, dtype=torch.float32)
             _mefc_bwd_dwgrad_kernel[(n_ch2, len(sizes) * n_cb, B)](
                 gbuf, x, part, C, N, H, W, g_ch, row0, per2, taps, *xs, K0=k0, DIL=dil,
-                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, **dw_opts,
+                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, BLOCK_T=next_pow2(sizes[-1] ** 2), **dw_opts,
             )
             grads.append(_unpack_taps(part.sum(0), sizes, C))
         d_dw2, d_dw1, d_dwd = grads
@@ -734,6 +737,6 @@ def _compile_configs():
                 {"gr_ptr": ptr(dtype), "x_ptr": ptr(dtype), "part_ptr": "*fp32",
                  **i32("C", "N", "H", "W", "G_CH", "g_row0", "tiles_per_chunk", "TAPS"),
                  **i32(*(f"stride_x{a}" for a in ("b", "o", "c", "h", "w")))},
-                {"K0": k0, "DIL": dil, "BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N},
+                {"K0": k0, "DIL": dil, "BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N, "BLOCK_T": 64},
                 num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
             )
