@@ -17,14 +17,15 @@ Only s and s_out are saved; everything else is recomputed. The chain (all per sa
                                       writes dpre [B, C, N] and dz = m^T dpre [B, 8C, N]
   2. dm  ``_mefc_bwd_outer_kernel``   dm_o = sum_p dpre z_o^T: z_o rebuilt again per BLOCK_K channels,
                                       tl.dot over the pixels of a chunk; one partial per chunk
-  3. sep ``_mefc_bwd_sep_kernel``     per sep op: dt_o = dw2_o^T(dz_o) [t_o > 0] (transposed taps),
-                                      du_o = W1_o^T dt_o (tl.dot); writes dt, du [B, 4C, N]
+  3. sep ``_mefc_bwd_sep_kernel``     per sep op, BLOCK_K channels at a time: dt_o = dw2_o^T(dz_o)
+                                      [t_o > 0] (transposed taps), du_o += W1_o^T dt_o (tl.dot);
+                                      writes dt, du [B, 4C, N]
   4. dW1 ``_mefc_bwd_outer_kernel``   dW1_o = sum_p dt_o a_o^T with a_o = dw1_o(s) rebuilt from taps
   5. ds  ``_mefc_bwd_ds_kernel``      ds = g [s_out > 0] + sum_o dw1_o^T(du_o) + sum_o dwd_o^T(dz_o)
                                       + avgpool^T(dz_7)  (counts of the pixel each tap came from)
   6. d dw1, d dw2, d dwd              ``_mefc_bwd_dwgrad_kernel`` (3 launches): per tap and channel,
                                       sum_p G(p - d) X(p) over the pixels of a chunk (G = du_o / dz_o,
-                                      X = s / t_o), one partial row per chunk
+                                      X = s / t_o), in registers; one partial row per chunk
 All weight gradients (dm, dW1, the depthwise ones) are per-program partial sums written to their
 own slots and summed over programs afterwards in a fixed order: deterministic, no atomics. The
 number of chunks is a function of the shape only (never of the GPU), so results are reproducible
@@ -54,21 +55,29 @@ sums, < 2% at 256x256, left out). :func:`traffic_bytes` computes them for any sh
   C = 96, 1x96x256x256: fused 1.91 GB, original 4.65 GB per step.
 
 Launch shapes (GPU): the full-channel kernels (dz, outer, sep) hold all C channels of a pixel tile
-(BLOCK_C = next power of two >= 32, BLOCK_N = min(64, 2048 / BLOCK_C) pixels), dz/outer at 8 warps,
-sep and ds at 16 warps (their runtime tap loops are unrolled by LLVM: ~14 registers per tile element a
-thread holds); the per-channel kernels (ds, dwgrad) take 16 channels x 128 pixels. Programs at
-1x48x256x256 / 1x96x256x256: dz 2048 / 4096, sep 8192 / 16384, ds 1536 / 3072, each chunked
-reduction (outer x3, dwgrad x3) 261-270 (TARGET_PROGRAMS). Workspace per call, in s's dtype: t (4C),
-dpre (C), dz (8C), dt (4C), du (4C) channel planes, plus partial sums (< 1 MB at these shapes).
+(BLOCK_C = next power of two >= 32) and work on it BLOCK_K = 16 channels at a time (the taps of a
+[16, BLOCK_N] chunk, then a tl.dot). BLOCK_N = 32 pixels at BLOCK_C = 64 and 128, so a warp's 32 lanes
+read one row per tap load (16-pixel rows put a warp on 2 rows: half-used wavefronts); 64 at BLOCK_C = 32.
+dz takes 8 warps, 16 at BLOCK_C = 128 (8 accumulator elements per thread); outer 8 (maxnreg 128,
+for sm_80); sep 16 (maxnreg 128: its exact-fp32 dot at BLOCK_C = 128 would take 142 uncapped). ds
+takes 1 channel x 2048 pixels at 16 warps (4 pixels per thread: one broadcast weight load per tap
+serves 4 tap loads; its runtime tap loops are unrolled by LLVM), dwgrad 16 channels x 128 pixels at 8
+warps. Programs at 1x48x256x256 / 1x96x256x256: dz 2048 / 2048, sep 8192 / 8192, ds 1536 / 3072, each
+chunked reduction (outer x3, dwgrad x3) 261-270 (TARGET_PROGRAMS). Workspace per call, in s's dtype:
+t (4C), dpre (C), dz (8C), dt (4C), du (4C) channel planes, plus partial sums (< 1 MB at these shapes).
 
 Compiled as launched for sm_90 (num_stages=2, LAUNCH_OPTIONS; every dtype, both TF32 settings), no
 spills anywhere (sm_80 too):
-  kernel    warps  registers (C=48 | C=96 tiles)   resident warps/SM   loads
-  dz          8    94-96 | 96-124                  16                  taps 1 element/thread along W;
-  outer       8    92-124 | 96-126                 16                  dots on tensor cores (HMMA, wgmma
-  sep        16    88-110 | 80-110                 16                  in outer) in tf32/fp16/bf16
-  ds         16    112-114                         16
-  dwgrad      8    110-112                         16
+  kernel    warps    registers (C=48 | C=96 tiles)   resident warps/SM   loads
+  dz        8 | 16   86-92 | 80-94                   16                  taps 1 element/thread along W;
+  outer       8      88-117 | 116-128                16                  dots on tensor cores (HMMA, wgmma
+  sep        16      84-92 | 94-102                  16                  in outer) in tf32/fp16/bf16
+  ds         16      83-84                           16
+  dwgrad      8      80-103                          16
+Per-warp L1 factor (static_report, fp32, 1.0 = every wavefront full; C=48 | C=96): dz 1.72 | 1.65,
+outer 1.63 | 1.48, sep 1.87 | 1.89, ds 1.07, dwgrad 1.00. What remains in dz, outer and sep is the
+broadcast weight load per channel row a thread holds and tap (one per tap load: Triton spreads warps
+over the pixels before giving a thread a second pixel of a row, and the dots need 16-channel chunks).
 
 Sizes: full-channel tiles hold C <= 128 (BLOCK_C = next power of two, at least 32); larger C is
 refused with an error. Batch offsets and channel rows are int64 pointers; offsets inside one
@@ -98,13 +107,21 @@ from .mefc import DIL_SIZES, MAX_CHANNELS, NUM_OPS, SEP_SIZES, sep_inner_fwd  # 
 TILE = 2048  # elements of a full-channel [BLOCK_C, BLOCK_N] tile (8 fp32 per thread at 8 warps)
 BLOCK_K = 16  # channel chunk of the dots' operands
 NUM_WARPS = 8
-# the transposed-tap kernels: LLVM unrolls the runtime tap loops for loads in flight (~14 registers
-# per tile element held by a thread), so they spread a tile over 16 warps: <= 128 registers, one
-# 16-warp CTA per SM
+# ds: LLVM unrolls the runtime tap loops for loads in flight (~14 registers per tile element held by
+# a thread), so it spreads a tile over 16 warps: <= 128 registers, one 16-warp CTA per SM
 TAP_NUM_WARPS = 16
+# sep at 16 warps: its exact-fp32 ("ieee") du dot at BLOCK_C = 128 wants 142 registers (more than one
+# 16-warp CTA may hold); capped at 128, ptxas fits it in 96 without spills (compile_check)
+SEP_MAXNREG = 128
+# outer on sm_80 wants up to 144 (BLOCK_C = 128, fp32): capped, two 8-warp CTAs per SM there too
+OUTER_MAXNREG = 128
 NUM_STAGES = 2
 DW_BLOCK_C = 16  # depthwise (per-channel) kernels: 16 channels x 128 pixels
 DW_BLOCK_N = 128
+# ds: one channel x 2048 pixels (4 per thread at 16 warps): each broadcast weight load per tap serves
+# 4 coalesced tap loads (16 x 128 tiles hold 4 rows x 1 pixel per thread: one weight load per tap load)
+DS_BLOCK_C = 1
+DS_BLOCK_N = 2048
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs for the chunked reductions
 # Triton's CPU interpreter pays per executed operation, not per element: it runs the same kernels on
 # larger tiles (still several tiles and channel blocks at the tests' sizes, so the cross-program
@@ -356,29 +373,32 @@ def _mefc_bwd_sep_kernel(
     o_w = o_n % W
     o_c = tl.arange(0, BLOCK_C)
     m_c = o_c < C
-    o_cl = tl.minimum(o_c, C - 1)
-    o_c64 = o_cl.to(tl.int64)
+    o_c64 = tl.minimum(o_c, C - 1).to(tl.int64)
     DT = dt_ptr.dtype.element_ty
-    m_cn = m_c[:, None] & m_n[None, :]
     K = 2 * j + 1
-    p_w = w2_ptr + C * _tap_offset(j, 1) + o_cl * (K * K)
-    b_dt = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    b_dt = _tdw_chunk(b_dt, dz_ptr + (i_b * 8 * C + j * C + o_c64) * N, p_w, K, 1, o_n, o_h, o_w, m_n, H, W)
-    # t_o only for its ReLU mask, loaded after the taps (fewer live registers)
-    b_t = tl.load(t_ptr + i_b * stride_tb + j * stride_to + o_c64[:, None] * stride_tc
-                  + (o_h * stride_th + o_w * stride_tw)[None, :], mask=m_cn, other=0.0)
-    b_dt = tl.where(b_t > 0, b_dt, 0.0).to(DT)
     o_rows = i_b * 4 * C + j * C
-    tl.store(dt_ptr + (o_rows + o_c64)[:, None] * N + o_n[None, :], b_dt, mask=m_cn)
-    # du_o = W1_o^T dt_o, BLOCK_K input channels at a time
     p_w1 = w1_ptr + j * C * C
+    # dt_o per BLOCK_K channels (taps only for the C real channels, not BLOCK_C), each chunk's share of
+    # du_o = W1_o^T dt_o accumulated by tl.dot
+    b_du = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < C
-        b_w1t = tl.load(p_w1 + o_cl[None, :] * C + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
-        b_du = tl.dot(b_w1t.to(DT), b_dt, input_precision=PREC)
-        tl.store(du_ptr + (o_rows + o_k.to(tl.int64))[:, None] * N + o_n[None, :], b_du.to(DT),
-                 mask=m_k[:, None] & m_n[None, :])
+        o_kl = tl.minimum(o_k, C - 1)
+        o_k64 = o_kl.to(tl.int64)
+        m_kn = m_k[:, None] & m_n[None, :]
+        b_dt = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+        b_dt = _tdw_chunk(b_dt, dz_ptr + (i_b * 8 * C + j * C + o_k64) * N, w2_ptr + C * _tap_offset(j, 1)
+                          + o_kl * (K * K), K, 1, o_n, o_h, o_w, m_n, H, W)
+        # t_o only for its ReLU mask, loaded after the taps (fewer live registers)
+        b_t = tl.load(t_ptr + i_b * stride_tb + j * stride_to + o_k64[:, None] * stride_tc
+                      + (o_h * stride_th + o_w * stride_tw)[None, :], mask=m_kn, other=0.0)
+        # rows past C are zero: they add nothing to du
+        b_dt = tl.where((b_t > 0) & m_k[:, None], b_dt, 0.0).to(DT)
+        tl.store(dt_ptr + (o_rows + o_k64)[:, None] * N + o_n[None, :], b_dt, mask=m_kn)
+        b_w1t = tl.load(p_w1 + o_kl[None, :] * C + o_c64[:, None], mask=m_c[:, None] & m_k[None, :], other=0.0)
+        b_du = tl.dot(b_w1t.to(DT), b_dt, b_du, input_precision=PREC)
+    tl.store(du_ptr + (o_rows + o_c64)[:, None] * N + o_n[None, :], b_du.to(DT), mask=m_c[:, None] & m_n[None, :])
 
 
 @triton.jit
@@ -451,6 +471,7 @@ def _mefc_bwd_dwgrad_kernel(
     DIL: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # >= the largest op's taps
 ):
     """Depthwise weight gradient of op j (size K0 + 2j, dilation DIL) of a group:
     d w[c, t] = sum_p G(c, p - d_t) X(c, p) over the pixels of this program's chunk."""
@@ -469,6 +490,10 @@ def _mefc_bwd_dwgrad_kernel(
     p_g = gr_ptr + (i_b * G_CH + g_row0 + j * C + o_c64) * N
     p_x = x_ptr + i_b * stride_xb + tl.cast(j, tl.int64) * stride_xo + o_c64 * stride_xc
     p_part = part_ptr + ((i_b * tl.num_programs(0) + i_ch) * TAPS + _tap_offset(j, K0)) * C + o_c
+    # the chunk's tap sums stay in registers ([BLOCK_C, BLOCK_T], one column per tap) until the end:
+    # no load and store of the partial row per tap and tile
+    o_t = tl.arange(0, BLOCK_T)
+    b_tap = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
     for it in range(0, tiles_per_chunk):
         # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
         o_n = tl.multiple_of((i_ch * tiles_per_chunk + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
@@ -485,10 +510,8 @@ def _mefc_bwd_dwgrad_kernel(
                 dw = (kw - R) * DIL
                 m = (m_h & (o_w - dw >= 0) & (o_w - dw < W))[None, :]
                 b_gs = tl.load(p_g[:, None] + (o_n - (dh * W + dw))[None, :], mask=m, other=0.0).to(tl.float32)
-                # this program's own partial row, accumulated over its tiles (no other program writes it)
-                p_tap = p_part + (kh * K + kw) * C
-                b_prev = tl.load(p_tap, mask=m_c & (it > 0), other=0.0)
-                tl.store(p_tap, b_prev + tl.sum(b_gs * b_x, axis=1), mask=m_c)
+                b_tap += tl.where(o_t[None, :] == kh * K + kw, tl.sum(b_gs * b_x, axis=1)[:, None], 0.0)
+    tl.store(p_part[:, None] + (o_t * C)[None, :], b_tap, mask=m_c[:, None] & (o_t < K * K)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -569,6 +592,16 @@ def _full_tile(C: int, interpreter: bool = False) -> tuple[int, int]:
     return block_c, min(64, TILE // block_c)
 
 
+def _wide_tile(C: int, interpreter: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_N, warps) of the dz and outer-product kernels: at least 32 pixels, so a warp's
+    lanes sit on one row (a 16-pixel row puts a warp on 2: every tap load 2 half-used wavefronts);
+    dz's [BLOCK_C, BLOCK_N] accumulators then take 16 warps at C > 64 (8 elements per thread)."""
+    block_c, block_n = _full_tile(C, interpreter)
+    if interpreter or block_n >= 32:
+        return block_c, block_n, NUM_WARPS
+    return block_c, 32, NUM_WARPS * block_c * 32 // TILE
+
+
 def _chunks(n_tiles: int, programs_per_chunk: int) -> tuple[int, int]:
     """(n_chunks, tiles_per_chunk) of a chunked reduction: about TARGET_PROGRAMS programs at batch 1,
     a function of the shape only (so the summation order never depends on the GPU)."""
@@ -599,9 +632,9 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     s_out = _fit_plane_offsets("s_out", s_out)
     prec = conv_fp32_precision()
     interp = interpreter_tiles()
-    block_c, block_n = _full_tile(C, interp)
+    block_c, wide_n, dz_warps = _wide_tile(C, interp)
+    n_wide = triton.cdiv(N, wide_n)
     dw_block_c = INTERPRETER_DW_BLOCK_C if interp else DW_BLOCK_C
-    n_tiles = triton.cdiv(N, block_n)
     n_kc = triton.cdiv(C, BLOCK_K)
     with device_guard(s):
         t = _fit_plane_offsets("t", sep_inner_fwd(s, dw1, w1))
@@ -614,35 +647,37 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         tap_opts = dict(num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         # 1. dpre, dz
-        _mefc_bwd_dz_kernel[(n_tiles, B)](
+        _mefc_bwd_dz_kernel[(n_wide, B)](
             g, s, s_out, t, m, wsep2, wdil, dpre, dz, C, N, H, W, *g.stride(), *s.stride(), *s_out.stride(),
-            *t.stride(), *m.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=block_n, **opts,
+            *t.stride(), *m.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=wide_n,
+            **{**opts, "num_warps": dz_warps},
         )
         # 2. dm: ops 0..3 (z from t) and 4..7 (z from s) into one partial buffer each
-        n_ch, per = _chunks(n_tiles, 4 * n_kc * B)
+        n_ch, per = _chunks(n_wide, 4 * n_kc * B)
         dm_parts = []
         for from_t in (True, False):
             part = torch.empty((B, n_ch, C, 4 * C), device=dev, dtype=torch.float32)
             _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
                 dpre, s, t, wsep2 if from_t else wdil, part, C, N, H, W, C, per, *s.stride(), *t.stride(),
                 G_PER_OP=False, FROM_T=from_t, K0=1 if from_t else 3, DIL0=1 if from_t else 2,
-                HAS_POOL=not from_t, PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=block_n, **opts,
+                HAS_POOL=not from_t, PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=wide_n,
+                **{**opts, "maxnreg": OUTER_MAXNREG},
             )
             dm_parts.append(part.sum(1))  # fixed-order sum over chunks: deterministic
         dm = torch.cat(dm_parts, dim=2)
         # 3. dt, du of the sep ops
         dt = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
         du = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
-        _mefc_bwd_sep_kernel[(n_tiles, 4, B)](
+        _mefc_bwd_sep_kernel[(n_wide, 4, B)](
             dz, t, wsep2, w1d, dt, du, C, N, H, W, *t.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K,
-            BLOCK_N=block_n, **tap_opts,
+            BLOCK_N=wide_n, **{**tap_opts, "maxnreg": SEP_MAXNREG},
         )
         # 4. dW1_o = sum_p dt_o (dw1_o s)^T
         part = torch.empty((B, n_ch, C, 4 * C), device=dev, dtype=torch.float32)
         _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
             dt, s, t, wsep1, part, C, N, H, W, 4 * C, per, *s.stride(), *t.stride(),
             G_PER_OP=True, FROM_T=False, K0=1, DIL0=1, HAS_POOL=False, PREC=prec, BLOCK_C=block_c,
-            BLOCK_K=BLOCK_K, BLOCK_N=block_n, **opts,
+            BLOCK_K=BLOCK_K, BLOCK_N=wide_n, **{**opts, "maxnreg": OUTER_MAXNREG},
         )
         dw1_full = part.sum((0, 1))  # [C_out, 4 * C_in]
         d_w1 = tuple(dw1_full[:, o * C:(o + 1) * C].contiguous().view(C, C, 1, 1) for o in range(4))
@@ -650,12 +685,13 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         dw_opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         n_dw_tiles = triton.cdiv(N, DW_BLOCK_N)
         n_cb = triton.cdiv(C, dw_block_c)
+        ds_block_c, ds_block_n = (dw_block_c, DW_BLOCK_N) if interp else (DS_BLOCK_C, DS_BLOCK_N)
         ds = None
         if needs_input_grad:
             ds = torch.empty((B, C, H, W), device=dev, dtype=dt_)
-            _mefc_bwd_ds_kernel[(n_dw_tiles, n_cb, B)](
+            _mefc_bwd_ds_kernel[(triton.cdiv(N, ds_block_n), triton.cdiv(C, ds_block_c), B)](
                 g, s_out, du, dz, wsep1, wdil, ds, C, N, H, W, *g.stride(), *s_out.stride(),
-                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, **tap_opts,
+                BLOCK_C=ds_block_c, BLOCK_N=ds_block_n, **tap_opts,
             )
         # 6. depthwise weight gradients: (G, its first row, X, X's op stride, sizes, dilation)
         sx = s.stride()
@@ -671,7 +707,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             part = torch.empty((B * n_ch2, taps, C), device=dev, dtype=torch.float32)
             _mefc_bwd_dwgrad_kernel[(n_ch2, len(sizes) * n_cb, B)](
                 gbuf, x, part, C, N, H, W, g_ch, row0, per2, taps, *xs, K0=k0, DIL=dil,
-                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, **dw_opts,
+                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, BLOCK_T=next_pow2(sizes[-1] ** 2), **dw_opts,
             )
             grads.append(_unpack_taps(part.sum(0), sizes, C))
         d_dw2, d_dw1, d_dwd = grads
@@ -688,6 +724,11 @@ def _full_tiles():
     return sorted({_full_tile(c) for c in range(1, MAX_CHANNELS + 1)})
 
 
+def _wide_tiles():
+    """_wide_tile for each of :func:`_full_tiles` (the same BLOCK_C, in the same order)."""
+    return [_wide_tile(block_c) for block_c, _ in _full_tiles()]
+
+
 @register_compile_configs
 def _compile_configs():
     i32 = lambda *names: {n: "i32" for n in names}  # noqa: E731
@@ -696,15 +737,16 @@ def _compile_configs():
     for dtype in ("float32", "float16", "bfloat16"):
         precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
         for prec in precs:
-            for block_c, block_n in _full_tiles():
+            for (block_c, block_n), (_, wide_n, dz_warps) in zip(_full_tiles(), _wide_tiles()):
                 full = {"PREC": prec, "BLOCK_C": block_c, "BLOCK_K": BLOCK_K, "BLOCK_N": block_n}
+                wide = {**full, "BLOCK_N": wide_n}
                 yield CompileConfig(
                     _mefc_bwd_dz_kernel,
                     {"g_ptr": ptr(dtype), "s_ptr": ptr(dtype), "so_ptr": ptr(dtype), "t_ptr": ptr(dtype),
                      "m_ptr": "*fp32", "wsep_ptr": "*fp32", "wdil_ptr": "*fp32", "dpre_ptr": ptr(dtype),
                      "dz_ptr": ptr(dtype), **i32("C", "N", "H", "W"), **s4("g"), **s4("s"), **s4("o"), **t5,
                      **i32("stride_mb", "stride_mc", "stride_mk")},
-                    full, num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    wide, num_warps=dz_warps, num_stages=NUM_STAGES, tag=dtype,
                 )
                 for g_per_op, from_t, k0, dil, pool in ((False, True, 1, 1, False), (False, False, 3, 2, True),
                                                        (True, False, 1, 1, False)):
@@ -712,21 +754,22 @@ def _compile_configs():
                         _mefc_bwd_outer_kernel,
                         {"gr_ptr": ptr(dtype), "s_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32",
                          "part_ptr": "*fp32", **i32("C", "N", "H", "W", "G_CH", "tiles_per_chunk"), **s4("s"), **t5},
-                        {"G_PER_OP": g_per_op, "FROM_T": from_t, "K0": k0, "DIL0": dil, "HAS_POOL": pool, **full},
-                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                        {"G_PER_OP": g_per_op, "FROM_T": from_t, "K0": k0, "DIL0": dil, "HAS_POOL": pool, **wide},
+                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": OUTER_MAXNREG},
                     )
                 yield CompileConfig(
                     _mefc_bwd_sep_kernel,
                     {"dz_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w2_ptr": "*fp32", "w1_ptr": "*fp32",
                      "dt_ptr": ptr(dtype), "du_ptr": ptr(dtype), **i32("C", "N", "H", "W"), **t5},
-                    full, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    wide, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    extra={"maxnreg": SEP_MAXNREG},
                 )
         yield CompileConfig(
             _mefc_bwd_ds_kernel,
             {"g_ptr": ptr(dtype), "so_ptr": ptr(dtype), "du_ptr": ptr(dtype), "dz_ptr": ptr(dtype),
              "w1_ptr": "*fp32", "wd_ptr": "*fp32", "ds_ptr": ptr(dtype), **i32("C", "N", "H", "W"), **s4("g"),
              **s4("o")},
-            {"BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N}, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+            {"BLOCK_C": DS_BLOCK_C, "BLOCK_N": DS_BLOCK_N}, num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
         )
         for k0, dil in ((1, 1), (3, 2)):
             yield CompileConfig(
@@ -734,6 +777,6 @@ def _compile_configs():
                 {"gr_ptr": ptr(dtype), "x_ptr": ptr(dtype), "part_ptr": "*fp32",
                  **i32("C", "N", "H", "W", "G_CH", "g_row0", "tiles_per_chunk", "TAPS"),
                  **i32(*(f"stride_x{a}" for a in ("b", "o", "c", "h", "w")))},
-                {"K0": k0, "DIL": dil, "BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N},
+                {"K0": k0, "DIL": dil, "BLOCK_C": DW_BLOCK_C, "BLOCK_N": DW_BLOCK_N, "BLOCK_T": 64},
                 num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
             )
