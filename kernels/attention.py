@@ -89,7 +89,14 @@ import triton.language as tl
 
 from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, conv_fp32_precision, device_guard, multiprocessor_count, next_pow2
+from ._utils import (
+    LAUNCH_OPTIONS,
+    conv_fp32_precision,
+    device_guard,
+    interpreter_tiles,
+    multiprocessor_count,
+    next_pow2,
+)
 from .dwconv import depthwise_conv_bwd
 
 L2_EPS = 1e-12
@@ -614,6 +621,23 @@ def _dout_v_config(d: int) -> tuple[int, int, int]:
     return block_d, 32, (16 if block_d == 64 else 4)
 
 
+# Triton's CPU interpreter pays per executed operation, not per element, and runs every one of a
+# program's ITERS token blocks, masked or not: there the split-N kernels take 64-token blocks and two
+# splits sized to the image (still a cross-split reduction at the tests' sizes)
+INTERPRETER_SPLIT_BLOCK_N = 64
+
+
+def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
+                  device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, ITERS) of a split-N kernel (Gram, dOut V^T) over ``n_tokens`` tokens."""
+    if interpreter_tiles():
+        block_n = max(block_n, INTERPRETER_SPLIT_BLOCK_N)
+        n_blocks = triton.cdiv(n_tokens, block_n)
+        iters = triton.cdiv(n_blocks, 2)
+        return block_n, triton.cdiv(n_blocks, iters), iters
+    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device))
+
+
 def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
     """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
     longest ranges that still give about two programs per SM; returns (splits, iters). Depends only
@@ -673,7 +697,7 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
 
         block_c, block_n, nw, maxnreg = _gram_config(C)
         n_cb = triton.cdiv(C, block_c)
-        splits, iters = _splits(triton.cdiv(N, block_n), B * heads * n_cb * n_cb, dev)
+        block_n, splits, iters = _split_tokens(N, block_n, B * heads * n_cb * n_cb, dev)
         part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
         _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
             t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
@@ -749,7 +773,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         # G = dOut V^T: everything project_out and P need from the token axis
         block_d, block_n, nw = _dout_v_config(D)
         n_db = triton.cdiv(D, block_d)
-        splits, iters = _splits(triton.cdiv(H * W, block_n), B * n_db * n_db, dev)
+        block_n, splits, iters = _split_tokens(H * W, block_n, B * n_db * n_db, dev)
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
         rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
         _attn_dout_v_kernel[(splits, n_db * n_db, B)](

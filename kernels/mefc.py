@@ -90,6 +90,7 @@ from ._utils import (
     check_tensor,
     conv_fp32_precision,
     device_guard,
+    interpreter_tiles,
     multiprocessor_count,
     next_pow2,
 )
@@ -317,12 +318,18 @@ def num_warps_for(cp: int, block_h: int) -> int:
     return 8 if block_h * BLOCK_W >= 64 or cp * block_h * BLOCK_W >= 4096 else 4
 
 
+def _sm_count(s: torch.Tensor) -> int:
+    """SMs the step's tile choice fills (0 under the interpreter: its largest tiles)."""
+    return 0 if interpreter_tiles() else multiprocessor_count(s.device)
+
+
 def launch_config(batch: int, channels: int, height: int, width: int, sm_count: int) -> tuple[int, int, int]:
     """(CP, BLOCK_H, num_warps) for one step: the largest tile the register budget allows, halved while
     the step kernel would have fewer than two programs per SM (small images keep the GPU busy)."""
     cp = channels_pow2(channels)
     n_tw = cdiv(width, BLOCK_W)
     bh = max_block_h(channels)
+    # (sm_count 0, the interpreter: no halving, fewest programs; it pays per program, not per element)
     while bh > 1 and batch * cdiv(height, bh) * n_tw < 2 * sm_count:
         bh //= 2
     return cp, bh, num_warps_for(cp, bh)
@@ -413,7 +420,7 @@ def sep_inner_fwd(s: torch.Tensor, dw1, w1) -> torch.Tensor:
     _check_weights("w1", w1, SEP_SIZES, C, s.device, pointwise=True)
     s = _prepare_s(s)
     B, _, H, W = s.shape
-    return _launch_inner(s, _pack_depthwise(dw1, C), w1, launch_config(B, C, H, W, multiprocessor_count(s.device)))
+    return _launch_inner(s, _pack_depthwise(dw1, C), w1, launch_config(B, C, H, W, _sm_count(s)))
 
 
 def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.Tensor:
@@ -439,7 +446,7 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
     out = torch.empty((B, C, H, W), device=s.device, dtype=s.dtype)
     if out.numel() == 0:
         return out
-    cfg = launch_config(B, C, H, W, multiprocessor_count(s.device))
+    cfg = launch_config(B, C, H, W, _sm_count(s))
     # every depthwise weight in one vector (one launch): dw1 [84 C], dw2 [84 C], dwd [83 C]
     dwp = _pack_depthwise((*dw1, *dw2, *dwd), C)
     t = _launch_inner(s, dwp[: 84 * C], w1, cfg)
