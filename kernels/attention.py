@@ -64,8 +64,11 @@ max(bytes / 3.35 TB/s, FFMA / 33.5 T/s, TF32 MAC / ~250 T/s), before -> after is
   _attn_dqk_kernel               4096 -> 8192  209@8 -> 94@8    8 -> 16  100 MB   1.99 G      59 us (FMA, 2x HBM)
   _attn_topk_softmax_kernel      12 -> 96      128@4 -> 71@4   16 -> 28   tiny (plus 12 programs of gram reduce before)
 The Gram and dQ/dK stay exact fp32 FFMA (top-k values; torch.matmul is not TF32): at C = 96 they are
-FMA-bound. Stencil taps still load as scalars (LDG.E) with lanes 16 B apart in the Gram and mix
-kernels. Since: 1 pixel per thread along W (coalesced taps) in the backward's G = dOut V^T, 64 x 32
+FMA-bound. The Gram's taps load 16 lanes per row (a warp load fills 2 half wavefronts: per-warp L1
+factor 2.8, static_report), and the dV mix's fp32 dOut tiles are transposed into shared memory by
+4-byte cp.async (3.3). Since: the Gram's 64 x 64 tiles (C > 32) run 16 warps capped at 128
+registers (16 warps per SM, no spills; the 16-token steps Triton 3.6 needs took 208-214@8); the
+backward's G = dOut V^T takes 1 pixel per thread along W (coalesced taps), 64 x 32
 tokens at 16 warps, 125-128@16 (16 warps per SM; per-warp L1 factor fp32 4.97 -> 1.85, bf16 13.7 ->
 3.6), and dQ/dK, 32 rows x 32 tokens at 8 warps for every C, 128@8 capped (16 warps per SM; fp32
 6.1-6.5 -> 2.0, bf16 12.3 -> 3.7; ~11% more FFMA at C = 96 than 64-row blocks).
@@ -574,11 +577,11 @@ _PLANE_LIMIT = 2**31 - 2**16
 
 def _gram_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps, maxnreg) of the Gram kernel: the whole C x C Gram in one tile up to
-    C = 64, else 64 x 64 tiles, 16 tokens (the dot's K) per step. 64 x 64 tiles take 8 warps and
-    208-214 registers (sm_90: 1 CTA, 8 warps per SM). 8 tokens per step would fit in 128 registers
-    (16 warps per SM) but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16."""
+    C = 64, else 64 x 64 tiles, 16 tokens (the dot's K) per step. 64 x 64 tiles run 16 warps capped
+    at 128 registers (sm_90: 16 warps per SM, no spills; at 8 warps they took 208-214 registers, 8 warps
+    per SM; 8 tokens per step would fit but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16)."""
     block_c = min(max(16, next_pow2(c)), 64)
-    return block_c, DOT_K, (8 if block_c == 64 else 4), 255
+    return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
 
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
