@@ -70,8 +70,9 @@ factor 2.8, static_report), and the dV mix's fp32 dOut tiles are transposed into
 registers (16 warps per SM, no spills; the 16-token steps Triton 3.6 needs took 208-214@8); the
 backward's G = dOut V^T takes 1 pixel per thread along W (coalesced taps), 64 x 32
 tokens at 16 warps, 125-128@16 (16 warps per SM; per-warp L1 factor fp32 4.97 -> 1.85, bf16 13.7 ->
-3.6), and dQ/dK, 32 rows x 32 tokens at 8 warps for every C, 128@8 capped (16 warps per SM; fp32
-6.1-6.5 -> 2.0, bf16 12.3 -> 3.7; ~11% more FFMA at C = 96 than 64-row blocks).
+3.6), and dQ/dK, 32 rows x 32 tokens at 8 warps for every C, 150@8 (8 warps per SM; fp32
+6.1-6.5 -> 2.0, bf16 12.3 -> 3.7; ~11% more FFMA at C = 96 than 64-row blocks; uncapped: 8 warps per
+SM, Triton 3.6 spills at the 128 cap).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -564,8 +565,11 @@ DOT_K = 16
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
 DQK_STAGES = NUM_STAGES
-# register cap of the dQ/dK kernel (see _dqk_config)
-DQK_MAXNREG = 128
+# register cap of the dQ/dK kernel (see _dqk_config): none. Capped at 128 (16 warps per SM), Triton
+# 3.6's ptxas (the GPU machine's) spills 8-88 bytes where 3.9's does not; uncapped it takes 146-152
+# registers (8 warps per SM)
+DQK_MAXNREG = LAUNCH_OPTIONS["maxnreg"]
+
 # register cap of the dOut V^T kernel (see _dout_v_config)
 DOUT_V_MAXNREG = 128
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
@@ -586,8 +590,8 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 32 rows x 32 tokens at 8 warps,
-    capped at 128 registers (16 warps per SM, no spills on sm_90 or sm_80; uncapped, ptxas takes
-    146-152). 32 tokens give each warp 32 pixels, 1 per thread: coalesced tap loads (per-warp L1
+    uncapped: 146-152 registers, 8 warps per SM (capped at 128, 16 warps per SM, Triton 3.9 fits
+    without spills but Triton 3.6, the GPU machine's, spills 8-88 bytes). 32 tokens give each warp 32 pixels, 1 per thread: coalesced tap loads (per-warp L1
     factor 2.0, was 6.1-6.5 with 16 tokens, whose taps shared the [1, 4] layout of the dG tile of
     the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
     a 40-byte spill at 128; 32 rows recompute Q and K of all C columns once per 32 rows (about
