@@ -565,11 +565,6 @@ DOT_K = 16
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
 DQK_STAGES = NUM_STAGES
-# register cap of the dQ/dK kernel (see _dqk_config): none. Capped at 128 (16 warps per SM), Triton
-# 3.6's ptxas (the GPU machine's) spills 8-88 bytes where 3.9's does not; uncapped it takes 146-152
-# registers (8 warps per SM)
-DQK_MAXNREG = LAUNCH_OPTIONS["maxnreg"]
-
 # register cap of the dOut V^T kernel (see _dout_v_config)
 DOUT_V_MAXNREG = 128
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
@@ -590,10 +585,10 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 32 rows x 32 tokens at 8 warps,
-    uncapped: 146-152 registers, 8 warps per SM (capped at 128, 16 warps per SM, Triton 3.9 fits
-    without spills but Triton 3.6, the GPU machine's, spills 8-88 bytes). 32 tokens give each warp 32 pixels, 1 per thread: coalesced tap loads (per-warp L1
-    factor 2.0, was 6.1-6.5 with 16 tokens, whose taps shared the [1, 4] layout of the dG tile of
-    the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
+    uncapped: 146-152 registers, 8 warps per SM (capped at 128 for 16 warps per SM, Triton 3.9 fits
+    without spills but Triton 3.6, the GPU machine's, spills 8-88 bytes). 32 tokens give each warp
+    32 pixels, 1 per thread: coalesced tap loads (per-warp L1 factor 2.0, was 6.1-6.5 with 16
+    tokens, whose taps shared the [1, 4] layout of the dG tile of the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
     a 40-byte spill at 128; 32 rows recompute Q and K of all C columns once per 32 rows (about
     +11% FFMA at C = 96)."""
     return min(max(16, next_pow2(c)), 32), DOT_K, 32, 8
@@ -821,7 +816,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
             t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
-            num_warps=nwq, num_stages=DQK_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": DQK_MAXNREG},
+            num_warps=nwq, num_stages=DQK_STAGES, **LAUNCH_OPTIONS,
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
@@ -881,7 +876,7 @@ def _compile_configs():
                      **_ints("C", "D", "HEADS", "H", "W", *strides4)},
                     {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
                      "J_ITERS": triton.cdiv(c, dq_j)},
-                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES, extra={"maxnreg": DQK_MAXNREG},
+                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES,
                 )
     # kernels 2 and 5: the per-row kernels, fp32 only
     for c in (16, 32, 64, 128, 256, 512, 1024):

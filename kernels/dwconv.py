@@ -67,17 +67,18 @@ BWD_BLOCK_N = 512
 INTERPRETER_BLOCK_C = 16
 INTERPRETER_BLOCK_N = 128
 
+NUM_WARPS = 8
+# Passed at every launch and registered with the compile configs, so the check compiles what runs
+# (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
+NUM_STAGES = 3
+_INT32_LIMIT = 2**31 - 1
+
 
 def tiles(backward: bool) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_N) of the forward or backward launch (the interpreter's own on CPU)."""
     if interpreter_tiles():
         return INTERPRETER_BLOCK_C, INTERPRETER_BLOCK_N
     return (BWD_BLOCK_C, BWD_BLOCK_N) if backward else (FWD_BLOCK_C, FWD_BLOCK_N)
-NUM_WARPS = 8
-# Passed at every launch and registered with the compile configs, so the check compiles what runs
-# (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
-NUM_STAGES = 3
-_INT32_LIMIT = 2**31 - 1
 
 
 @triton.jit

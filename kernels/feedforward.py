@@ -138,7 +138,7 @@ from ._utils import (
     multiprocessor_count,
     next_pow2,
 )
-from .dwconv import _check_pixels, depthwise_conv_bwd, depthwise_conv_fwd
+from .dwconv import _check_pixels, _f32, depthwise_conv_bwd, depthwise_conv_fwd
 
 # stage 2 forward: token tile x output-channel tile, hidden channels in chunks of BLOCK_J
 FWD_BLOCK_N = 64
@@ -481,14 +481,6 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
     hidden = check_feed_forward_inputs(x, params, residual)
     _check_pixels(x)  # element offsets are int64; pixel indices int32
     return hidden
-
-
-def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A parameter as a dense fp32 vector; None (a missing bias) stays None: the kernels are
-    specialised without it (no zero-filled buffer, no fill launch)."""
-    if t is None:
-        return None
-    return t.detach().to(torch.float32).contiguous().view(-1)
 
 
 def _fwd_config(dim: int) -> tuple[int, int]:
