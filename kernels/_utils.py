@@ -28,6 +28,16 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 # lanes 4 B apart, coalesced taps (scalar stores, the same wavefronts). The static report
 # (``python -m drsformer_fast.static_report``) shows the effect per load.
 
+# Row pairs. Even coalesced, a stencil's taps bound it by L1 wavefronts, not DRAM: a K x K tap
+# window costs K*K row loads per output pixel, plus one broadcast weight load per tap and channel
+# row a thread holds (one wavefront per warp, as many as the tap loads when a thread holds 1 pixel
+# per row). Stencil kernels whose taps dominate compute two vertically adjacent output pixels per
+# thread instead: a program owns BLOCK_Q *row pairs*, pair q = (h // 2) * W + w standing for
+# pixels (2 (q // W), q % W) and the one below it (the lower one masked out on the last row of an odd
+# H). Flattened like pixels, pairs need no W-dependent tile shape and waste no lanes on narrow
+# images. For each column shift the K + 1 input rows are loaded once and feed both outputs (K + 1
+# row loads instead of 2K), and each tap's weight, loaded once, serves both.
+
 
 def conv_fp32_precision() -> str:
     """``input_precision`` for an fp32 ``tl.dot`` that stands in for a convolution: what ``nn.Conv2d``

@@ -14,8 +14,10 @@ constexpr (Triton 3.6's interpreter cannot loop over runtime scalars); the tap l
 unrolled, ptxas hoists every tap's load and the kernels take 255 registers and spill on sm_90.
 
 Launch picture on sm_90 (compiled as launched, 8 warps, num_stages 3; `python -m
-drsformer_fast.static_report`): forward 2 channels x 1024 pixels per program, 80 registers (bf16 72),
-24 resident warps per SM; backward 2 x 512, 79-96 registers, 16-24 resident warps; level 1 at 256x256
+drsformer_fast.static_report`): forward 2 channels x 512 row pairs (kernels/_utils.py: each thread
+computes two vertically adjacent pixels from K + 1 row loads per column shift; 1024 pixels per
+program), 88 registers, 16 resident warps per SM, HBM-bound at level 1 fp32 by the static model
+(79 -> 60 us, its roofline; bf16 76 -> 57 us against 30); backward 2 x 512, 79-96 registers, 16-24 resident warps; level 1 at 256x256
 (C = 2h = 254): 8128 forward programs. Loads: the taps are coalesced (1 pixel per thread along W:
 ``tl.multiple_of(o_n, 1)``, see kernels/_utils.py), so their L1 wavefronts equal their bytes / 128;
 each tap also loads one weight per row a thread holds (a broadcast: one wavefront per warp), which
@@ -58,7 +60,7 @@ KERNEL_SIZES = (3, 5, 7)
 # channels x 1024 pixels at 8 warps give each thread 4 pixels per row (sm_90, fp32: forward 80
 # registers, backward at 512 pixels 79-96; 1024 would take the backward to 152).
 FWD_BLOCK_C = 2
-FWD_BLOCK_N = 1024
+FWD_BLOCK_Q = 512  # row pairs (kernels/_utils.py): 1024 pixels
 BWD_BLOCK_C = 2
 BWD_BLOCK_N = 512
 # Triton's CPU interpreter pays per executed operation and program, not per element: 2-channel tiles
@@ -75,10 +77,21 @@ _INT32_LIMIT = 2**31 - 1
 
 
 def tiles(backward: bool) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_N) of the forward or backward launch (the interpreter's own on CPU)."""
+    """(BLOCK_C, BLOCK_N) of the backward launch or (BLOCK_C, BLOCK_Q) of the forward's row pairs (the
+    interpreter's own on CPU)."""
     if interpreter_tiles():
-        return INTERPRETER_BLOCK_C, INTERPRETER_BLOCK_N
-    return (BWD_BLOCK_C, BWD_BLOCK_N) if backward else (FWD_BLOCK_C, FWD_BLOCK_N)
+        return INTERPRETER_BLOCK_C, INTERPRETER_BLOCK_N // (1 if backward else 2)
+    return (BWD_BLOCK_C, BWD_BLOCK_N) if backward else (FWD_BLOCK_C, FWD_BLOCK_Q)
+
+
+@triton.jit
+def _dw_fwd_store(b_acc, b_ptr, o_ptr, o_out, m, o_cl, RELU: tl.constexpr):
+    """Bias (b_ptr may be None), ReLU and the store of one branch's tile (one row of the row pairs)."""
+    if b_ptr is not None:
+        b_acc += tl.load(b_ptr + o_cl)[:, None]
+    if RELU:
+        b_acc = tl.maximum(b_acc, 0.0)
+    tl.store(o_ptr + o_out, b_acc.to(o_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -100,66 +113,82 @@ def _dw_fwd_kernel(
     RELU: tl.constexpr,
     HAS_XBIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # row pairs per program (kernels/_utils.py): 2 * BLOCK_Q pixels
 ):
-    i_n = tl.program_id(0)
+    i_q = tl.program_id(0)
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
-    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
+    o_q = tl.multiple_of(i_q * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
     m_c = o_c < C
-    m_n = o_n < N
+    m_q = o_q < tl.cdiv(H, 2) * W
     # loads use clamped channels (always in bounds, never stored), so the tap masks stay 1-D
     o_cl = tl.minimum(o_c, C - 1)
-    o_h = o_n // W
-    o_w = o_n % W
+    o_h = (o_q // W) * 2  # upper row of each pair
+    o_w = o_q % W
     # int64 element offsets (one image may span >= 2**31 elements); pixel indices stay int32
-    p_x = x_ptr + i_b * stride_xb
-    o_x = o_cl.to(tl.int64)[:, None] * stride_xc + (o_h.to(tl.int64) * stride_xh + o_w.to(tl.int64) * stride_xw)[None, :]
+    p_x = x_ptr + i_b * stride_xb + o_cl.to(tl.int64)[:, None] * stride_xc
     s_xh = tl.cast(stride_xh, tl.int64)
     s_xw = tl.cast(stride_xw, tl.int64)
     p_w1 = w1_ptr + o_cl * (K1 * K1)
-    p_w2 = w2_ptr + o_cl * (K2 * K2)
     if HAS_XBIAS:
         b_xb = tl.load(xb_ptr + o_cl)[:, None]
     R1: tl.constexpr = K1 // 2
+    # the main window is the larger one (branch 2 with two branches); the inner one is branch 1's
     KM: tl.constexpr = K2 if TWO else K1
     RM: tl.constexpr = KM // 2
+    if TWO:
+        p_wm = w2_ptr + o_cl * (K2 * K2)
+    else:
+        p_wm = p_w1
 
-    b_acc1 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    b_acc2 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    # one pass over the larger window: each shifted tile of x is loaded once for both branches
-    # a loop, not unrolled: fully unrolled taps hoist all loads (255 registers and spills on sm_90)
-    for kh in range(0, KM):
-        dh = kh - RM
-        m_h = m_n & (o_h + dh >= 0) & (o_h + dh < H)
-        for kw in range(0, KM):
-            dw = kw - RM
-            m = (m_h & (o_w + dw >= 0) & (o_w + dw < W))[None, :]
-            b_x = tl.load(p_x + (o_x + (dh * s_xh + dw * s_xw)), mask=m, other=0.0).to(tl.float32)
+    b_m0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)  # main window, upper row
+    b_m1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)  # main window, lower row
+    b_i0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)  # inner window (TWO), upper row
+    b_i1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)  # inner window (TWO), lower row
+    # one pass over the main window: each shifted row of x is loaded once for both branches and both
+    # rows of the pairs. Column shifts are a loop, not unrolled: unrolled, ptxas hoists every tap's load
+    # (255 registers and spills on sm_90)
+    for kw in range(0, KM):
+        dw = kw - RM
+        o_col = o_w + dw
+        m_col = m_q & (o_col >= 0) & (o_col < W)
+        o_colx = o_col.to(tl.int64) * s_xw
+        for r in tl.static_range(KM + 1):
+            # input row o_h - RM + r: tap row r of the upper output, r - 1 of the lower one
+            o_r = o_h + (r - RM)
+            m = (m_col & (o_r >= 0) & (o_r < H))[None, :]
+            b_x = tl.load(p_x + (o_r.to(tl.int64) * s_xh + o_colx)[None, :], mask=m, other=0.0).to(tl.float32)
             if HAS_XBIAS:
                 b_x = tl.where(m, b_x + b_xb, 0.0)
+            if r > 0:  # the previous row's weight: tap (r - 1, kw)
+                b_m1 += b_wm * b_x
+            if r < KM:
+                b_wm = tl.load(p_wm + (r * KM + kw))[:, None]
+                b_m0 += b_wm * b_x
             if TWO:
-                b_acc2 += tl.load(p_w2 + (kh * KM + kw))[:, None] * b_x
-                if (dh >= -R1) & (dh <= R1) & (dw >= -R1) & (dw <= R1):
-                    b_acc1 += tl.load(p_w1 + ((dh + R1) * K1 + dw + R1))[:, None] * b_x
-            else:
-                b_acc1 += tl.load(p_w1 + (kh * KM + kw))[:, None] * b_x
+                # inner taps: rows r - RM (upper) and r - 1 - RM (lower) within [-R1, R1], and the column
+                # (a runtime test: kw is a loop variable; no zero-weight FMAs, so an inf outside the
+                # smaller window cannot reach its output)
+                if (r - RM >= -R1) & (r - RM <= R1):
+                    if (dw >= -R1) & (dw <= R1):
+                        b_i0 += tl.load(p_w1 + ((r - RM + R1) * K1 + dw + R1))[:, None] * b_x
+                if (r - 1 - RM >= -R1) & (r - 1 - RM <= R1):
+                    if (dw >= -R1) & (dw <= R1):
+                        b_i1 += tl.load(p_w1 + ((r - 1 - RM + R1) * K1 + dw + R1))[:, None] * b_x
 
-    m_out = m_c[:, None] & m_n[None, :]
-    o_out = i_b * stride_ob + o_c.to(tl.int64)[:, None] * N + o_n[None, :]
-    if b1_ptr is not None:
-        b_acc1 += tl.load(b1_ptr + o_cl)[:, None]
-    if RELU:
-        b_acc1 = tl.maximum(b_acc1, 0.0)
-    tl.store(o1_ptr + o_out, b_acc1.to(o1_ptr.dtype.element_ty), mask=m_out)
+    o_out = i_b * stride_ob + o_c.to(tl.int64)[:, None] * N + (o_h * W + o_w)[None, :]
+    m_0 = m_c[:, None] & m_q[None, :]
+    m_1 = m_c[:, None] & (m_q & (o_h + 1 < H))[None, :]
     if TWO:
-        if b2_ptr is not None:
-            b_acc2 += tl.load(b2_ptr + o_cl)[:, None]
-        if RELU:
-            b_acc2 = tl.maximum(b_acc2, 0.0)
-        tl.store(o2_ptr + o_out, b_acc2.to(o2_ptr.dtype.element_ty), mask=m_out)
+        _dw_fwd_store(b_i0, b1_ptr, o1_ptr, o_out, m_0, o_cl, RELU)
+        _dw_fwd_store(b_i1, b1_ptr, o1_ptr, o_out + W, m_1, o_cl, RELU)
+        _dw_fwd_store(b_m0, b2_ptr, o2_ptr, o_out, m_0, o_cl, RELU)
+        _dw_fwd_store(b_m1, b2_ptr, o2_ptr, o_out + W, m_1, o_cl, RELU)
+    else:
+        _dw_fwd_store(b_m0, b1_ptr, o1_ptr, o_out, m_0, o_cl, RELU)
+        _dw_fwd_store(b_m1, b1_ptr, o1_ptr, o_out + W, m_1, o_cl, RELU)
 
 
 @triton.jit
@@ -351,13 +380,13 @@ def depthwise_conv_fwd(
     os_ = [out[i] for i in order]
     two = len(sizes) == 2
     xb = _f32(input_bias) if input_bias is not None else ws[0]
-    block_c, block_n = tiles(backward=False)
-    grid = (triton.cdiv(N, block_n), triton.cdiv(C, block_c), B)
+    block_c, block_q = tiles(backward=False)
+    grid = (triton.cdiv(triton.cdiv(H, 2) * W, block_q), triton.cdiv(C, block_c), B)
     with device_guard(x):
         _dw_fwd_kernel[grid](
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
             sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
-            HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
+            HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=NUM_WARPS,
             num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
     return list(out)
@@ -460,7 +489,7 @@ def _compile_configs():
                          "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
                          **{k: "i32" for k in ints}, "stride_ob": "i32"},
                         {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias, "BLOCK_C": FWD_BLOCK_C,
-                         "BLOCK_N": FWD_BLOCK_N},
+                         "BLOCK_Q": FWD_BLOCK_Q},
                         num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
             bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")

@@ -66,6 +66,12 @@ warps) and 1.6 (_ffn_bwd_x, now 8 groups per tile: 110 registers, 16 resident wa
 absent biases are None pointers (specialised away: no zero-filled buffers, no fill launches).
 Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
 _grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
+Row pairs (kernels/_utils.py): ``_ffn_fwd_kernel`` computes two vertically adjacent pixels per
+thread (``_grouped_conv_rows``: K + 1 row loads per column shift for both, one 8-byte load per tap
+for the (even, odd) weight pair of ``_weight_pairs``), 32 pairs x 16 hidden channels per conv tile,
+capped at 128 registers (16 resident warps; the exact-fp32-dot and AB64 variants run uncapped).
+Static picture, level 1 fp32 at 256x256: 152 -> 75 us predicted (47 us HBM roofline), decoder
+level 1 -> 158 us (95), the latent (3 splits) 149 -> 69 us.
 
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
@@ -140,9 +146,19 @@ from ._utils import (
 )
 from .dwconv import _check_pixels, _f32, depthwise_conv_bwd, depthwise_conv_fwd
 
-# stage 2 forward: token tile x output-channel tile, hidden channels in chunks of BLOCK_J
-FWD_BLOCK_N = 64
+# stage 2 forward: BLOCK_Q row pairs (kernels/_utils.py) x output-channel tile, hidden channels in
+# chunks of BLOCK_J; BLOCK_Q is 64 up to 64 output channels per tile, 32 above (two [BLOCK_D, BLOCK_Q]
+# fp32 accumulators)
 FWD_BLOCK_J = 16
+# uncapped, ptxas hoists every tap load of a column shift (168-246 registers, 8 resident warps per SM);
+# capped at 128 it fits without spills (16 resident warps). Two variants spill at 128 and run uncapped
+# (8 resident warps): the exact-fp32 dot (TF32 switched off: project_out on CUDA cores, its operands in
+# registers) and AB64 (64-bit channel pointers: images with >= 2**31 ab elements, which fill the GPU).
+FWD_MAXNREG = 128
+
+
+def _fwd_maxnreg(exact_fp32_dot: bool, ab64: bool) -> int:
+    return LAUNCH_OPTIONS["maxnreg"] if exact_fp32_dot or ab64 else FWD_MAXNREG
 # small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
 MAX_SPLIT = 4
 REDUCE_BLOCK_N = 512
@@ -213,11 +229,100 @@ def _grouped_conv_chunk(
 
 
 @triton.jit
+def _unpack_pair(b_w):
+    """(low, high) fp32 halves of int64 words holding two packed fp32 values (little-endian: the
+    first value of each pair is the low word)."""
+    return b_w.to(tl.int32).to(tl.float32, bitcast=True), (b_w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _grouped_conv_rows(
+    ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W,
+    gp_ptr,  # weight pairs: [h, K*K] int64, word t of channel j = (w[j, 0, t], w[j, 1, t]) as two fp32
+    HID: tl.constexpr, x_off,
+    stride_abb, stride_abc, stride_abh, stride_abw,
+    K: tl.constexpr,
+    AB64: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    """Pre-activations of the grouped conv for output channels o_jl (clamped to < HID) at the row pairs
+    (o_h, o_w), (o_h + 1, o_w) (kernels/_utils.py, row pairs; m_q: pairs inside the image): sum over c in {0, 1} and taps t of
+    w[j, c, t] * xs(2j + c, p + t), where xs is x1 (x_off = 0) or x2 (x_off = HID) and x-channel i lives
+    in ab channel x_off + i + HID * (i >= HID).
+    Why two rows: the L1 wavefronts of the tap and weight loads, not DRAM, bound this conv. For each
+    column shift the K + 1 input rows are loaded once and feed both output rows (K + 1 row loads
+    instead of 2K), and each tap's (even, odd) weight pair is one 8-byte load used for both rows: per
+    output 2K(K+1)/2 tap loads + K*K/2 weight loads against 2K*K + 2K*K one row at a time."""
+    R: tl.constexpr = K // 2
+    o_ie = 2 * o_jl
+    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
+    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127). AB64 (the launcher's choice, from
+    # ab's size): 64-bit channel base pointers + int32 offsets within a plane (ab is the launchers'
+    # contiguous buffer: a plane spans H*W < 2**31 elements); it costs registers, so images whose ab
+    # fits int32 offsets keep them.
+    p_ab = ab_ptr + i_b * stride_abb
+    if AB64:
+        p_e = (p_ab + o_ce.to(tl.int64) * stride_abc)[:, None]
+        p_o = (p_ab + o_co.to(tl.int64) * stride_abc)[:, None]
+    else:
+        p_e = p_ab + (o_ce * stride_abc)[:, None]
+        p_o = p_ab + (o_co * stride_abc)[:, None]
+    p_w = gp_ptr + o_jl * (K * K)
+    b_acc0 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc1 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    # a runtime loop over the column shifts (unrolled, the compiler hoists every tap load: 255 registers)
+    for kw in range(K):
+        o_c = o_w + (kw - R)
+        m_c = m_q & (o_c >= 0) & (o_c < W)
+        o_col = (o_c * stride_abw)[None, :]
+        for r in tl.static_range(K + 1):
+            # input row o_h - R + r: tap kh = r of the upper row, tap kh = r - 1 of the lower one
+            o_r = o_h + (r - R)
+            m = (m_c & (o_r >= 0) & (o_r < H))[None, :]
+            o_t = (o_r * stride_abh)[None, :] + o_col
+            b_xe = tl.load(p_e + o_t, mask=m, other=0.0).to(tl.float32)
+            b_xo = tl.load(p_o + o_t, mask=m, other=0.0).to(tl.float32)
+            if r > 0:  # the previous row's weights: tap (r - 1, kw)
+                b_acc1 += b_we[:, None] * b_xe + b_wo[:, None] * b_xo
+            if r < K:
+                b_we, b_wo = _unpack_pair(tl.load(p_w + (r * K + kw)))
+                b_acc0 += b_we[:, None] * b_xe + b_wo[:, None] * b_xo
+    return b_acc0, b_acc1
+
+
+@triton.jit
+def _ffn_fwd_store(
+    b_out, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, o_w, m_p, o_d, m_d, D, N, W,
+    stride_rb, stride_rc, stride_rh, stride_rw,
+    HAS_RES: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """Epilogue of one row of the row pairs (pixels (o_row, o_w), m_p: inside the image): bias, residual and the store (SPLIT == 1), or this split's fp32
+    partial sum (SPLIT > 1; _ffn_fwd_reduce_kernel adds the splits in a fixed order)."""
+    m = m_d[:, None] & m_p[None, :]
+    o_n = (o_row * W + o_w)[None, :]
+    if SPLIT == 1:
+        if bo_ptr is not None:
+            b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+        if HAS_RES:
+            b_out += tl.load(res_ptr + i_b * stride_rb + o_d.to(tl.int64)[:, None] * stride_rc
+                             + (o_row.to(tl.int64) * stride_rh + o_w.to(tl.int64) * stride_rw)[None, :],
+                             mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + i_b * D * N + o_d.to(tl.int64)[:, None] * N + o_n, b_out.to(out_ptr.dtype.element_ty),
+                 mask=m)
+    else:
+        o_slot = (i_s * tl.num_programs(2) + i_b) * D * N
+        tl.store(out_ptr + o_slot + o_d.to(tl.int64)[:, None] * N + o_n, b_out, mask=m)
+
+
+@triton.jit
 def _ffn_fwd_kernel(
     ab_ptr,  # ab: [B, 4h, H, W] = (a, b) of stage 1, any strides
-    g3w_ptr,  # dwconv3x3_1 weight: [h, 2, 3, 3] fp32
+    g3p_ptr,  # dwconv3x3_1 weight pairs: [h, 9] int64 (see _grouped_conv_rows)
     g3b_ptr,  # dwconv3x3_1 bias: [h] fp32, or None (specialised away)
-    g5w_ptr,  # dwconv5x5_1 weight: [h, 2, 5, 5] fp32
+    g5p_ptr,  # dwconv5x5_1 weight pairs: [h, 25] int64
     g5b_ptr,  # [h] fp32, or None
     wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
     bo_ptr,  # project_out bias: [D] fp32, or None
@@ -228,68 +333,65 @@ def _ffn_fwd_kernel(
     stride_rb, stride_rc, stride_rh, stride_rw,
     HAS_RES: tl.constexpr,
     PREC: tl.constexpr,  # input_precision of the project_out dot (module docstring: precision)
-    SPLIT: tl.constexpr,  # programs per (token tile, channel tile), each over 1/SPLIT of the hidden chunks
+    SPLIT: tl.constexpr,  # programs per (pixel tile, channel tile), each over 1/SPLIT of the hidden chunks
     AB64: tl.constexpr,  # ab spans >= 2**31 elements per image: 64-bit channel pointers
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):
+    """A program: BLOCK_Q row pairs (2 * BLOCK_Q pixels, kernels/_utils.py) x BLOCK_D output channels
+    (x one split of the hidden chunks). Grid: (cdiv(cdiv(H, 2) * W, BLOCK_Q), cdiv(D, BLOCK_D) * SPLIT, B)."""
     N_CHUNK: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
     J_PER: tl.constexpr = (N_CHUNK + SPLIT - 1) // SPLIT  # hidden chunks of one split
-    i_n = tl.program_id(0)
+    i_t = tl.program_id(0)
     i_s = tl.program_id(1) % SPLIT
     i_d = tl.program_id(1) // SPLIT
     i_b = tl.program_id(2).to(tl.int64)
     # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
-    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
+    o_q = tl.multiple_of(i_t * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
+    m_q = o_q < tl.cdiv(H, 2) * W
+    o_h = (o_q // W) * 2
+    o_w = o_q % W
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_n = o_n < N
     m_d = o_d < D
-    o_h = o_n // W
-    o_w = o_n % W
-    o_down = H - 1 - o_h
-    o_right = W - 1 - o_w
-    b_out = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    b_out0 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_out1 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
     # u = relu(g3(x1)) feeds W_out[:, :h], v = relu(g5(x2)) feeds W_out[:, h:]
     # chunks past HID (the last split's tail) are masked out of the dot: W_out loads as zeros
-    for jc in range(J_PER):
+    # num_stages=1: the software pipeliner would stage the unrolled tap loads through shared memory
+    # (cp.async: > 200 KB, 255 registers)
+    for jc in tl.range(J_PER, num_stages=1):
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
-        b_u = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g3w_ptr, HID, 0,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_N)
+        b_u0, b_u1 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g3p_ptr, HID, 0,
+                                        stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_Q)
         if g3b_ptr is not None:
-            b_u += tl.load(g3b_ptr + o_jl)[:, None]
-        b_u = tl.maximum(b_u, 0.0)
+            b_gb = tl.load(g3b_ptr + o_jl)[:, None]
+            b_u0 += b_gb
+            b_u1 += b_gb
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_u.to(b_wo.dtype), b_out, input_precision=PREC)
-    for jc in range(J_PER):
+        b_out0 = tl.dot(b_wo, tl.maximum(b_u0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
+        b_out1 = tl.dot(b_wo, tl.maximum(b_u1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
+    for jc in tl.range(J_PER, num_stages=1):
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
-        b_v = _grouped_conv_chunk(ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n, g5w_ptr, HID, HID,
-                                  stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_N)
+        b_v0, b_v1 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g5p_ptr, HID, HID,
+                                        stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_Q)
         if g5b_ptr is not None:
-            b_v += tl.load(g5b_ptr + o_jl)[:, None]
-        b_v = tl.maximum(b_v, 0.0)
+            b_gb = tl.load(g5b_ptr + o_jl)[:, None]
+            b_v0 += b_gb
+            b_v1 += b_gb
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
-        b_out = tl.dot(b_wo, b_v.to(b_wo.dtype), b_out, input_precision=PREC)
+        b_out0 = tl.dot(b_wo, tl.maximum(b_v0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
+        b_out1 = tl.dot(b_wo, tl.maximum(b_v1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
 
-    m = m_d[:, None] & m_n[None, :]
-    if SPLIT == 1:
-        if bo_ptr is not None:
-            b_out += tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
-        if HAS_RES:
-            b_out += tl.load(res_ptr + i_b * stride_rb + o_d.to(tl.int64)[:, None] * stride_rc
-                             + (o_h.to(tl.int64) * stride_rh + o_w.to(tl.int64) * stride_rw)[None, :],
-                             mask=m, other=0.0).to(tl.float32)
-        tl.store(out_ptr + i_b * D * N + o_d.to(tl.int64)[:, None] * N + o_n[None, :],
-                 b_out.to(out_ptr.dtype.element_ty), mask=m)
-    else:
-        # this split's partial sum; _ffn_fwd_reduce_kernel adds the splits in a fixed order
-        o_slot = (i_s * tl.num_programs(2) + i_b) * D * N
-        tl.store(out_ptr + o_slot + o_d.to(tl.int64)[:, None] * N + o_n[None, :], b_out, mask=m)
+    _ffn_fwd_store(b_out0, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h, o_w, m_q, o_d, m_d, D, N, W,
+                   stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
+    _ffn_fwd_store(b_out1, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 1, o_w, m_q & (o_h + 1 < H), o_d, m_d, D, N, W,
+                   stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
 
 
 @triton.jit
@@ -483,10 +585,18 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
     return hidden
 
 
-def _fwd_config(dim: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the stage-2 forward: all output channels in one tile up to 128."""
+def _fwd_config(dim: int) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_Q, num_warps) of the stage-2 forward: all output channels in one tile up to 128."""
     block_d = min(128, max(16, next_pow2(dim)))
-    return block_d, 4 if block_d * FWD_BLOCK_N < 4096 else 8
+    block_q = 32
+    return block_d, block_q, 4 if block_d <= 32 else 8
+
+
+def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
+    """A grouped conv's weight [h, 2, K, K] as [h, K*K] int64 words, each the (input 0, input 1) fp32
+    pair of one tap: one 8-byte load gives both (``_grouped_conv_rows``)."""
+    h, _, k, _ = weight.shape
+    return _f32(weight).reshape(h, 2, k * k).transpose(1, 2).contiguous().view(torch.int64)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -544,22 +654,22 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         return out
     with device_guard(x):
         ab = _stage1(x, _project_in(x, params["in_weight"]), params, hidden)
-        block_d, num_warps = _fwd_config(D)
+        block_d, block_q, num_warps = _fwd_config(D)
         wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
         res = residual if residual is not None else out
-        n_tiles, n_d = triton.cdiv(N, FWD_BLOCK_N), triton.cdiv(D, block_d)
+        n_tiles, n_d = triton.cdiv(triton.cdiv(H, 2) * W, block_q), triton.cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
+        ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
         _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
-            ab, _f32(params["g3_weight"]), _f32(params["g3_bias"]),
-            _f32(params["g5_weight"]), _f32(params["g5_bias"]),
+            ab, _weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
+            _weight_pairs(params["g5_weight"]), _f32(params["g5_bias"]),
             wo, bo, res, dest,
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
-            HAS_RES=residual is not None and split == 1, PREC=dot_precision(x.dtype), SPLIT=split,
-            AB64=_ab64(hidden, N), BLOCK_D=block_d,
-            BLOCK_J=FWD_BLOCK_J, BLOCK_N=FWD_BLOCK_N,
-            num_warps=num_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            HAS_RES=residual is not None and split == 1, PREC=prec, SPLIT=split,
+            AB64=ab64, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q,
+            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(x.dtype == torch.float32 and prec == "ieee", ab64)},
         )
         if split > 1:
             _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
@@ -656,7 +766,7 @@ def _compile_configs():
     ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
     for dtype in ("float32", "float16", "bfloat16"):
         for dim, hidden in MODEL_LEVELS:
-            block_d, num_warps = _fwd_config(dim)
+            block_d, block_q, num_warps = _fwd_config(dim)
             precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
             # the residual is added by the kernel only without a split (else by the reduce kernel)
             # (residual, precision, split, ab64): large images (ab64) never split
@@ -665,14 +775,14 @@ def _compile_configs():
             for has_res, prec, split, ab64 in variants:
                 yield CompileConfig(
                     _ffn_fwd_kernel,
-                    {"ab_ptr": ptr(dtype), "g3w_ptr": "*fp32", "g3b_ptr": "*fp32", "g5w_ptr": "*fp32",
+                    {"ab_ptr": ptr(dtype), "g3p_ptr": "*i64", "g3b_ptr": "*fp32", "g5p_ptr": "*i64",
                      "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
                      "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W")}, **ab_strides,
                      **({"stride_abb": "i64"} if ab64 else {}),
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
                     {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
-                     "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_N": FWD_BLOCK_N},
-                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype,
+                     "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
+                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(dtype == "float32" and prec == "ieee", ab64)},
                 )
             for split in range(2, MAX_SPLIT + 1):
                 for has_res in (False, True):
