@@ -73,6 +73,11 @@ tokens at 16 warps, 125-128@16 (16 warps per SM; per-warp L1 factor fp32 4.97 ->
 3.6), and dQ/dK, 32 rows x 32 tokens at 8 warps for every C, 150@8 (8 warps per SM; fp32
 6.1-6.5 -> 2.0, bf16 12.3 -> 3.7; ~11% more FFMA at C = 96 than 64-row blocks; uncapped: 8 warps per
 SM, Triton 3.6 spills at the 128 cap).
+Row pairs (kernels/_utils.py): the Gram and dQ/dK rebuild Q and K at two vertically adjacent pixels
+per thread (``_dwconv3x3_pairs``: 4 row loads per column shift for both, each weight loaded once),
+two dots per step. Static picture (sm_90, fp32, 256x256): Gram level 1 21 -> 14 us (12 us HBM),
+decoder level 1 84 -> 55 us; dQ/dK 40 -> 25 us (16), 122 -> 73 us (38), 200 registers @ 8 warps
+(8 warps per SM as before; 32 row pairs = 64 tokens per program).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -151,6 +156,49 @@ def _dwconv3x3_tile(
     if HAS_BIAS:
         b_acc += tl.load(b_ptr + o_c, mask=m_c, other=0.0)[:, None]
     return tl.where(m_c[:, None] & m_n[None, :], b_acc, 0.0)
+
+
+@triton.jit
+def _dwconv3x3_pairs(
+    t_ptr,  # one image of t0: [3d, H, W] (already offset to the batch), any strides
+    w_ptr,  # depthwise weight: [3d, 9] fp32
+    b_ptr,  # depthwise bias: [3d] fp32 (unused without HAS_BIAS)
+    o_c, m_c,  # channel indices into t0 and their mask: [BLOCK_C]
+    o_h, o_w, m_q,  # row pairs (kernels/_utils.py): upper row, column and mask of the pairs: [BLOCK_N]
+    H, W, stride_c, stride_h, stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """_dwconv3x3_tile at the row pairs' two pixels (upper, lower), fp32, 0 where masked (the lower
+    pixel of a pair on the last row of an odd H included): 4 row loads per column shift for both
+    pixels instead of 6, each tap's weight loaded once for both."""
+    b_acc0 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    b_acc1 = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    p_c = (t_ptr + o_c.to(tl.int64) * stride_c)[:, None]
+    p_w = w_ptr + o_c * 9
+    # a runtime loop over the column shifts (not unrolled): the 4 shifted rows of one shift are live
+    # at a time, which keeps the callers' larger tiles free of spills
+    for kw in range(3):
+        o_ww = o_w + (kw - 1)
+        m_col = m_c[:, None] & (m_q & (o_ww >= 0) & (o_ww < W))[None, :]
+        for r in tl.static_range(4):
+            # input row o_h - 1 + r: tap row r of the upper pixel, r - 1 of the lower one
+            o_hh = o_h + (r - 1)
+            m = m_col & ((o_hh >= 0) & (o_hh < H))[None, :]
+            b_t = tl.load(p_c + (o_hh * stride_h + o_ww * stride_w)[None, :], mask=m, other=0.0).to(tl.float32)
+            if r > 0:  # the previous row's weight: tap (r - 1, kw)
+                b_acc1 += b_t * b_w[:, None]
+            if r < 3:
+                b_w = tl.load(p_w + (r * 3 + kw), mask=m_c, other=0.0)
+                b_acc0 += b_t * b_w[:, None]
+    if HAS_BIAS:
+        b_b = tl.load(b_ptr + o_c, mask=m_c, other=0.0)[:, None]
+        b_acc0 += b_b
+        b_acc1 += b_b
+    b_acc0 = tl.where(m_c[:, None] & m_q[None, :], b_acc0, 0.0)
+    b_acc1 = tl.where(m_c[:, None] & (m_q & (o_h + 1 < H))[None, :], b_acc1, 0.0)
+    return b_acc0, b_acc1
 
 
 @triton.jit
@@ -235,7 +283,7 @@ def _attn_qk_gram_kernel(
     stride_b, stride_c, stride_h, stride_w,
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # row pairs per token block (kernels/_utils.py): 2 * BLOCK_N tokens
     ITERS: tl.constexpr,  # token blocks per split (program)
 ):
     i_s = tl.program_id(0)
@@ -246,7 +294,7 @@ def _attn_qk_gram_kernel(
     i_h = i_bh % HEADS
     i_ib = i_t // n_cb
     i_jb = i_t % n_cb
-    N = H * W
+    NQ = tl.cdiv(H, 2) * W
 
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
     o_j = i_jb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -256,19 +304,20 @@ def _attn_qk_gram_kernel(
     b_gram = tl.zeros([BLOCK_C, BLOCK_C], dtype=tl.float32)
     b_ssq_q = tl.zeros([BLOCK_C], dtype=tl.float32)
     b_ssq_k = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_n >= N)
-        o_n = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = o_n < N
-        o_h = o_n // W
-        o_w = o_n % W
-        b_q = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
-                              stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-        b_k = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
-                              stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_q >= NQ)
+        o_q = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_q = o_q < NQ
+        o_h = (o_q // W) * 2
+        o_w = o_q % W
+        b_q0, b_q1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_q, H, W,
+                                      stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+        b_k0, b_k1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
+                                      stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
         # exact fp32 whatever PyTorch's TF32 setting: these values choose the top-k entries
-        b_gram += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
-        b_ssq_q += tl.sum(b_q * b_q, axis=1)
-        b_ssq_k += tl.sum(b_k * b_k, axis=1)
+        b_gram += tl.dot(b_q0, tl.trans(b_k0), input_precision="ieee")
+        b_gram += tl.dot(b_q1, tl.trans(b_k1), input_precision="ieee")
+        b_ssq_q += tl.sum(b_q0 * b_q0 + b_q1 * b_q1, axis=1)
+        b_ssq_k += tl.sum(b_k0 * b_k0 + b_k1 * b_k1, axis=1)
 
     p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
     tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
@@ -506,7 +555,7 @@ def _attn_dqk_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,  # rows of dQ / dK per program
     BLOCK_J: tl.constexpr,  # contraction chunk (16: fp32 FMA dots keep their operands small)
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # row pairs per program (kernels/_utils.py): 2 * BLOCK_N tokens
     J_ITERS: tl.constexpr,  # cdiv(C, BLOCK_J)
 ):
     i_n = tl.program_id(0)
@@ -516,10 +565,10 @@ def _attn_dqk_kernel(
     i_h = i_bh % HEADS
     N = H * W
     # 1 pixel per thread along W: coalesced tap loads (see "Stencil layout" in _utils.py)
-    o_n = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
-    m_n = o_n < N
-    o_h = o_n // W
-    o_w = o_n % W
+    o_q = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
+    m_q = o_q < tl.cdiv(H, 2) * W
+    o_h = (o_q // W) * 2
+    o_w = o_q % W
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
     m_i = o_i < C
     p_t = t_ptr + i_b * stride_b
@@ -527,31 +576,42 @@ def _attn_dqk_kernel(
 
     # dQ = dG K + alpha Q,  dK = dG^T Q + beta K   (rows i of this program, all columns j); these dots
     # stand for the backward of the original's Q K^T matmul: exact fp32 ("ieee"), as torch.matmul
-    b_dq = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
-                           stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-    b_dq *= tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
-    b_dk = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_i, m_i, o_h, o_w, m_n, H, W,
-                           stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-    b_dk *= tl.load(beta_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
+    # (0, 1): the upper and lower pixels of the row pairs
+    b_dq0, b_dq1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_q, H, W,
+                                    stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+    b_alpha = tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
+    b_dq0 *= b_alpha
+    b_dq1 *= b_alpha
+    b_dk0, b_dk1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_i, m_i, o_h, o_w, m_q, H, W,
+                                    stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
+    b_beta = tl.load(beta_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
+    b_dk0 *= b_beta
+    b_dk1 *= b_beta
     for i_j in range(J_ITERS):
         o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < C
         m_ij = m_i[:, None] & m_j[None, :]
         # one dot's operands live at a time (an FMA dot holds its rows' and columns' whole K extent)
-        b_kj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
-                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        b_kj0, b_kj1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
+                                        stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
         b_dg = tl.load(p_dg + o_i[:, None] * C + o_j[None, :], mask=m_ij, other=0.0)  # dG[i, j]
-        b_dq += tl.dot(b_dg, b_kj, input_precision="ieee")
-        b_qj = _dwconv3x3_tile(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_n, H, W,
-                               stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
+        b_dq0 += tl.dot(b_dg, b_kj0, input_precision="ieee")
+        b_dq1 += tl.dot(b_dg, b_kj1, input_precision="ieee")
+        b_qj0, b_qj1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
+                                        stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
         b_dgt = tl.load(p_dg + o_j[None, :] * C + o_i[:, None], mask=m_ij, other=0.0)  # dG^T[i, j]
-        b_dk += tl.dot(b_dgt, b_qj, input_precision="ieee")
+        b_dk0 += tl.dot(b_dgt, b_qj0, input_precision="ieee")
+        b_dk1 += tl.dot(b_dgt, b_qj1, input_precision="ieee")
 
     p_dt = dt_ptr + i_b * 3 * D * N
-    m_out = m_i[:, None] & m_n[None, :]
     o_qc = (i_h * C + o_i).to(tl.int64) * N
-    tl.store(p_dt + o_qc[:, None] + o_n[None, :], b_dq.to(dt_ptr.dtype.element_ty), mask=m_out)
-    tl.store(p_dt + (o_qc + D * N)[:, None] + o_n[None, :], b_dk.to(dt_ptr.dtype.element_ty), mask=m_out)
+    o_n = (o_h * W + o_w)[None, :]
+    m_0 = m_i[:, None] & m_q[None, :]
+    m_1 = m_i[:, None] & (m_q & (o_h + 1 < H))[None, :]
+    tl.store(p_dt + o_qc[:, None] + o_n, b_dq0.to(dt_ptr.dtype.element_ty), mask=m_0)
+    tl.store(p_dt + o_qc[:, None] + (o_n + W), b_dq1.to(dt_ptr.dtype.element_ty), mask=m_1)
+    tl.store(p_dt + (o_qc + D * N)[:, None] + o_n, b_dk0.to(dt_ptr.dtype.element_ty), mask=m_0)
+    tl.store(p_dt + (o_qc + D * N)[:, None] + (o_n + W), b_dk1.to(dt_ptr.dtype.element_ty), mask=m_1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,7 +645,8 @@ def _gram_config(c: int) -> tuple[int, int, int, int]:
 
 def _dqk_config(c: int) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 32 rows x 32 tokens at 8 warps,
-    uncapped: 146-152 registers, 8 warps per SM (capped at 128 for 16 warps per SM, Triton 3.9 fits
+    uncapped: ~200 registers since the row pairs (32 pairs = 64 tokens; 146-152 at 32 single tokens),
+    8 warps per SM (capped at 128 for 16 warps per SM, Triton 3.9 fits
     without spills but Triton 3.6, the GPU machine's, spills 8-88 bytes). 32 tokens give each warp
     32 pixels, 1 per thread: coalesced tap loads (per-warp L1 factor 2.0, was 6.1-6.5 with 16
     tokens, whose taps shared the [1, 4] layout of the dG tile of the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
@@ -699,7 +760,8 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
 
         block_c, block_n, nw, maxnreg = _gram_config(C)
         n_cb = triton.cdiv(C, block_c)
-        block_n, splits, iters = _split_tokens(N, block_n, B * heads * n_cb * n_cb, dev)
+        # its token blocks are row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
+        block_n, splits, iters = _split_tokens(triton.cdiv(H, 2) * W, block_n, B * heads * n_cb * n_cb, dev)
         part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
         _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
             t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
@@ -813,7 +875,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         # dT = [dQ; dK; dV], the gradient of t = dwconv(t0)
         dt = torch.empty((B, 3 * D, H, W), device=dev, dtype=t0.dtype)
         block_c, block_j, block_nq, nwq = _dqk_config(C)
-        _attn_dqk_kernel[(triton.cdiv(H * W, block_nq), triton.cdiv(C, block_c), B * heads)](
+        _attn_dqk_kernel[(triton.cdiv(triton.cdiv(H, 2) * W, block_nq), triton.cdiv(C, block_c), B * heads)](
             t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
             num_warps=nwq, num_stages=DQK_STAGES, **LAUNCH_OPTIONS,
