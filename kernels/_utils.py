@@ -36,7 +36,9 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 # pixels (2 (q // W), q % W) and the one below it (the lower one masked out on the last row of an odd
 # H). Flattened like pixels, pairs need no W-dependent tile shape and waste no lanes on narrow
 # images. For each column shift the K + 1 input rows are loaded once and feed both outputs (K + 1
-# row loads instead of 2K), and each tap's weight, loaded once, serves both.
+# row loads instead of 2K), and each tap's weight, loaded once, serves both. The FFN's stage-2
+# forward, whose taps are the heaviest (68 per hidden channel and pixel), takes row quads the same
+# way (pixels 4 (q // W) + s, s = 0..3: K + 3 row loads for four outputs).
 
 
 def conv_fp32_precision() -> str:

@@ -182,6 +182,7 @@ def _dwconv3x3_pairs(
     for kw in range(3):
         o_ww = o_w + (kw - 1)
         m_col = m_c[:, None] & (m_q & (o_ww >= 0) & (o_ww < W))[None, :]
+        b_w = tl.zeros([BLOCK_C], dtype=tl.float32)  # set below before its first use (r = 0)
         for r in tl.static_range(4):
             # input row o_h - 1 + r: tap row r of the upper pixel, r - 1 of the lower one
             o_hh = o_h + (r - 1)

@@ -155,6 +155,7 @@ def _dw_fwd_kernel(
         o_col = o_w + dw
         m_col = m_q & (o_col >= 0) & (o_col < W)
         o_colx = o_col.to(tl.int64) * s_xw
+        b_wm = tl.zeros([BLOCK_C, 1], dtype=tl.float32)  # set below before its first use (r = 0)
         for r in tl.static_range(KM + 1):
             # input row o_h - RM + r: tap row r of the upper output, r - 1 of the lower one
             o_r = o_h + (r - RM)

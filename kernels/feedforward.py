@@ -66,12 +66,13 @@ warps) and 1.6 (_ffn_bwd_x, now 8 groups per tile: 110 registers, 16 resident wa
 absent biases are None pointers (specialised away: no zero-filled buffers, no fill launches).
 Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
 _grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
-Row pairs (kernels/_utils.py): ``_ffn_fwd_kernel`` computes two vertically adjacent pixels per
-thread (``_grouped_conv_rows``: K + 1 row loads per column shift for both, one 8-byte load per tap
-for the (even, odd) weight pair of ``_weight_pairs``), 32 pairs x 16 hidden channels per conv tile,
-capped at 128 registers (16 resident warps; the exact-fp32-dot and AB64 variants run uncapped).
-Static picture, level 1 fp32 at 256x256: 152 -> 75 us predicted (47 us HBM roofline), decoder
-level 1 -> 158 us (95), the latent (3 splits) 149 -> 69 us.
+Row quads (kernels/_utils.py, row pairs): ``_ffn_fwd_kernel`` computes four vertically adjacent
+pixels per thread (``_grouped_conv_rows``: K + 3 row loads per column shift for the four, one 8-byte
+load per tap for the (even, odd) weight pair of ``_weight_pairs``, used by all four), 32 quads x 16
+hidden channels per conv tile, 8 warps up to 64 output channels, 16 above, capped at 128 registers
+(16 resident warps; the exact-fp32-dot, AB64 and split variants run uncapped). Static picture,
+fp32 at 256x256: level 1 152 -> 49 us predicted (47 us HBM roofline: HBM-bound), decoder level 1
+-> 98 us (95), the latent (3 splits, 48 -> 144 programs) 149 -> 30 us.
 
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
@@ -146,19 +147,19 @@ from ._utils import (
 )
 from .dwconv import _check_pixels, _f32, depthwise_conv_bwd, depthwise_conv_fwd
 
-# stage 2 forward: BLOCK_Q row pairs (kernels/_utils.py) x output-channel tile, hidden channels in
-# chunks of BLOCK_J; BLOCK_Q is 64 up to 64 output channels per tile, 32 above (two [BLOCK_D, BLOCK_Q]
-# fp32 accumulators)
+# stage 2 forward: BLOCK_Q (_fwd_config) row quads (kernels/_utils.py) x output-channel tile, hidden
+# channels in chunks of BLOCK_J
 FWD_BLOCK_J = 16
 # uncapped, ptxas hoists every tap load of a column shift (168-246 registers, 8 resident warps per SM);
-# capped at 128 it fits without spills (16 resident warps). Two variants spill at 128 and run uncapped
+# capped at 128 it fits without spills (16 resident warps). Three variants spill at 128 and run uncapped
 # (8 resident warps): the exact-fp32 dot (TF32 switched off: project_out on CUDA cores, its operands in
-# registers) and AB64 (64-bit channel pointers: images with >= 2**31 ab elements, which fill the GPU).
+# registers), AB64 (64-bit channel pointers: images with >= 2**31 ab elements, which fill the GPU) and
+# hidden splits (SPLIT > 1: grids below one wave, one CTA per SM whatever its registers).
 FWD_MAXNREG = 128
 
 
-def _fwd_maxnreg(exact_fp32_dot: bool, ab64: bool) -> int:
-    return LAUNCH_OPTIONS["maxnreg"] if exact_fp32_dot or ab64 else FWD_MAXNREG
+def _fwd_maxnreg(exact_fp32_dot: bool, ab64: bool, split: int) -> int:
+    return LAUNCH_OPTIONS["maxnreg"] if exact_fp32_dot or ab64 or split > 1 else FWD_MAXNREG
 # small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
 MAX_SPLIT = 4
 REDUCE_BLOCK_N = 512
@@ -246,14 +247,13 @@ def _grouped_conv_rows(
     BLOCK_J: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
-    """Pre-activations of the grouped conv for output channels o_jl (clamped to < HID) at the row pairs
-    (o_h, o_w), (o_h + 1, o_w) (kernels/_utils.py, row pairs; m_q: pairs inside the image): sum over c in {0, 1} and taps t of
-    w[j, c, t] * xs(2j + c, p + t), where xs is x1 (x_off = 0) or x2 (x_off = HID) and x-channel i lives
-    in ab channel x_off + i + HID * (i >= HID).
-    Why two rows: the L1 wavefronts of the tap and weight loads, not DRAM, bound this conv. For each
-    column shift the K + 1 input rows are loaded once and feed both output rows (K + 1 row loads
-    instead of 2K), and each tap's (even, odd) weight pair is one 8-byte load used for both rows: per
-    output 2K(K+1)/2 tap loads + K*K/2 weight loads against 2K*K + 2K*K one row at a time."""
+    """Pre-activations of the grouped conv for output channels o_jl (clamped to < HID) at the row quads
+    (o_h + s, o_w), s = 0..3 (kernels/_utils.py, row groups; m_q: quads inside the image): sum over
+    c in {0, 1} and taps t of w[j, c, t] * xs(2j + c, p + t), where xs is x1 (x_off = 0) or x2
+    (x_off = HID) and x-channel i lives in ab channel x_off + i + HID * (i >= HID).
+    Why four rows: the L1 wavefronts of the tap and weight loads, not DRAM, bound this conv. For each
+    column shift the K + 3 input rows are loaded once and feed the four output rows (K + 3 row loads
+    instead of 4K), and each tap's (even, odd) weight pair is one 8-byte load used for all four."""
     R: tl.constexpr = K // 2
     o_ie = 2 * o_jl
     o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
@@ -272,24 +272,40 @@ def _grouped_conv_rows(
     p_w = gp_ptr + o_jl * (K * K)
     b_acc0 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
     b_acc1 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc2 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc3 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
     # a runtime loop over the column shifts (unrolled, the compiler hoists every tap load: 255 registers)
     for kw in range(K):
         o_c = o_w + (kw - R)
         m_c = m_q & (o_c >= 0) & (o_c < W)
         o_col = (o_c * stride_abw)[None, :]
-        for r in tl.static_range(K + 1):
-            # input row o_h - R + r: tap kh = r of the upper row, tap kh = r - 1 of the lower one
+        # the weight window: b_w<s> is set (below) before any use; zeros only name it beforehand
+        b_z = tl.zeros([BLOCK_J], dtype=tl.float32)
+        b_we1, b_wo1, b_we2, b_wo2, b_we3, b_wo3 = b_z, b_z, b_z, b_z, b_z, b_z
+        for r in tl.static_range(K + 3):
+            # input row o_h - R + r is tap row r - s of output row s (s = 0..3, where 0 <= r - s < K);
+            # b_w<s> holds the weight pair of tap (r - s, kw), loaded s rows ago
             o_r = o_h + (r - R)
             m = (m_c & (o_r >= 0) & (o_r < H))[None, :]
             o_t = (o_r * stride_abh)[None, :] + o_col
             b_xe = tl.load(p_e + o_t, mask=m, other=0.0).to(tl.float32)
             b_xo = tl.load(p_o + o_t, mask=m, other=0.0).to(tl.float32)
-            if r > 0:  # the previous row's weights: tap (r - 1, kw)
-                b_acc1 += b_we[:, None] * b_xe + b_wo[:, None] * b_xo
             if r < K:
-                b_we, b_wo = _unpack_pair(tl.load(p_w + (r * K + kw)))
-                b_acc0 += b_we[:, None] * b_xe + b_wo[:, None] * b_xo
-    return b_acc0, b_acc1
+                b_we0, b_wo0 = _unpack_pair(tl.load(p_w + (r * K + kw)))
+                b_acc0 += b_we0[:, None] * b_xe + b_wo0[:, None] * b_xo
+            if (r >= 1) & (r - 1 < K):
+                b_acc1 += b_we1[:, None] * b_xe + b_wo1[:, None] * b_xo
+            if (r >= 2) & (r - 2 < K):
+                b_acc2 += b_we2[:, None] * b_xe + b_wo2[:, None] * b_xo
+            if (r >= 3) & (r - 3 < K):
+                b_acc3 += b_we3[:, None] * b_xe + b_wo3[:, None] * b_xo
+            # age the window (oldest first)
+            if r >= 2:
+                b_we3, b_wo3 = b_we2, b_wo2
+            if r >= 1:
+                b_we2, b_wo2 = b_we1, b_wo1
+            b_we1, b_wo1 = b_we0, b_wo0
+    return b_acc0, b_acc1, b_acc2, b_acc3
 
 
 @triton.jit
@@ -299,8 +315,9 @@ def _ffn_fwd_store(
     HAS_RES: tl.constexpr,
     SPLIT: tl.constexpr,
 ):
-    """Epilogue of one row of the row pairs (pixels (o_row, o_w), m_p: inside the image): bias, residual and the store (SPLIT == 1), or this split's fp32
-    partial sum (SPLIT > 1; _ffn_fwd_reduce_kernel adds the splits in a fixed order)."""
+    """Epilogue of one row of the row quads (pixels (o_row, o_w), m_p: inside the image): bias, residual
+    and the store (SPLIT == 1), or this split's fp32 partial sum (SPLIT > 1; _ffn_fwd_reduce_kernel
+    adds the splits in a fixed order)."""
     m = m_d[:, None] & m_p[None, :]
     o_n = (o_row * W + o_w)[None, :]
     if SPLIT == 1:
@@ -339,8 +356,8 @@ def _ffn_fwd_kernel(
     BLOCK_J: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
-    """A program: BLOCK_Q row pairs (2 * BLOCK_Q pixels, kernels/_utils.py) x BLOCK_D output channels
-    (x one split of the hidden chunks). Grid: (cdiv(cdiv(H, 2) * W, BLOCK_Q), cdiv(D, BLOCK_D) * SPLIT, B)."""
+    """A program: BLOCK_Q row quads (4 * BLOCK_Q pixels, kernels/_utils.py) x BLOCK_D output channels
+    (x one split of the hidden chunks). Grid: (cdiv(cdiv(H, 4) * W, BLOCK_Q), cdiv(D, BLOCK_D) * SPLIT, B)."""
     N_CHUNK: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
     J_PER: tl.constexpr = (N_CHUNK + SPLIT - 1) // SPLIT  # hidden chunks of one split
     i_t = tl.program_id(0)
@@ -349,13 +366,15 @@ def _ffn_fwd_kernel(
     i_b = tl.program_id(2).to(tl.int64)
     # 1 pixel per thread along W: coalesced tap loads (kernels/_utils.py, stencil layout)
     o_q = tl.multiple_of(i_t * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
-    m_q = o_q < tl.cdiv(H, 2) * W
-    o_h = (o_q // W) * 2
+    m_q = o_q < tl.cdiv(H, 4) * W
+    o_h = (o_q // W) * 4
     o_w = o_q % W
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_d < D
     b_out0 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
     b_out1 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_out2 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_out3 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
     # u = relu(g3(x1)) feeds W_out[:, :h], v = relu(g5(x2)) feeds W_out[:, h:]
     # chunks past HID (the last split's tail) are masked out of the dot: W_out loads as zeros
     # num_stages=1: the software pipeliner would stage the unrolled tap loads through shared memory
@@ -364,33 +383,45 @@ def _ffn_fwd_kernel(
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
-        b_u0, b_u1 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g3p_ptr, HID, 0,
+        b_u0, b_u1, b_u2, b_u3 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g3p_ptr, HID, 0,
                                         stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_Q)
         if g3b_ptr is not None:
             b_gb = tl.load(g3b_ptr + o_jl)[:, None]
             b_u0 += b_gb
             b_u1 += b_gb
+            b_u2 += b_gb
+            b_u3 += b_gb
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
         b_out0 = tl.dot(b_wo, tl.maximum(b_u0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
         b_out1 = tl.dot(b_wo, tl.maximum(b_u1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
+        b_out2 = tl.dot(b_wo, tl.maximum(b_u2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
+        b_out3 = tl.dot(b_wo, tl.maximum(b_u3, 0.0).to(b_wo.dtype), b_out3, input_precision=PREC)
     for jc in tl.range(J_PER, num_stages=1):
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
-        b_v0, b_v1 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g5p_ptr, HID, HID,
+        b_v0, b_v1, b_v2, b_v3 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g5p_ptr, HID, HID,
                                         stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_Q)
         if g5b_ptr is not None:
             b_gb = tl.load(g5b_ptr + o_jl)[:, None]
             b_v0 += b_gb
             b_v1 += b_gb
+            b_v2 += b_gb
+            b_v3 += b_gb
         b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
                        mask=m_d[:, None] & m_j[None, :], other=0.0)
         b_out0 = tl.dot(b_wo, tl.maximum(b_v0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
         b_out1 = tl.dot(b_wo, tl.maximum(b_v1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
+        b_out2 = tl.dot(b_wo, tl.maximum(b_v2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
+        b_out3 = tl.dot(b_wo, tl.maximum(b_v3, 0.0).to(b_wo.dtype), b_out3, input_precision=PREC)
 
     _ffn_fwd_store(b_out0, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h, o_w, m_q, o_d, m_d, D, N, W,
                    stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
     _ffn_fwd_store(b_out1, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 1, o_w, m_q & (o_h + 1 < H), o_d, m_d, D, N, W,
+                   stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
+    _ffn_fwd_store(b_out2, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 2, o_w, m_q & (o_h + 2 < H), o_d, m_d, D, N, W,
+                   stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
+    _ffn_fwd_store(b_out3, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 3, o_w, m_q & (o_h + 3 < H), o_d, m_d, D, N, W,
                    stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
 
 
@@ -586,10 +617,11 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
 
 
 def _fwd_config(dim: int) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_Q, num_warps) of the stage-2 forward: all output channels in one tile up to 128."""
+    """(BLOCK_D, BLOCK_Q, num_warps) of the stage-2 forward: all output channels in one tile up to 128;
+    32 row quads (a warp's 32 lanes along W, 128 pixels) and as many warps as keep the four [BLOCK_D,
+    32] fp32 accumulators within the 128-register cap."""
     block_d = min(128, max(16, next_pow2(dim)))
-    block_q = 32
-    return block_d, block_q, 4 if block_d <= 32 else 8
+    return block_d, 32, 4 if block_d <= 32 else (8 if block_d <= 64 else 16)
 
 
 def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
@@ -657,7 +689,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         block_d, block_q, num_warps = _fwd_config(D)
         wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
         res = residual if residual is not None else out
-        n_tiles, n_d = triton.cdiv(triton.cdiv(H, 2) * W, block_q), triton.cdiv(D, block_d)
+        n_tiles, n_d = triton.cdiv(triton.cdiv(H, 4) * W, block_q), triton.cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
         ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
@@ -669,7 +701,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
             HAS_RES=residual is not None and split == 1, PREC=prec, SPLIT=split,
             AB64=ab64, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q,
-            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(x.dtype == torch.float32 and prec == "ieee", ab64)},
+            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(x.dtype == torch.float32 and prec == "ieee", ab64, split)},
         )
         if split > 1:
             _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
@@ -782,7 +814,7 @@ def _compile_configs():
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
                     {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
                      "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
-                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(dtype == "float32" and prec == "ieee", ab64)},
+                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(dtype == "float32" and prec == "ieee", ab64, split)},
                 )
             for split in range(2, MAX_SPLIT + 1):
                 for has_res in (False, True):
