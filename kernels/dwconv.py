@@ -16,14 +16,15 @@ unrolled, ptxas hoists every tap's load and the kernels take 255 registers and s
 Launch picture on sm_90 (compiled as launched, 8 warps, num_stages 3; `python -m
 drsformer_fast.static_report`): forward 2 channels x 512 row pairs (kernels/_utils.py: each thread
 computes two vertically adjacent pixels from K + 1 row loads per column shift; 1024 pixels per
-program), 88 registers, 16 resident warps per SM, HBM-bound at level 1 fp32 by the static model
-(79 -> 60 us, its roofline; bf16 76 -> 57 us against 30); backward 2 x 512, 79-96 registers, 16-24 resident warps; level 1 at 256x256
-(C = 2h = 254): 8128 forward programs. Loads: the taps are coalesced (1 pixel per thread along W:
-``tl.multiple_of(o_n, 1)``, see kernels/_utils.py), so their L1 wavefronts equal their bytes / 128;
-each tap also loads one weight per row a thread holds (a broadcast: one wavefront per warp), which
-the 4 pixels per thread per row amortise: per-warp L1 factor 1.48 forward, 1.3 backward in fp32
-(2.5-2.9 in bf16, whose 2-byte tap loads fill half a wavefront). FMA bound (2h * 34 FMA per pixel,
-~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1, under the HBM time (60 us forward).
+program, 8128 programs at level 1, 256x256, C = 2h = 254), 88 registers, 16 resident warps per SM;
+backward 2 channels x 512 pixels, 79-96 registers, 16-24 resident warps. Loads: the taps are
+coalesced (1 pixel per thread along W: ``tl.multiple_of``, see kernels/_utils.py), so their L1
+wavefronts equal their bytes / 128; each tap also loads one weight per channel row a thread holds (a
+broadcast: one wavefront per warp), which 4 pixels per thread and channel row amortise (forward: 2
+row pairs; backward: 4 pixels of a row). By the static model the forward is HBM-bound in fp32 at level 1
+(79 -> 60 us with the row pairs, its roofline) and L1-bound in bf16 (76 -> 57 us against 30: 2-byte
+tap loads fill half a wavefront); the backward is L1-bound (per-warp L1 factor 1.3 fp32, 2.5 bf16).
+FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1.
 
 Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
 so one loop over the larger window loads each shifted tile once and feeds both accumulators.
