@@ -34,11 +34,11 @@ dot), and the 1x1 ``project_in`` (forward, input and weight gradients) and proje
 gradient run as cuDNN convolutions (``F.conv2d``, ``aten.convolution_backward``), so they follow the
 same setting by construction. Triton's interpreter runs every dot in exact fp32, so the tests see "ieee" numerics.
 
-Small grids. Below 90% of the SMs' worth of (token tile x channel tile) programs (the 1x384x32x32
-latent: 16 x 3 = 48 programs for ~20 MB), ``_ffn_fwd_kernel`` splits the hidden chunks over up to
-MAX_SPLIT programs, each writing an fp32 partial of project_out; ``_ffn_fwd_reduce_kernel`` sums
-them in split order (deterministic) and adds the bias and the residual. Latent: 3 splits, 144
-programs, + 2 * 3 fp32 planes of d channels (9 MB) of partial traffic, against 48 programs on 132 SMs.
+Small grids. Below 90% of the SMs' worth of (pixel tile x channel tile) programs (the 1x384x32x32
+latent: 8 row-quad tiles x 3 = 24 programs for ~20 MB), ``_ffn_fwd_kernel`` splits the hidden chunks
+over up to MAX_SPLIT programs, each writing an fp32 partial of project_out; ``_ffn_fwd_reduce_kernel``
+sums them in split order (deterministic) and adds the bias and the residual. Latent: 5 splits, 120
+programs, + 2 * 5 fp32 planes of d channels (16 MB) of partial traffic, against 24 programs on 132 SMs.
 
 Sizes. Element offsets are int64 wherever a tensor can span 2**31 elements (ab, duv, dab, out, the
 residual and dout with any strides); pixel indices are int32 (H*W <= dwconv.MAX_PIXELS); the
@@ -72,7 +72,7 @@ load per tap for the (even, odd) weight pair of ``_weight_pairs``, used by all f
 hidden channels per conv tile, 8 warps up to 64 output channels, 16 above, capped at 128 registers
 (16 resident warps; the exact-fp32-dot, AB64 and split variants run uncapped). Static picture,
 fp32 at 256x256: level 1 152 -> 49 us predicted (47 us HBM roofline: HBM-bound), decoder level 1
--> 98 us (95), the latent (3 splits, 48 -> 144 programs) 149 -> 30 us.
+-> 98 us (95), the latent (5 splits, 120 programs) 149 -> 24 us.
 
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
@@ -161,7 +161,8 @@ FWD_MAXNREG = 128
 def _fwd_maxnreg(exact_fp32_dot: bool, ab64: bool, split: int) -> int:
     return LAUNCH_OPTIONS["maxnreg"] if exact_fp32_dot or ab64 or split > 1 else FWD_MAXNREG
 # small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
-MAX_SPLIT = 4
+# (8: with row quads the latents' 24 tiles need 5 splits to fill 90% of an H100's SMs)
+MAX_SPLIT = 8
 REDUCE_BLOCK_N = 512
 # ab images from this many elements on take the 64-bit channel pointers of _grouped_conv_chunk
 AB64_ELEMENTS = 2**31
@@ -616,12 +617,13 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
     return hidden
 
 
-def _fwd_config(dim: int) -> tuple[int, int, int]:
+def _fwd_config(dim: int, exact_fp32_dot: bool) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_Q, num_warps) of the stage-2 forward: all output channels in one tile up to 128;
     32 row quads (a warp's 32 lanes along W, 128 pixels) and as many warps as keep the four [BLOCK_D,
-    32] fp32 accumulators within the 128-register cap."""
+    32] fp32 accumulators within the 128-register cap. The exact-fp32 dot (CUDA-core FMA, operands in
+    registers) takes 16 warps from 64 channels: at 8 warps it spills even uncapped (255 registers)."""
     block_d = min(128, max(16, next_pow2(dim)))
-    return block_d, 32, 4 if block_d <= 32 else (8 if block_d <= 64 else 16)
+    return block_d, 32, 4 if block_d <= 32 else (8 if block_d <= 64 and not exact_fp32_dot else 16)
 
 
 def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
@@ -646,7 +648,7 @@ def _ab64(hidden: int, n: int) -> bool:
 def _fwd_split(programs: int, hidden: int, sms: int) -> int:
     """Hidden splits of the stage-2 forward: 1 while the (token tile x channel tile) grid fills 90% of
     the GPU's SMs; else enough splits to fill them (at most MAX_SPLIT, at most one per hidden chunk).
-    The latent of the default model (1x384x32x32) has 48 tiles: 3 splits, 144 programs."""
+    The latent of the default model (1x384x32x32) has 24 tiles: 5 splits, 120 programs."""
     if programs >= 0.9 * sms:
         return 1
     return max(1, min(MAX_SPLIT, triton.cdiv(hidden, FWD_BLOCK_J), triton.cdiv(math.ceil(0.9 * sms), programs)))
@@ -686,13 +688,14 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         return out
     with device_guard(x):
         ab = _stage1(x, _project_in(x, params["in_weight"]), params, hidden)
-        block_d, block_q, num_warps = _fwd_config(D)
+        ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
+        exact = x.dtype == torch.float32 and prec == "ieee"
+        block_d, block_q, num_warps = _fwd_config(D, exact)
         wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
         res = residual if residual is not None else out
         n_tiles, n_d = triton.cdiv(triton.cdiv(H, 4) * W, block_q), triton.cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
-        ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
         _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
             ab, _weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
@@ -701,7 +704,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
             hidden, D, N, H, W, *ab.stride(), *res.stride(),
             HAS_RES=residual is not None and split == 1, PREC=prec, SPLIT=split,
             AB64=ab64, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q,
-            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(x.dtype == torch.float32 and prec == "ieee", ab64, split)},
+            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(exact, ab64, split)},
         )
         if split > 1:
             _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
@@ -798,13 +801,14 @@ def _compile_configs():
     ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
     for dtype in ("float32", "float16", "bfloat16"):
         for dim, hidden in MODEL_LEVELS:
-            block_d, block_q, num_warps = _fwd_config(dim)
             precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
             # the residual is added by the kernel only without a split (else by the reduce kernel)
             # (residual, precision, split, ab64): large images (ab64) never split
             variants = [(r, p, 1, a) for r in (False, True) for p in precs for a in (False, True)]
             variants += [(False, p, s, False) for p in precs for s in range(2, MAX_SPLIT + 1)]
             for has_res, prec, split, ab64 in variants:
+                exact = dtype == "float32" and prec == "ieee"
+                block_d, block_q, num_warps = _fwd_config(dim, exact)
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3p_ptr": "*i64", "g3b_ptr": "*fp32", "g5p_ptr": "*i64",
@@ -814,7 +818,7 @@ def _compile_configs():
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
                     {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
                      "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
-                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(dtype == "float32" and prec == "ieee", ab64, split)},
+                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(exact, ab64, split)},
                 )
             for split in range(2, MAX_SPLIT + 1):
                 for has_res in (False, True):

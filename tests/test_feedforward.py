@@ -469,3 +469,29 @@ def test_64bit_ab_path(device, monkeypatch):
     x = randn(B, dim, H, W, seed=111, device=device)
     g = randn(B, dim, H, W, seed=112, device=device)
     _check_against_reference(x, params, randn(B, dim, H, W, seed=113, device=device), g, torch.float32, device)
+
+
+@pytest.mark.parametrize("res", [False, True], ids=["res0", "res1"])
+def test_hidden_splits_up_to_max_split(res, device, monkeypatch):
+    """Small grids split the stage-2 forward's hidden chunks over up to MAX_SPLIT programs (the latent of
+    the default model takes 5 on an H100). The interpreter reports 4 SMs, which caps the split at 4: a
+    GPU-sized SM count is patched in so the largest split runs, against the reference."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    monkeypatch.setattr(FF, "multiprocessor_count", lambda device: 132)
+    splits = []
+    run = FF._ffn_fwd_kernel.run
+
+    def spy(*args, **kwargs):
+        splits.append(kwargs["SPLIT"])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(FF._ffn_fwd_kernel, "run", spy)
+    dim = 48  # hidden 127: 8 chunks of 16, one per split
+    B, H, W = 1, 5, 7
+    params = _random_params(dim, True, seed=120)
+    x = randn(B, dim, H, W, seed=121, device=device)
+    residual = randn(B, dim, H, W, seed=122, device=device) if res else None
+    _check_against_reference(x, params, residual, randn(B, dim, H, W, seed=123, device=device), torch.float32,
+                             device)
+    assert splits and splits[0] == FF.MAX_SPLIT, (splits, FF.MAX_SPLIT)
