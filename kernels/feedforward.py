@@ -180,6 +180,16 @@ NUM_STAGES = 3
 
 
 @triton.jit
+def _group_input_channels(o_jl, HID: tl.constexpr, x_off):
+    """ab channels of the two inputs (even, odd) of grouped-conv output channels o_jl: x-channel i of
+    xs (x1: x_off = 0, x2: x_off = HID) lives in ab channel x_off + i + HID * (i >= HID) (when HID is
+    odd the middle group straddles the a/b boundary)."""
+    o_ie = 2 * o_jl
+    return (x_off + o_ie + tl.where(o_ie >= HID, HID, 0),
+            x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0))
+
+
+@triton.jit
 def _grouped_conv_chunk(
     ab_ptr, i_b, o_jl, o_h, o_w, o_down, o_right, m_n,
     gw_ptr,  # weight [h, 2, K, K] fp32
@@ -195,9 +205,7 @@ def _grouped_conv_chunk(
     x2 (x_off = HID) and x-channel i lives in ab channel x_off + i + HID * (i >= HID)."""
     R: tl.constexpr = K // 2
     KK: tl.constexpr = K * K
-    o_ie = 2 * o_jl
-    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
-    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    o_ce, o_co = _group_input_channels(o_jl, HID, x_off)
     # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127). AB64 (the launcher's choice, from
     # ab's size): 64-bit channel base pointers + int32 offsets within a plane (ab is the launchers'
     # contiguous buffer: a plane spans H*W < 2**31 elements); it costs ~60 registers (16 -> 8 resident
@@ -256,13 +264,8 @@ def _grouped_conv_rows(
     column shift the K + 3 input rows are loaded once and feed the four output rows (K + 3 row loads
     instead of 4K), and each tap's (even, odd) weight pair is one 8-byte load used for all four."""
     R: tl.constexpr = K // 2
-    o_ie = 2 * o_jl
-    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
-    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
-    # ab spans 4h planes (>= 2**31 elements from ~4 MP at h = 127). AB64 (the launcher's choice, from
-    # ab's size): 64-bit channel base pointers + int32 offsets within a plane (ab is the launchers'
-    # contiguous buffer: a plane spans H*W < 2**31 elements); it costs registers, so images whose ab
-    # fits int32 offsets keep them.
+    o_ce, o_co = _group_input_channels(o_jl, HID, x_off)
+    # AB64: 64-bit channel base pointers, as in _grouped_conv_chunk
     p_ab = ab_ptr + i_b * stride_abb
     if AB64:
         p_e = (p_ab + o_ce.to(tl.int64) * stride_abc)[:, None]
@@ -550,9 +553,7 @@ def _ffn_bwd_x_kernel(
     o_down = H - 1 - o_h
     o_right = W - 1 - o_w
     # the two x-channels of group j and where they live in ab (and dab)
-    o_ie = 2 * o_jl
-    o_ce = x_off + o_ie + tl.where(o_ie >= HID, HID, 0)
-    o_co = x_off + o_ie + 1 + tl.where(o_ie + 1 >= HID, HID, 0)
+    o_ce, o_co = _group_input_channels(o_jl, HID, x_off)
     # int64 element offsets (ab, dab span 4h planes: >= 2**31 elements from ~4 MP at h = 127)
     p_ab = ab_ptr + i_b * stride_abb
     o_pix = (o_h.to(tl.int64) * stride_abh + o_w.to(tl.int64) * stride_abw)[None, :]
