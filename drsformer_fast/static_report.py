@@ -16,21 +16,24 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
    the SASS, whose instructions are counted (:func:`sass_counts`).
 3. **Work.** Triton's interpreter (in a subprocess, ``TRITON_INTERPRET=1``) runs ONE program of each
    launch (the middle one of the grid) on zero tensors of the real shapes, counting what it does:
-   bytes loaded and stored (every access, re-reads included), the distinct addresses touched per
-   tensor, ``tl.dot`` multiply-adds by input precision, and elementwise float add/sub/mul/div/fma.
+   bytes loaded and stored (every access, re-reads included), the distinct bytes touched per
+   tensor (every byte of each access: a 4-byte word of two bf16 elements counts 4), ``tl.dot``
+   multiply-adds by input precision, and elementwise float add/sub/mul/div/fma.
    Totals are that program's counts x the number of programs (edge programs are assumed alike).
    bf16 launches are counted from the same block in fp16 (the interpreter has no bf16 arithmetic;
    the work is the same).
 4. **Model** (a model, not a measurement): ``predicted = max(HBM, compute, L1) / efficiency`` where
 
    * HBM = compulsory bytes / 3.35 TB/s (H100 SXM). **Compulsory bytes**: for each distinct tensor
-     argument, the bytes of the distinct addresses the launch touches in it (the sampled program's
-     distinct addresses x programs, capped at the tensor's own extent), read or written once.
+     argument, the distinct bytes the launch touches in it (the sampled program's
+     distinct bytes x programs, capped at the tensor's own extent), read or written once.
      Re-reads (halos, taps, a tile loaded twice) are not compulsory: they go to L1/L2.
    * compute = FFMA-class ops / 33.5 T/s (fp32 elementwise and ``input_precision="ieee"`` dots) +
      TF32 dot MACs / 247 T/s + fp16/bf16 dot MACs / 495 T/s (dense tensor-core peaks). Elementwise
-     adds and multiplies count one each (an upper bound where the compiler fuses them into FMAs);
-     reductions, exp and comparisons are not counted.
+     adds, subtracts, multiplies and divisions count one each, less one per multiply that finds an
+     add (launches compile with fp fusion on: ``acc += w * x`` is one FFMA; until 2026-11-28 each
+     counted two, which doubled the stencils' compute); reductions, exp and comparisons are not
+     counted.
    * L1 = wavefronts / (1 per clock per SM x 132 SMs x 1.98 GHz). Each global load instruction of
      ``w`` bytes per lane is taken to have its lanes ``max(w, s)`` bytes apart: 32 lanes x ``max(w, s)``
      / 128 wavefronts for 32 x ``w`` useful bytes. The spacing ``s`` comes from the load's own Triton
@@ -501,8 +504,10 @@ class _Counter:
     def __init__(self):
         self.load_bytes = 0
         self.store_bytes = 0
-        self.addresses: list = []  # (numpy array of element addresses, element size)
-        self.ffma = 0
+        self.addresses: list = []  # numpy arrays of the byte addresses accessed
+        self.fmul = 0
+        self.fadd = 0  # adds and subtracts
+        self.fother = 0  # divisions, explicit fma
         self.dot = Counter()  # precision class -> multiply-adds
 
     def access(self, ptrs, mask, store: bool):
@@ -515,14 +520,26 @@ class _Counter:
             self.store_bytes += n
         else:
             self.load_bytes += n
-        self.addresses.append((np.unique(addr), elsize))
+        # every byte the access covers: a 4-byte load of two 2-byte elements touches both
+        self.addresses.append(np.unique((np.unique(addr)[:, None] + np.arange(elsize, dtype=addr.dtype)).ravel()))
 
-    def elementwise(self, handle):
+    def elementwise(self, name: str, handle):
         import numpy as np
 
         data = handle.data
         if np.issubdtype(data.dtype, np.floating):
-            self.ffma += int(data.size)
+            if name == "create_fmul":
+                self.fmul += int(data.size)
+            elif name in ("create_fadd", "create_fsub"):
+                self.fadd += int(data.size)
+            else:
+                self.fother += int(data.size)
+
+    @property
+    def ffma(self) -> int:
+        """FFMA-class instructions: launches compile with fp fusion on, so a multiply and the add it
+        feeds (``acc += w * x``) are one FMA; the multiplies that find an add are taken as fused."""
+        return self.fmul + self.fadd + self.fother - min(self.fmul, self.fadd)
 
 
 def _run_one_program(fn_interp, args, kwargs, grid):
@@ -607,7 +624,7 @@ def count_work(launch) -> dict:
 
         def f(*a):
             out = orig(b, *a)
-            c.elementwise(out)
+            c.elementwise(name, out)
             return out
 
         return f
@@ -632,12 +649,12 @@ def count_work(launch) -> dict:
         ranges.append((name, lo, lo + extent, t))
     per_tensor = {}
     if c.addresses:
-        allk = np.unique(np.concatenate([a.astype(np.uint64) for a, _ in c.addresses]))
+        allk = np.unique(np.concatenate([a.astype(np.uint64) for a in c.addresses]))
         for name, lo, hi, t in ranges:
             inside = int(((allk >= lo) & (allk < hi)).sum())
             from .accounting import tensor_bytes
 
-            per_tensor[name] = {"program_bytes": inside * t.element_size(), "extent_bytes": tensor_bytes(t)}
+            per_tensor[name] = {"program_bytes": inside, "extent_bytes": tensor_bytes(t)}
     del args, kwargs
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {"program": {"load_bytes": c.load_bytes, "store_bytes": c.store_bytes, "ffma": c.ffma, "dot": dict(c.dot)},
