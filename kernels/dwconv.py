@@ -22,9 +22,19 @@ coalesced (1 pixel per thread along W: ``tl.multiple_of``, see kernels/_utils.py
 wavefronts equal their bytes / 128; each tap also loads one weight per channel row a thread holds (a
 broadcast: one wavefront per warp), which 4 pixels per thread and channel row amortise (forward: 2
 row pairs; backward: 4 pixels of a row). By the static model the forward is HBM-bound in fp32 at level 1
-(79 -> 60 us with the row pairs, its roofline) and L1-bound in bf16 (76 -> 57 us against 30: 2-byte
-tap loads fill half a wavefront); the backward is L1-bound (per-warp L1 factor 1.3 fp32, 2.5 bf16).
-FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1.
+(79 -> 60 us with the row pairs, its roofline); the backward is L1-bound (per-warp L1 factor 1.3
+fp32, 2.5 bf16). FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1.
+
+Words (fp16/bf16 forward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in
+bf16 the forward above stays L1-bound (57 us against a 30 us roofline at level 1). When x's rows are
+whole 4-byte words (W even, unit W stride, even strides, 4-byte-aligned x and outputs:
+``forward_path``), ``_dw_fwd_words_kernel`` runs instead: one channel per program (its weights are
+scalars, loaded once), each thread on 2 x 2 pixel quads, taps read as aligned words of two pixels and
+split in registers (the words t - 1 .. t + 1 around a quad's own word t hold every column shift of
+both its columns for K <= 5), outputs written as words. Per 4 output pixels of the 5x5 + 3x3 pair:
+6 rows x 3 full-wavefront word loads, against 6 x 5 half-filled loads per 2 pixels. Static model
+(sm_90, level 1, bf16): 57 -> 30 us, its HBM roofline; 96 registers, 16 resident warps per SM.
+Anything else (odd W, fp32, odd offsets) takes ``_dw_fwd_kernel``.
 
 Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
 so one loop over the larger window loads each shifted tile once and feeds both accumulators.
@@ -50,6 +60,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, interpreter_tiles
@@ -69,6 +80,12 @@ BWD_BLOCK_N = 512
 # (still several channel blocks and pixel tiles at the tests' sizes).
 INTERPRETER_BLOCK_C = 16
 INTERPRETER_BLOCK_N = 128
+
+# the forward for 2-byte dtypes (_dw_fwd_words_kernel): 2 x 2 pixel quads per program, 1 per thread
+# per 256, one channel per program (its weights are scalars)
+WORDS_BLOCK_Q = 512
+INTERPRETER_WORDS_BLOCK_Q = 64
+_MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (the words kernel's channels)
 
 NUM_WARPS = 8
 # Passed at every launch and registered with the compile configs, so the check compiles what runs
@@ -191,6 +208,158 @@ def _dw_fwd_kernel(
     else:
         _dw_fwd_store(b_m0, b1_ptr, o1_ptr, o_out, m_0, o_cl, RELU)
         _dw_fwd_store(b_m1, b1_ptr, o1_ptr, o_out + W, m_1, o_cl, RELU)
+
+
+@triton.jit
+def _split_words(b_w, DTYPE: tl.constexpr):
+    """The two 2-byte elements of each 4-byte word as fp32: (lower address, upper address)."""
+    b_lo = (b_w & 0xFFFF).to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+    b_hi = (b_w >> 16).to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+    return b_lo, b_hi
+
+
+@triton.jit
+def _join_words(b_lo, b_hi, DTYPE: tl.constexpr):
+    """One 4-byte word of two fp32 values rounded to the 2-byte DTYPE (b_lo at the lower address)."""
+    b_lo = b_lo.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return b_lo | (b_hi.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _dw_fwd_words_store(b_e0, b_o0, b_e1, b_o1, b_ptr, o_ptr, o_out, WW, m_0, m_1, i_c, RELU: tl.constexpr):
+    """Bias (b_ptr may be None), ReLU and the two word stores (upper and lower row) of one branch."""
+    if b_ptr is not None:
+        b_bias = tl.load(b_ptr + i_c)
+        b_e0 += b_bias
+        b_o0 += b_bias
+        b_e1 += b_bias
+        b_o1 += b_bias
+    if RELU:
+        b_e0 = tl.maximum(b_e0, 0.0)
+        b_o0 = tl.maximum(b_o0, 0.0)
+        b_e1 = tl.maximum(b_e1, 0.0)
+        b_o1 = tl.maximum(b_o1, 0.0)
+    p_o = o_ptr.to(tl.pointer_type(tl.int32))
+    tl.store(p_o + o_out, _join_words(b_e0, b_o0, o_ptr.dtype.element_ty), mask=m_0)
+    tl.store(p_o + (o_out + WW), _join_words(b_e1, b_o1, o_ptr.dtype.element_ty), mask=m_1)
+
+
+@triton.jit
+def _dw_fwd_words_kernel(
+    x_ptr,  # x: [B, C, H, W] fp16/bf16, W even, unit W stride, even strides, 4-byte aligned
+    w1_ptr,  # weight of branch 1: [C, K1*K1] fp32
+    b1_ptr,  # bias of branch 1: [C] fp32, or None
+    w2_ptr,  # weight of branch 2: [C, K2*K2] fp32 (unused without TWO)
+    b2_ptr,  # bias of branch 2: [C] fp32, or None
+    xb_ptr,  # input bias: [C] fp32 (unused when not HAS_XBIAS)
+    o1_ptr,  # output of branch 1: [B, C, H, W], dense per image, even batch stride, 4-byte aligned
+    o2_ptr,  # output of branch 2: same layout (unused without TWO)
+    H, W,
+    stride_xb, stride_xc, stride_xh,  # element strides (all even)
+    stride_ob,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
+    TWO: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_XBIAS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # 2 x 2 pixel quads per program
+):
+    """_dw_fwd_kernel for 2-byte dtypes, one channel per program, each thread on 2 x 2 pixel quads.
+
+    A 2-byte tap load of one pixel per lane fills half an L1 wavefront (64 of its 128 bytes). Here the
+    taps are aligned 4-byte words of two horizontally adjacent pixels, split in registers: quad q =
+    (row pair q // (W / 2), word q % (W / 2)) reads, per input row, the words t - (R + 1) // 2 ..
+    t + (R + 1) // 2 around its own word t (3 words for K <= 5: every column shift of both columns),
+    one full 128-byte wavefront per warp each, and K + 1 input rows feed both output rows (the row
+    pairs of kernels/_utils.py). The channel's weights are scalars, loaded once per program. Outputs are
+    written as words too. Per 4 output pixels and 5x5 window: 6 rows x 3 words, against 6 x 5 = 30
+    half-filled loads for the 2 pixels of a row pair in _dw_fwd_kernel.
+    """
+    i_q = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    WW = W // 2  # words per row
+    # 1 word per thread along W: coalesced word loads (kernels/_utils.py, stencil layout)
+    o_q = tl.multiple_of(i_q * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
+    m_q = o_q < tl.cdiv(H, 2) * WW
+    o_h = (o_q // WW) * 2  # upper row of each quad
+    o_t = o_q % WW  # word in the row: pixels 2 o_t and 2 o_t + 1
+    # word pointer of this channel's plane; word offsets from here are element offsets / 2 (int64)
+    p_x = (x_ptr + (i_b * stride_xb + i_c.to(tl.int64) * stride_xc)).to(tl.pointer_type(tl.int32))
+    s_xh = tl.cast(stride_xh // 2, tl.int64)
+    if HAS_XBIAS:
+        b_xb = tl.load(xb_ptr + i_c)
+    KM: tl.constexpr = K2 if TWO else K1
+    RM: tl.constexpr = KM // 2
+    R1: tl.constexpr = K1 // 2
+    WR: tl.constexpr = (RM + 1) // 2  # words each side of the own word
+    if TWO:
+        p_wm = w2_ptr + i_c * (K2 * K2)
+    else:
+        p_wm = w1_ptr + i_c * (K1 * K1)
+    p_w1 = w1_ptr + i_c * (K1 * K1)
+    # the channel's weights, once: scalars (a tuple, row-major taps)
+    w_m = ()
+    for t in tl.static_range(KM * KM):
+        w_m = w_m + (tl.load(p_wm + t),)
+    w_i = ()
+    if TWO:
+        for t in tl.static_range(K1 * K1):
+            w_i = w_i + (tl.load(p_w1 + t),)
+
+    # (main, inner) x (upper row, lower row) x (even column, odd column)
+    b_me0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_mo0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_me1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_mo1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_ie0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_io0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_ie1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_io1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    for r in tl.static_range(KM + 1):
+        # input row o_h - RM + r: tap row r of the upper output, r - 1 of the lower one
+        o_r = o_h + (r - RM)
+        m_r = m_q & (o_r >= 0) & (o_r < H)
+        p_row = p_x + o_r.to(tl.int64) * s_xh
+        # cols[j]: the pixel in column 2 o_t - 2 WR + j (zero outside the image: W is even, so a word
+        # is inside or outside as a whole)
+        cols = ()
+        for j in tl.static_range(2 * WR + 1):
+            o_u = o_t + (j - WR)
+            m = m_r & (o_u >= 0) & (o_u < WW)
+            b_lo, b_hi = _split_words(tl.load(p_row + o_u, mask=m, other=0), x_ptr.dtype.element_ty)
+            if HAS_XBIAS:
+                b_lo = tl.where(m, b_lo + b_xb, 0.0)
+                b_hi = tl.where(m, b_hi + b_xb, 0.0)
+            cols = cols + (b_lo, b_hi)
+        for kw in tl.static_range(KM):
+            # column shift dw = kw - RM: the even output reads column 2 o_t + dw, the odd one + 1
+            b_ev = cols[kw - RM + 2 * WR]
+            b_od = cols[kw - RM + 2 * WR + 1]
+            if r < KM:
+                b_me0 += w_m[r * KM + kw] * b_ev
+                b_mo0 += w_m[r * KM + kw] * b_od
+            if r > 0:
+                b_me1 += w_m[(r - 1) * KM + kw] * b_ev
+                b_mo1 += w_m[(r - 1) * KM + kw] * b_od
+            if TWO:
+                # inner taps (all static): no zero-weight FMAs outside the smaller window
+                if (kw - RM >= -R1) & (kw - RM <= R1):
+                    if (r - RM >= -R1) & (r - RM <= R1):
+                        b_ie0 += w_i[(r - RM + R1) * K1 + kw - RM + R1] * b_ev
+                        b_io0 += w_i[(r - RM + R1) * K1 + kw - RM + R1] * b_od
+                    if (r - 1 - RM >= -R1) & (r - 1 - RM <= R1):
+                        b_ie1 += w_i[(r - 1 - RM + R1) * K1 + kw - RM + R1] * b_ev
+                        b_io1 += w_i[(r - 1 - RM + R1) * K1 + kw - RM + R1] * b_od
+
+    # word offsets of the outputs: planes of H * W elements = H * WW words
+    o_out = (i_b * stride_ob) // 2 + i_c.to(tl.int64) * H * WW + (o_h * WW + o_t)
+    m_1 = m_q & (o_h + 1 < H)
+    if TWO:
+        _dw_fwd_words_store(b_ie0, b_io0, b_ie1, b_io1, b1_ptr, o1_ptr, o_out, WW, m_q, m_1, i_c, RELU)
+        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b2_ptr, o2_ptr, o_out, WW, m_q, m_1, i_c, RELU)
+    else:
+        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b1_ptr, o1_ptr, o_out, WW, m_q, m_1, i_c, RELU)
 
 
 @triton.jit
@@ -341,6 +510,27 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.detach().to(torch.float32).contiguous().view(-1)
 
 
+def forward_path(x: torch.Tensor, out: list[torch.Tensor]) -> str:
+    """Which forward kernel runs: "words" (``_dw_fwd_words_kernel``: 2-byte dtypes whose rows are
+    whole 4-byte words: W even, unit W stride, even strides, 4-byte-aligned x and outputs) or
+    "pixels" (``_dw_fwd_kernel``: everything else)."""
+    if x.element_size() != 2 or x.shape[3] % 2 or x.stride(3) != 1 or x.shape[1] > _MAX_GRID_YZ:
+        return "pixels"
+    if any(s % 2 for s in x.stride()[:3]) or not _word_aligned(x):
+        return "pixels"
+    if any(o.stride(0) % 2 or not _word_aligned(o) for o in out):
+        return "pixels"
+    return "words"
+
+
+def _word_aligned(t: torch.Tensor) -> bool:
+    """Whether t's first element sits at a 4-byte boundary (a fake tensor, which has no address, by
+    its storage offset: storages are allocated aligned)."""
+    if isinstance(t, FakeTensor):
+        return t.storage_offset() * t.element_size() % 4 == 0
+    return t.data_ptr() % 4 == 0
+
+
 def depthwise_conv_fwd(
     x: torch.Tensor,
     weights: list[torch.Tensor],
@@ -382,6 +572,17 @@ def depthwise_conv_fwd(
     os_ = [out[i] for i in order]
     two = len(sizes) == 2
     xb = _f32(input_bias) if input_bias is not None else ws[0]
+    if forward_path(x, out) == "words":
+        block_q = INTERPRETER_WORDS_BLOCK_Q if interpreter_tiles() else WORDS_BLOCK_Q
+        grid = (triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q), C, B)
+        with device_guard(x):
+            _dw_fwd_words_kernel[grid](
+                x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], H, W, *x.stride()[:3], os_[0].stride(0),
+                sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
+                HAS_XBIAS=input_bias is not None, BLOCK_Q=block_q, num_warps=NUM_WARPS,
+                num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            )
+        return list(out)
     block_c, block_q = tiles(backward=False)
     grid = (triton.cdiv(triton.cdiv(H, 2) * W, block_q), triton.cdiv(C, block_c), B)
     with device_guard(x):
@@ -494,6 +695,16 @@ def _compile_configs():
                          "BLOCK_Q": FWD_BLOCK_Q},
                         num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
+                    if dtype != "float32":
+                        yield CompileConfig(
+                            _dw_fwd_words_kernel,
+                            {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
+                             "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
+                             **{k: "i32" for k in ("H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_ob")}},
+                            {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias,
+                             "BLOCK_Q": WORDS_BLOCK_Q},
+                            num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                        )
             bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
             for need_dx, need_param, xbias in ((True, False, False), (True, True, False), (True, True, True),
                                                (False, True, False), (False, True, True)):

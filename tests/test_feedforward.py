@@ -15,7 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import half_dtypes
-from drsformer_fast.kernels.dwconv import depthwise_conv_bwd, depthwise_conv_fwd, tiles
+from drsformer_fast.kernels.dwconv import (
+    INTERPRETER_WORDS_BLOCK_Q,
+    depthwise_conv_bwd,
+    depthwise_conv_fwd,
+    forward_path,
+    tiles,
+)
 from golden_data import FEEDFORWARD_FILES, load
 from helpers import assert_close, assert_golden, non_contiguous, randn
 
@@ -226,6 +232,47 @@ def test_depthwise_conv_kernels(case, device):
     names = ["dx"] + [f"dw[{i}]" for i in range(len(sizes))] + [f"db[{i}]" for i, p in enumerate(has_b) if p]
     for name, a, r, t in zip(names, got, g64, g32):
         assert_close(name, a, r, t)
+
+
+def _word_layouts(B, C, H, W, dtype, device, seed):
+    """(name, x, expected forward path): the same values dense, as an even-strided view into a NaN
+    buffer (still whole words), at an odd storage offset (no longer 4-byte aligned) and with odd W."""
+    x = randn(B, C, H, W, seed=seed, device=device, dtype=dtype)
+    big = torch.full((B, C + 1, H + 2, W + 4), float("nan"), device=device, dtype=dtype)
+    view = big[:, 1:, 2:, 2:2 + W]
+    view.copy_(x)
+    odd = torch.full((B * C * H * W + 1,), float("nan"), device=device, dtype=dtype)[1:].view(B, C, H, W)
+    odd.copy_(x)
+    x_odd_w = randn(B, C, H, W - 1, seed=seed, device=device, dtype=dtype)
+    return [("dense", x, "words"), ("even view", view, "words"), ("odd offset", odd, "pixels"),
+            ("odd W", x_odd_w, "pixels")]
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("case", DW_CASES, ids=lambda c: "K{}-relu{:d}-xb{:d}".format("_".join(map(str, c[0])),
+                                                                                         c[1], c[2]))
+def test_depthwise_conv_forward_words(case, dtype, device):
+    """The 2-byte forward on aligned words (_dw_fwd_words_kernel) and its fallback: every layout
+    against float64, into NaN-filled outputs (every element written); odd H (the last row pair's lower
+    row masked), W even and odd, more quads than one interpreter tile."""
+    sizes, relu, has_xb, has_b = case
+    B, C, H, W = 2, 3, 9, 2 * INTERPRETER_WORDS_BLOCK_Q // 4 + 2
+    ws = [randn(C, 1, k, k, seed=51 + i, device=device) / k for i, k in enumerate(sizes)]
+    bs = [randn(C, seed=55 + i, device=device) if b else None for i, b in enumerate(has_b)]
+    xb = randn(C, seed=59, device=device) if has_xb else None
+    for name, x, path in _word_layouts(B, C, H, W, dtype, device, seed=50):
+        outs = [torch.full(x.shape, float("nan"), device=device, dtype=dtype) for _ in sizes]
+        assert forward_path(x, outs) == path, name
+        depthwise_conv_fwd(x, ws, bs, relu, input_bias=xb, out=outs)
+        xin = x.double() + (xb.double()[:, None, None] if xb is not None else 0)
+        xin32 = x.float() + (xb[:, None, None] if xb is not None else 0)
+        for i, (o, w, b) in enumerate(zip(outs, ws, bs)):
+            pad = w.shape[-1] // 2
+            ref = F.conv2d(xin, w.double(), b.double() if b is not None else None, padding=pad, groups=C)
+            lp = F.conv2d(xin32, w, b, padding=pad, groups=C)
+            if relu:
+                ref, lp = ref.relu(), lp.relu()
+            assert_close(f"{name} out[{i}]", o, ref.cpu(), lp.to(dtype).cpu())
 
 
 def test_depthwise_conv_partial_gradients_and_out_buffers(device):

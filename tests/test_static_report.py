@@ -5,6 +5,7 @@ tests/test_compile_targets.py, which compiles every captured launch through the 
 import json
 
 import pytest
+import torch
 
 from drsformer_fast import launches as L
 from drsformer_fast import static_report as S
@@ -80,6 +81,27 @@ def test_layer_norm_launch_work_and_compulsory_bytes():
     assert model["ffma"] > elems  # normalise and scale: several float ops per element
     assert model["hbm_us"] == pytest.approx(expected / S.HBM_BYTES_PER_S * 1e6)
     assert model["predicted_us"] >= model["hbm_us"]
+
+
+def test_word_loads_and_fused_multiply_adds_are_counted_once():
+    """The FFN's stage-1 depthwise convs in fp16 at an even width run the word kernel: its 4-byte
+    loads and stores of two fp16 pixels count every byte (compulsory = y, both outputs and both
+    weights, each exactly once), and each tap's ``acc += w * x`` counts one FFMA, not two."""
+    from drsformer_fast.kernels._utils import is_interpreter
+    from drsformer_fast.kernels.dwconv import INTERPRETER_WORDS_BLOCK_Q
+
+    assert is_interpreter()
+    m = L.build_module("feedforward", 8, 1, torch.float16)
+    fwd, _ = L.capture(m, (1, 8, 6, 20), backward=False)
+    launch = next(l for l in fwd if l.name == "_dw_fwd_words_kernel")
+    work = S.count_work(launch)
+    channels = 2 * m.hidden_features  # y: the 3x3 and the 5x5 branch read the same 2h channels
+    plane = 6 * 20 * 2  # fp16 bytes of one channel
+    expected = 3 * channels * plane + channels * (9 + 25) * 4
+    model = S.predict(launch.programs, 8, {"regs": 64, "shared": 0, "sass": {"l1_factor": 1.0}}, work)
+    assert model["compulsory_bytes"] == expected
+    # every lane of the program's quad tile (masked ones included, as on the GPU): 9 + 25 taps x 4 pixels
+    assert work["program"]["ffma"] == (9 + 25) * 4 * INTERPRETER_WORDS_BLOCK_Q
 
 
 def test_markdown_and_json_round_trip():
