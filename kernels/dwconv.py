@@ -34,7 +34,13 @@ split in registers (the words t - 1 .. t + 1 around a quad's own word t hold eve
 both its columns for K <= 5), outputs written as words. Per 4 output pixels of the 5x5 + 3x3 pair:
 6 rows x 3 full-wavefront word loads, against 6 x 5 half-filled loads per 2 pixels. Static model
 (sm_90, level 1, bf16): 57 -> 30 us, its HBM roofline; 96 registers, 16 resident warps per SM.
-Anything else (odd W, fp32, odd offsets) takes ``_dw_fwd_kernel``.
+The backward has the same twin (``_dw_bwd_words_kernel``, ``backward_path``: every gradient, and x
+where the parameter gradients read it, in whole words): g's rows are loaded once per branch as words
+and feed both rows of the quads (row i gives tap 2R - i of the upper row and, with row i + 1, of the
+lower one), x and dx are words, the weight and bias partials are per-tap sums over the program's
+quads. Static model (level 1, bf16, two branches): 95 -> 41 us (HBM-bound; 256 quads, 117 registers,
+16 resident warps per SM). Anything else (odd W, fp32, odd offsets) takes ``_dw_fwd_kernel`` /
+``_dw_bwd_kernel``.
 
 Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
 so one loop over the larger window loads each shifted tile once and feeds both accumulators.
@@ -81,9 +87,11 @@ BWD_BLOCK_N = 512
 INTERPRETER_BLOCK_C = 16
 INTERPRETER_BLOCK_N = 128
 
-# the forward for 2-byte dtypes (_dw_fwd_words_kernel): 2 x 2 pixel quads per program, 1 per thread
-# per 256, one channel per program (its weights are scalars)
+# the kernels for 2-byte dtypes (_dw_fwd_words_kernel, _dw_bwd_words_kernel): 2 x 2 pixel quads per
+# program, one channel per program (its weights are scalars). sm_90, 8 warps: forward 96 registers
+# at 512 quads; backward 117 at 256 (205 at 512: 8 resident warps per SM)
 WORDS_BLOCK_Q = 512
+WORDS_BWD_BLOCK_Q = 256
 INTERPRETER_WORDS_BLOCK_Q = 64
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (the words kernel's channels)
 
@@ -452,6 +460,134 @@ def _dw_bwd_kernel(
                  mask=m_c[:, None] & m_n[None, :])
 
 
+@triton.jit
+def _load_word_row(p_row, o_t, m_r, WW, DTYPE: tl.constexpr, WR: tl.constexpr):
+    """Columns 2 o_t - 2 WR .. 2 o_t + 2 WR + 1 of one row as fp32 (a tuple, zero outside the image):
+    the 2 WR + 1 aligned words around word o_t, each split in two."""
+    cols = ()
+    for j in tl.static_range(2 * WR + 1):
+        o_u = o_t + (j - WR)
+        m = m_r & (o_u >= 0) & (o_u < WW)
+        b_lo, b_hi = _split_words(tl.load(p_row + o_u, mask=m, other=0), DTYPE)
+        cols = cols + (b_lo, b_hi)
+    return cols
+
+
+@triton.jit
+def _dw_bwd_words_branch(p_g, s_gh, o_h, o_t, m_q, WW, H, C, p_w, p_p, b_x, b_dx,
+                         K: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
+    """One branch of _dw_bwd_words_kernel: adds its transposed convolution to the quads' dx (a tuple:
+    upper even, upper odd, lower even, lower odd) and writes its weight and bias partial sums (rows
+    t < K*K and K*K of this program's slot, column p_p)."""
+    R: tl.constexpr = K // 2
+    WR: tl.constexpr = (R + 1) // 2
+    DTYPE: tl.constexpr = p_g.dtype.element_ty
+    p_gw = p_g.to(tl.pointer_type(tl.int32))
+    b_dxe0, b_dxo0, b_dxe1, b_dxo1 = b_dx
+    b_xe0, b_xo0, b_xe1, b_xo1 = b_x
+    # g is read at p - t: tap (kh, kw) reaches the upper output row from g row o_h - (kh - R), the lower
+    # one from the row below it. Rows o_h - R .. o_h + R + 1 in order: row i feeds tap kh = 2R - i of
+    # the upper outputs and, with row i + 1, the same tap of the lower ones (each row loaded once).
+    o_r = o_h - R
+    prev = _load_word_row(p_gw + o_r.to(tl.int64) * s_gh, o_t, m_q & (o_r >= 0) & (o_r < H), WW, DTYPE, WR)
+    for i in tl.static_range(K):
+        o_r = o_h + (i + 1 - R)
+        cur = _load_word_row(p_gw + o_r.to(tl.int64) * s_gh, o_t, m_q & (o_r >= 0) & (o_r < H), WW, DTYPE, WR)
+        kh = 2 * R - i
+        for kw in tl.static_range(K):
+            # column w - dw, dw = kw - R: even output 2 o_t - dw, odd one 2 o_t + 1 - dw
+            b_ge0 = prev[2 * WR + R - kw]
+            b_go0 = prev[2 * WR + R - kw + 1]
+            b_ge1 = cur[2 * WR + R - kw]
+            b_go1 = cur[2 * WR + R - kw + 1]
+            if NEED_DX:
+                b_w = tl.load(p_w + (kh * K + kw))
+                b_dxe0 += b_w * b_ge0
+                b_dxo0 += b_w * b_go0
+                b_dxe1 += b_w * b_ge1
+                b_dxo1 += b_w * b_go1
+            if NEED_PARAM_GRAD:
+                b_t = b_ge0 * b_xe0 + b_go0 * b_xo0 + b_ge1 * b_xe1 + b_go1 * b_xo1
+                tl.store(p_p + (kh * K + kw) * C, tl.sum(b_t, axis=0))
+        if NEED_PARAM_GRAD:
+            if i == R:  # rows o_h and o_h + 1: the quads' own g, the bias gradient
+                b_b = prev[2 * WR] + prev[2 * WR + 1] + cur[2 * WR] + cur[2 * WR + 1]
+                tl.store(p_p + (K * K) * C, tl.sum(b_b, axis=0))
+        prev = cur
+    return b_dxe0, b_dxo0, b_dxe1, b_dxo1
+
+
+@triton.jit
+def _dw_bwd_words_kernel(
+    g1_ptr,  # gradient of branch 1's output: [B, C, H, W] fp16/bf16, whole words (see forward_path)
+    g2_ptr,  # gradient of branch 2's output: same (unused without TWO)
+    x_ptr,  # x: same (unused without NEED_PARAM_GRAD)
+    w1_ptr,  # [C, K1*K1] fp32
+    w2_ptr,  # [C, K2*K2] fp32
+    xb_ptr,  # input bias [C] fp32 (unused when not HAS_XBIAS)
+    dx_ptr,  # dx: [B, C, H, W] contiguous (unused without NEED_DX)
+    p1_ptr,  # partials of branch 1: [B * n_tiles, K1*K1 + 1, C] fp32 (row K1*K1: bias)
+    p2_ptr,  # partials of branch 2: [B * n_tiles, K2*K2 + 1, C] fp32
+    C, H, W,
+    stride_xb, stride_xc, stride_xh,  # element strides (even; unit W stride)
+    stride_g1b, stride_g1c, stride_g1h,
+    stride_g2b, stride_g2c, stride_g2h,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
+    TWO: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr,
+    HAS_XBIAS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # 2 x 2 pixel quads per program
+):
+    """_dw_bwd_kernel for 2-byte dtypes on aligned 4-byte words, one channel per program, 2 x 2 pixel
+    quads per thread (as _dw_fwd_words_kernel): g's taps, x and dx are words of two pixels; each g row
+    is loaded once (3 words for K <= 5) and serves both rows of the quads."""
+    i_q = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    WW = W // 2
+    o_q = tl.multiple_of(i_q * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
+    m_q = o_q < tl.cdiv(H, 2) * WW
+    o_h = (o_q // WW) * 2
+    o_t = o_q % WW
+    m_1 = m_q & (o_h + 1 < H)
+    i_c64 = i_c.to(tl.int64)
+    i_part = i_b * tl.num_programs(0) + i_q
+    b_zero = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_x = (b_zero, b_zero, b_zero, b_zero)
+    if NEED_PARAM_GRAD:
+        p_x = (x_ptr + (i_b * stride_xb + i_c64 * stride_xc)).to(tl.pointer_type(tl.int32))
+        o_x = o_h.to(tl.int64) * (stride_xh // 2) + o_t
+        b_xe0, b_xo0 = _split_words(tl.load(p_x + o_x, mask=m_q, other=0), x_ptr.dtype.element_ty)
+        b_xe1, b_xo1 = _split_words(tl.load(p_x + (o_x + stride_xh // 2), mask=m_1, other=0),
+                                    x_ptr.dtype.element_ty)
+        if HAS_XBIAS:
+            b_xb = tl.load(xb_ptr + i_c)
+            b_xe0 = tl.where(m_q, b_xe0 + b_xb, 0.0)
+            b_xo0 = tl.where(m_q, b_xo0 + b_xb, 0.0)
+            b_xe1 = tl.where(m_1, b_xe1 + b_xb, 0.0)
+            b_xo1 = tl.where(m_1, b_xo1 + b_xb, 0.0)
+        b_x = (b_xe0, b_xo0, b_xe1, b_xo1)
+    b_dx = (b_zero, b_zero, b_zero, b_zero)
+    b_dx = _dw_bwd_words_branch(
+        g1_ptr + (i_b * stride_g1b + i_c64 * stride_g1c), tl.cast(stride_g1h // 2, tl.int64), o_h, o_t, m_q, WW, H, C,
+        w1_ptr + i_c * (K1 * K1), p1_ptr + i_part * ((K1 * K1 + 1) * C) + i_c, b_x, b_dx, K1, NEED_DX, NEED_PARAM_GRAD,
+    )
+    if TWO:
+        b_dx = _dw_bwd_words_branch(
+            g2_ptr + (i_b * stride_g2b + i_c64 * stride_g2c), tl.cast(stride_g2h // 2, tl.int64), o_h, o_t, m_q, WW, H,
+            C, w2_ptr + i_c * (K2 * K2), p2_ptr + i_part * ((K2 * K2 + 1) * C) + i_c, b_x, b_dx, K2, NEED_DX,
+            NEED_PARAM_GRAD,
+        )
+    if NEED_DX:
+        b_dxe0, b_dxo0, b_dxe1, b_dxo1 = b_dx
+        p_dx = dx_ptr.to(tl.pointer_type(tl.int32))
+        o_dx = (i_b * C + i_c64) * H * WW + (o_h * WW + o_t)
+        tl.store(p_dx + o_dx, _join_words(b_dxe0, b_dxo0, dx_ptr.dtype.element_ty), mask=m_q)
+        tl.store(p_dx + (o_dx + WW), _join_words(b_dxe1, b_dxo1, dx_ptr.dtype.element_ty), mask=m_1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
@@ -514,13 +650,24 @@ def forward_path(x: torch.Tensor, out: list[torch.Tensor]) -> str:
     """Which forward kernel runs: "words" (``_dw_fwd_words_kernel``: 2-byte dtypes whose rows are
     whole 4-byte words: W even, unit W stride, even strides, 4-byte-aligned x and outputs) or
     "pixels" (``_dw_fwd_kernel``: everything else)."""
-    if x.element_size() != 2 or x.shape[3] % 2 or x.stride(3) != 1 or x.shape[1] > _MAX_GRID_YZ:
-        return "pixels"
-    if any(s % 2 for s in x.stride()[:3]) or not _word_aligned(x):
-        return "pixels"
-    if any(o.stride(0) % 2 or not _word_aligned(o) for o in out):
-        return "pixels"
-    return "words"
+    ok = _whole_words(x) and all(o.stride(0) % 2 == 0 and _word_aligned(o) for o in out)
+    return "words" if ok else "pixels"
+
+
+def backward_path(x: torch.Tensor, grads: list[torch.Tensor], need_param_grad: bool) -> str:
+    """Which backward kernel runs: "words" (``_dw_bwd_words_kernel``) when every gradient, and x where
+    the weight or bias gradient reads it, is made of whole words as in :func:`forward_path`; else
+    "pixels" (``_dw_bwd_kernel``)."""
+    ok = all(_whole_words(g) for g in grads) and (not need_param_grad or _whole_words(x))
+    return "words" if ok and x.element_size() == 2 and x.shape[1] <= _MAX_GRID_YZ else "pixels"
+
+
+def _whole_words(t: torch.Tensor) -> bool:
+    """2-byte elements whose every row is whole aligned 4-byte words: W even, unit W stride, even
+    batch/channel/row strides, first element 4-byte aligned, channels within a grid dimension."""
+    if t.element_size() != 2 or t.shape[3] % 2 or t.stride(3) != 1 or t.shape[1] > _MAX_GRID_YZ:
+        return False
+    return all(s % 2 == 0 for s in t.stride()[:3]) and _word_aligned(t)
 
 
 def _word_aligned(t: torch.Tensor) -> bool:
@@ -637,23 +784,39 @@ def depthwise_conv_bwd(
     ks = [sizes[i] for i in order]
     gs = [grads[i] for i in order]
     ws = [_f32(weights[i]) for i in order]
-    block_c, block_n = tiles(backward=True)
-    n_tiles = triton.cdiv(N, block_n)
+    words = backward_path(x, gs, need_param) == "words"
+    if words:
+        block_q = INTERPRETER_WORDS_BLOCK_Q if interpreter_tiles() else WORDS_BWD_BLOCK_Q
+        n_tiles = triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q)
+    else:
+        block_c, block_n = tiles(backward=True)
+        n_tiles = triton.cdiv(N, block_n)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
     parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
              for k in ks]
     xb = _f32(input_bias) if input_bias is not None else ws[0]
     dummy = ws[0]
-    grid = (n_tiles, triton.cdiv(C, block_c), B)
-    with device_guard(x):
-        _dw_bwd_kernel[grid](
-            gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
-            parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
-            C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
-            TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
-            HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=block_c, BLOCK_N=block_n,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
-        )
+    if words:
+        with device_guard(x):
+            _dw_bwd_words_kernel[(n_tiles, C, B)](
+                gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
+                parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
+                C, H, W, *x.stride()[:3], *gs[0].stride()[:3], *gs[-1].stride()[:3], ks[0], ks[-1],
+                TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
+                HAS_XBIAS=need_param and input_bias is not None, BLOCK_Q=block_q,
+                num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            )
+    else:
+        grid = (n_tiles, triton.cdiv(C, block_c), B)
+        with device_guard(x):
+            _dw_bwd_kernel[grid](
+                gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
+                parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
+                C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
+                TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
+                HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=block_c, BLOCK_N=block_n,
+                num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            )
     dws: list[torch.Tensor | None] = [None] * nb
     dbs: list[torch.Tensor | None] = [None] * nb
     if need_param:
@@ -677,6 +840,10 @@ def depthwise_conv_bwd(
 # kernel sizes of the launches: one branch (the attention's 3x3 backward, any K in KERNEL_SIZES) and
 # two branches, the smaller first (the feed-forward's 3x3 + 5x5; 3+7 and 5+7 are accepted too)
 _BRANCH_SIZES = tuple((k, k, False) for k in KERNEL_SIZES) + ((3, 5, True), (3, 7, True), (5, 7, True))
+
+
+_WORDS_BWD_INTS = ("C", "H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_g1b", "stride_g1c", "stride_g1h",
+                   "stride_g2b", "stride_g2c", "stride_g2h")
 
 
 @register_compile_configs
@@ -708,6 +875,16 @@ def _compile_configs():
             bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
             for need_dx, need_param, xbias in ((True, False, False), (True, True, False), (True, True, True),
                                                (False, True, False), (False, True, True)):
+                if dtype != "float32":
+                    yield CompileConfig(
+                        _dw_bwd_words_kernel,
+                        {"g1_ptr": ptr(dtype), "g2_ptr": ptr(dtype), "x_ptr": ptr(dtype), "w1_ptr": "*fp32",
+                         "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
+                         "p2_ptr": "*fp32", **{k: "i32" for k in _WORDS_BWD_INTS}},
+                        {"K1": k1, "K2": k2, "TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param,
+                         "HAS_XBIAS": xbias, "BLOCK_Q": WORDS_BWD_BLOCK_Q},
+                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                    )
                 yield CompileConfig(
                     _dw_bwd_kernel,
                     {"g1_ptr": ptr(dtype), "g2_ptr": ptr(dtype), "x_ptr": ptr(dtype), "w1_ptr": "*fp32",

@@ -3,7 +3,7 @@
 # machine has), in a second virtual environment, `.venv-triton36` (gitignored): torch 2.13
 # (`pip install torch==2.13.0`, the local wheel where there is one) + triton==3.6.0 from PyPI +
 # an editable install of this checkout. Runs in Triton's interpreter like scripts/test.sh, on the
-# golden, half-precision and depthwise-convolution tests (both forward paths) of every op's test file, LayerNorm's random fp32
+# golden, half-precision and depthwise-convolution tests (both paths, words and pixels) of every op's test file, LayerNorm's random fp32
 # ones (tests/test_{layernorm,attention,feedforward,mefc}*.py, those that exist), then the compile check
 # for sm_90 (what runs, compiled with this Triton: no spills). A few minutes on 2 cores.
 # Arguments are passed to pytest. CI (.ci/run) runs it after scripts/test.sh.
@@ -18,7 +18,7 @@ FILES=(tests/test_layernorm.py tests/test_attention.py tests/test_feedforward.py
 WORKERS="${DRSFORMER_FAST_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
 status=0
 "$PY" -m pytest -n "$WORKERS" --dist worksteal -q -p no:cacheprovider \
-    -k "golden or half_precision or depthwise_conv_kernels or depthwise_conv_forward_words or (test_layernorm and fp32_random) or (test_mefc and C20)" "${FILES[@]}" "$@" || status=$?
+    -k "golden or half_precision or depthwise_conv or (test_layernorm and fp32_random) or (test_mefc and C20)" "${FILES[@]}" "$@" || status=$?
 # what runs compiles for sm_90 with this Triton too (the GPU machine's), without spills
 env -u TRITON_INTERPRET "$PY" -m drsformer_fast.kernels.compile_check --arch 90 --quiet || status=$?
 exit $status

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import half_dtypes
 from drsformer_fast.kernels.dwconv import (
     INTERPRETER_WORDS_BLOCK_Q,
+    backward_path,
     depthwise_conv_bwd,
     depthwise_conv_fwd,
     forward_path,
@@ -273,6 +274,46 @@ def test_depthwise_conv_forward_words(case, dtype, device):
             if relu:
                 ref, lp = ref.relu(), lp.relu()
             assert_close(f"{name} out[{i}]", o, ref.cpu(), lp.to(dtype).cpu())
+
+
+@pytest.mark.parametrize("dtype", half_dtypes())
+@pytest.mark.parametrize("case", DW_CASES, ids=lambda c: "K{}-relu{:d}-xb{:d}".format("_".join(map(str, c[0])),
+                                                                                         c[1], c[2]))
+def test_depthwise_conv_backward_words(case, dtype, device):
+    """The 2-byte backward on aligned words (_dw_bwd_words_kernel) and its fallback: dx, every weight
+    and bias gradient against float64 with x and the gradients in each layout of _word_layouts, and
+    the partial variants (no dx: x must be words; no weight/bias gradient: x is not read)."""
+    sizes, _, has_xb, _ = case
+    B, C, H, W = 2, 3, 9, 2 * INTERPRETER_WORDS_BLOCK_Q // 4 + 2
+    ws = [randn(C, 1, k, k, seed=61 + i, device=device) / k for i, k in enumerate(sizes)]
+    xb = randn(C, seed=69, device=device) if has_xb else None
+    xs = _word_layouts(B, C, H, W, dtype, device, seed=60)
+    gss = [_word_layouts(B, C, H, W, dtype, device, seed=70 + i) for i in range(len(sizes))]
+    for (name, x, path), *gl in zip(xs, *gss):
+        gs = [g for _, g, _ in gl]
+        assert backward_path(x, gs, True) == path, name
+
+        def reference(dt, x=x, gs=gs):
+            xr = x.detach().cpu().to(dt).requires_grad_()
+            wr = [w.detach().cpu().to(dt).requires_grad_() for w in ws]
+            br = [torch.zeros(C, dtype=dt, requires_grad=True) for _ in ws]
+            xin = xr + xb.cpu().to(dt)[:, None, None] if xb is not None else xr
+            pre = [F.conv2d(xin, w, b, padding=w.shape[-1] // 2, groups=C) for w, b in zip(wr, br)]
+            return torch.autograd.grad(pre, [xr] + wr + br, [g.cpu().to(dt) for g in gs])
+
+        r64, r32 = reference(torch.float64), reference(torch.float32)
+        dx, dws, dbs = depthwise_conv_bwd(gs, x, ws, need_bias_grad=True, input_bias=xb)
+        names = ["dx"] + [f"dw[{i}]" for i in range(len(sizes))] + [f"db[{i}]" for i in range(len(sizes))]
+        lps = [r32[0].to(dtype)] + list(r32[1:])
+        for n, a, r, t in zip(names, [dx] + dws + dbs, r64, lps):
+            assert_close(f"{name} {n}", a.cpu(), r, t, dtype=dtype)
+        # without dx, and without the parameter gradients (then x is not read: words even at an odd offset)
+        _, dws2, _ = depthwise_conv_bwd(gs, x, ws, need_input_grad=False, input_bias=xb)
+        for i, (a, b) in enumerate(zip(dws2, dws)):
+            assert torch.equal(a, b), f"{name} dw[{i}] without dx"
+        assert backward_path(x, gs, False) == ("words" if gl[0][2] == "words" else "pixels")
+        dx2, _, _ = depthwise_conv_bwd(gs, x, ws, need_weight_grad=False, input_bias=xb)
+        assert torch.equal(dx2, dx), f"{name} dx without parameter gradients"
 
 
 def test_depthwise_conv_partial_gradients_and_out_buffers(device):
