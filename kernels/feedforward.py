@@ -74,6 +74,16 @@ hidden channels per conv tile, 8 warps up to 64 output channels, 16 above, cappe
 fp32 at 256x256: level 1 152 -> 49 us predicted (47 us HBM roofline: HBM-bound), decoder level 1
 -> 98 us (95), the latent (5 splits, 120 programs) 149 -> 24 us.
 
+Words (fp16/bf16 backward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so
+in bf16 ``_ffn_bwd_uv_kernel`` was L1-bound (static model, level 1: 80 us against 32). When dout and
+ab are whole aligned 4-byte words (``bwd_uv_path``; ab is the launcher's own buffer, so an even W and
+a dense dout), ``_ffn_bwd_uv_words_kernel`` takes pixel pairs per thread instead: per tap row the
+3 words around a pair (``_grouped_conv_words``; K <= 5) hold every column shift of both columns,
+dout, u/v and du/dv move as words, and the W_out^T dout dot runs once per column. Static model
+(sm_90, bf16): level 1 80 -> 33 us, decoder level 1 156 -> 66 us, HBM-bound, 113-117 registers at
+the 128 cap (16 resident warps per SM). Its results are bit-identical to the pixel kernel's (same
+sums in the same order).
+
 The chunk/cat shuffles are index arithmetic: x1 channel i is ab channel i + h*(i >= h), x2 channel i is
 ab channel h + i + h*(i >= h) (when h is odd the middle group straddles the a/b boundary).
 
@@ -145,7 +155,7 @@ from ._utils import (
     multiprocessor_count,
     next_pow2,
 )
-from .dwconv import _check_pixels, _f32, depthwise_conv_bwd, depthwise_conv_fwd
+from .dwconv import _check_pixels, _f32, _join_words, _split_words, _whole_words, depthwise_conv_bwd, depthwise_conv_fwd
 
 # stage 2 forward: BLOCK_Q (_fwd_config) row quads (kernels/_utils.py) x output-channel tile, hidden
 # channels in chunks of BLOCK_J
@@ -174,6 +184,10 @@ BWD_BLOCK_J = 16
 BWD_X_BLOCK_J = 8
 BWD_BLOCK_D = 16
 BWD_NUM_WARPS = 8
+# pixel pairs (words) per program of _ffn_bwd_uv_words_kernel: 128 pixels as _ffn_bwd_uv_kernel's tiles
+BWD_WORDS_BLOCK_Q = 64
+# its register cap: 16 resident warps per SM (sm_90: 113-134 registers uncapped, no spills at 128)
+BWD_WORDS_MAXNREG = 128
 # Passed at every launch and registered with the compile configs (the check compiles what runs): 3
 # stages let the W_out / dout tiles feeding the dots load ahead (cp.async) in the hidden / D loops.
 NUM_STAGES = 3
@@ -524,6 +538,130 @@ def _ffn_bwd_uv_kernel(
 
 
 @triton.jit
+def _grouped_conv_words(
+    ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW,
+    gp_ptr,  # weight pairs: [h, K*K] int64 (_weight_pairs)
+    HID: tl.constexpr, x_off,
+    stride_abb, stride_abc, stride_abh,  # element strides of ab (even; unit W stride)
+    K: tl.constexpr,
+    AB64: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    """_grouped_conv_chunk for 2-byte ab on aligned 4-byte words: pre-activations (even column, odd
+    column) of output channels o_jl at the pixel pairs (o_h, 2 o_t + {0, 1}). Per tap row, the 2 WR + 1
+    words around o_t (3 for K <= 5) of both input channels hold every column shift of both columns:
+    full 128-byte wavefronts, against K half-filled 2-byte loads per column (dwconv.py, words)."""
+    R: tl.constexpr = K // 2
+    WR: tl.constexpr = (R + 1) // 2
+    DTYPE: tl.constexpr = ab_ptr.dtype.element_ty
+    o_ce, o_co = _group_input_channels(o_jl, HID, x_off)
+    p_ab = (ab_ptr + i_b * stride_abb).to(tl.pointer_type(tl.int32))
+    s_c = stride_abc // 2
+    s_h = stride_abh // 2
+    if AB64:  # 64-bit channel base pointers, as in _grouped_conv_chunk
+        p_e = (p_ab + o_ce.to(tl.int64) * s_c)[:, None]
+        p_o = (p_ab + o_co.to(tl.int64) * s_c)[:, None]
+    else:
+        p_e = p_ab + (o_ce * s_c)[:, None]
+        p_o = p_ab + (o_co * s_c)[:, None]
+    p_w = gp_ptr + o_jl * (K * K)
+    b_acc_e = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc_o = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    # a runtime loop over the tap rows (unrolled, the compiler hoists every tap load)
+    for kh in range(K):
+        o_r = o_h + (kh - R)
+        m_r = m_q & (o_r >= 0) & (o_r < H)
+        cols_e = ()
+        cols_o = ()
+        for j in tl.static_range(2 * WR + 1):
+            o_u = o_t + (j - WR)
+            m = (m_r & (o_u >= 0) & (o_u < WW))[None, :]
+            o_pix = (o_r * s_h + o_u)[None, :]
+            b_lo, b_hi = _split_words(tl.load(p_e + o_pix, mask=m, other=0), DTYPE)
+            cols_e = cols_e + (b_lo, b_hi)
+            b_lo, b_hi = _split_words(tl.load(p_o + o_pix, mask=m, other=0), DTYPE)
+            cols_o = cols_o + (b_lo, b_hi)
+        for kw in tl.static_range(K):
+            # column shift kw - R: the even column reads cols[2 WR + kw - R], the odd one the next
+            b_we, b_wo = _unpack_pair(tl.load(p_w + (kh * K + kw)))
+            b_acc_e += b_we[:, None] * cols_e[2 * WR + kw - R] + b_wo[:, None] * cols_o[2 * WR + kw - R]
+            b_acc_o += b_we[:, None] * cols_e[2 * WR + kw - R + 1] + b_wo[:, None] * cols_o[2 * WR + kw - R + 1]
+    return b_acc_e, b_acc_o
+
+
+@triton.jit
+def _ffn_bwd_uv_words_kernel(
+    dout_ptr,  # dout: [B, D, H, W] fp16/bf16, whole words (dwconv._whole_words)
+    ab_ptr,  # ab: [B, 4h, H, W], whole words
+    gp_ptr,  # weight pairs of this side's grouped conv: [h, K*K] int64 (_weight_pairs)
+    gb_ptr,  # its bias: [h] fp32, or None
+    wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
+    duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous
+    uv_ptr,  # out: cat(u, v): [B, 2h, H, W] contiguous
+    pb_ptr,  # partials of this conv's bias grad: [B * n_tiles, 2h] fp32 (columns of this side)
+    HID: tl.constexpr, D: tl.constexpr, H, W,
+    x_off,  # 0 for u (reads x1), HID for v (reads x2); also the column offset in W_out / duv
+    stride_db, stride_dc, stride_dh,  # element strides (even; unit W stride)
+    stride_abb, stride_abc, stride_abh,
+    K: tl.constexpr,
+    AB64: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # pixel pairs (words) per program
+):
+    """_ffn_bwd_uv_kernel for 2-byte dtypes on aligned 4-byte words: each thread on horizontally
+    adjacent pixel pairs; ab's taps, dout, u/v and du/dv move as words of two pixels; the W_out^T dout
+    dot runs once per column (even, odd) of the pairs."""
+    N_J: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
+    i_j = tl.program_id(0) % N_J
+    i_n = tl.program_id(0) // N_J
+    i_b = tl.program_id(1).to(tl.int64)
+    WW = W // 2
+    o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    # 1 word per thread along W: coalesced loads (kernels/_utils.py, stencil layout)
+    o_q = tl.multiple_of(i_n * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
+    m_j = o_j < HID
+    m_q = o_q < H * WW
+    o_jl = tl.minimum(o_j, HID - 1)
+    o_h = o_q // WW
+    o_t = o_q % WW
+    b_pre_e, b_pre_o = _grouped_conv_words(ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW, gp_ptr, HID, x_off,
+                                           stride_abb, stride_abc, stride_abh, K, AB64, BLOCK_J, BLOCK_Q)
+    if gb_ptr is not None:
+        b_gb = tl.load(gb_ptr + o_jl)[:, None]
+        b_pre_e += b_gb
+        b_pre_o += b_gb
+    m_out = m_j[:, None] & m_q[None, :]
+    # word offsets into the contiguous [B, 2h, H, W] outputs (planes of H * WW words)
+    o_out = (i_b * (2 * HID) + (x_off + o_j).to(tl.int64))[:, None] * (H * WW) + o_q[None, :]
+    DTYPE: tl.constexpr = uv_ptr.dtype.element_ty
+    tl.store(uv_ptr.to(tl.pointer_type(tl.int32)) + o_out,
+             _join_words(tl.maximum(b_pre_e, 0.0), tl.maximum(b_pre_o, 0.0), DTYPE), mask=m_out)
+
+    # W_out^T dout in chunks of BLOCK_D output channels, once per column of the pairs
+    o_col = x_off + o_j
+    p_dout = (dout_ptr + i_b * stride_db).to(tl.pointer_type(tl.int32))
+    o_dpix = (o_h.to(tl.int64) * (stride_dh // 2) + o_t)[None, :]
+    b_g_e = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_g_o = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        b_words = tl.load(p_dout + (o_d.to(tl.int64)[:, None] * (stride_dc // 2) + o_dpix),
+                          mask=m_d[:, None] & m_q[None, :], other=0)
+        b_do_e, b_do_o = _split_words(b_words, dout_ptr.dtype.element_ty)
+        b_wt = tl.load(wo_ptr + o_d[None, :] * (2 * HID) + o_col[:, None], mask=m_j[:, None] & m_d[None, :], other=0.0)
+        b_g_e = tl.dot(b_wt, b_do_e.to(wo_ptr.dtype.element_ty), b_g_e)
+        b_g_o = tl.dot(b_wt, b_do_o.to(wo_ptr.dtype.element_ty), b_g_o)
+    b_g_e = tl.where(b_pre_e > 0.0, b_g_e, 0.0)
+    b_g_o = tl.where(b_pre_o > 0.0, b_g_o, 0.0)
+    tl.store(duv_ptr.to(tl.pointer_type(tl.int32)) + o_out, _join_words(b_g_e, b_g_o, DTYPE), mask=m_out)
+    tl.store(pb_ptr + (i_b * (tl.num_programs(0) // N_J) + i_n) * (2 * HID) + o_col,
+             tl.sum(b_g_e + b_g_o, axis=1), mask=m_j)
+
+
+@triton.jit
 def _ffn_bwd_x_kernel(
     duv_ptr,  # gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous
     ab_ptr,  # ab: [B, 4h, H, W], any strides
@@ -634,6 +772,12 @@ def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
     return _f32(weight).reshape(h, 2, k * k).transpose(1, 2).contiguous().view(torch.int64)
 
 
+def bwd_uv_path(dout: torch.Tensor, ab: torch.Tensor) -> str:
+    """Which du/dv kernel runs: "words" (``_ffn_bwd_uv_words_kernel``: fp16/bf16 with dout and ab made
+    of whole aligned 4-byte words, ``dwconv._whole_words``) or "pixels" (``_ffn_bwd_uv_kernel``)."""
+    return "words" if _whole_words(dout) and _whole_words(ab) else "pixels"
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` of the dots that stand for project_out (forward) and its input gradient
     (backward): PyTorch's cuDNN TF32 setting for fp32, read at launch time; fp16/bf16 dots always run on
@@ -738,12 +882,23 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         n_tiles = triton.cdiv(N, BWD_BLOCK_N)
         duv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         uv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
-        pb_uv = torch.empty((B * n_tiles, h2), device=dev, dtype=torch.float32)
+        words = bwd_uv_path(dout, ab) == "words"
+        n_uv_tiles = triton.cdiv(H * (W // 2), BWD_WORDS_BLOCK_Q) if words else n_tiles
+        pb_uv = torch.empty((B * n_uv_tiles, h2), device=dev, dtype=torch.float32)
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
         n_j = triton.cdiv(hidden, BWD_BLOCK_J)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
         prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
+            if words:
+                _ffn_bwd_uv_words_kernel[(n_j * n_uv_tiles, B)](
+                    dout, ab, _weight_pairs(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
+                    wo, duv, uv, pb_uv, hidden, D, H, W, x_off, *dout.stride()[:3], *ab.stride()[:3],
+                    K=k, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J,
+                    BLOCK_Q=BWD_WORDS_BLOCK_Q, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES,
+                    **{**LAUNCH_OPTIONS, "maxnreg": BWD_WORDS_MAXNREG},
+                )
+                continue
             _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
                 dout, ab, _f32(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
@@ -843,6 +998,19 @@ def _compile_configs():
                          "BLOCK_J": BWD_BLOCK_J, "BLOCK_N": BWD_BLOCK_N},
                         num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
+                    if dtype != "float32" and prec == precs[0]:
+                        yield CompileConfig(
+                            _ffn_bwd_uv_words_kernel,
+                            {"dout_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gp_ptr": "*i64", "gb_ptr": "*fp32",
+                             "wo_ptr": ptr(dtype), "duv_ptr": ptr(dtype), "uv_ptr": ptr(dtype), "pb_ptr": "*fp32",
+                             **{k_: "i32" for k_ in ("H", "W", "x_off", "stride_db", "stride_dc", "stride_dh",
+                                                     "stride_abb", "stride_abc", "stride_abh")},
+                             **({"stride_abb": "i64"} if ab64 else {})},
+                            {"HID": hidden, "D": dim, "K": k, "AB64": ab64, "BLOCK_D": BWD_BLOCK_D,
+                             "BLOCK_J": BWD_BLOCK_J, "BLOCK_Q": BWD_WORDS_BLOCK_Q},
+                            num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
+                            extra={"maxnreg": BWD_WORDS_MAXNREG},
+                        )
                 yield CompileConfig(
                     _ffn_bwd_x_kernel,
                     {"duv_ptr": ptr(dtype), "ab_ptr": ptr(dtype), "gw_ptr": "*fp32", "dab_ptr": ptr(dtype),
