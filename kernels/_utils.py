@@ -40,6 +40,18 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 # forward, whose taps are the heaviest (68 per hidden channel and pixel), takes row quads the same
 # way (pixels 4 (q // W) + s, s = 0..3: K + 3 row loads for four outputs).
 
+# Words. In fp16/bf16 a tap load of one 2-byte pixel per lane moves 64 bytes per warp instruction,
+# half an L1 wavefront, so the stencils above stay L1-bound at half the bytes. Where a tensor's rows
+# are whole aligned 4-byte words (2-byte dtype, W even, unit W stride, even batch/channel/row
+# strides, 4-byte-aligned first element: ``dwconv._whole_words``), the word kernels give each thread
+# horizontally adjacent pixel pairs: word t of a row holds pixels 2t and 2t + 1, loaded through an
+# int32 pointer and split in registers (``dwconv._split_words``; ``_join_words`` packs the outputs).
+# For K <= 5 the words t - 1 .. t + 1 hold every column shift of both pixels of word t, so a tap row
+# costs 3 full-wavefront loads for two outputs instead of K half-filled ones per output. Kernels:
+# ``_dw_fwd_words_kernel`` and ``_dw_bwd_words_kernel`` (2 x 2 quads: words and row pairs together)
+# and ``_ffn_bwd_uv_words_kernel``; the launchers fall back to the pixel kernels for anything else
+# and name their choice (``forward_path``, ``backward_path``, ``bwd_uv_path``).
+
 
 def conv_fp32_precision() -> str:
     """``input_precision`` for an fp32 ``tl.dot`` that stands in for a convolution: what ``nn.Conv2d``

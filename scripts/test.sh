@@ -8,4 +8,5 @@ source "$(dirname "$0")/_env.sh"
 # at most 4 workers: each holds torch + triton (~1-2 GB), and a container may report more CPUs than
 # its quota lets it use
 WORKERS="${DRSFORMER_FAST_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
-"$PY" -m pytest -n "$WORKERS" --dist worksteal "$@"
+# --durations: the slowest tests in every log (what the CI time budget goes to)
+"$PY" -m pytest -n "$WORKERS" --dist worksteal --durations=15 "$@"
