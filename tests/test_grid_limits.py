@@ -31,30 +31,33 @@ def _run(what, fn):
         pytest.fail(f"{what}: the launcher refused: {type(exc).__name__}: {exc}")
 
 
+# bf16: the 4-byte word kernels of fp16/bf16 (kernels/_utils.py, "Words") have grids of their own
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_module_launches_fit_cuda_grid_limits(kind, size):
+def test_module_launches_fit_cuda_grid_limits(kind, size, dtype):
     h, w = SIZES[size]
     channels = 3 if kind == "model" else 48
-    module = L.build_module(kind, 48, 1, torch.float32)
-    what = f"{kind} 1x{channels}x{h}x{w}"
+    module = L.build_module(kind, 48, 1, dtype)
+    what = f"{kind} 1x{channels}x{h}x{w} {dtype}"
     fwd, bwd = _run(what, lambda: L.capture(module, (1, channels, h, w), backward=True))
     _check(fwd, what + " forward")
     _check(bwd, what + " backward")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("size", SIZES)
-def test_depthwise_conv_launches_fit_cuda_grid_limits(size):
+def test_depthwise_conv_launches_fit_cuda_grid_limits(size, dtype):
     from drsformer_fast.kernels import dwconv
 
     h, w = SIZES[size]
     c = 2 * L.ffn_hidden(48)  # the feed-forward's stage-1 convolutions at level 1 (254 channels)
 
     def inputs():
-        x = torch.empty(1, c, h, w)
+        x = torch.empty(1, c, h, w, dtype=dtype)
         return x, [torch.empty(c, 1, 3, 3), torch.empty(c, 1, 5, 5)]
 
-    what = f"depthwise conv 1x{c}x{h}x{w}"
+    what = f"depthwise conv 1x{c}x{h}x{w} {dtype}"
     fwd = _run(what, lambda: L.capture_function(lambda x, ws: dwconv.depthwise_conv_fwd(x, ws, [None, None], True),
                                                 inputs, tags={"pass": "fwd"}))
     _check(fwd, what + " forward")
