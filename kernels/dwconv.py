@@ -25,7 +25,7 @@ row pairs; backward: 4 pixels of a row). By the static model the forward is HBM-
 (79 -> 60 us with the row pairs, its roofline); the backward is L1-bound (per-warp L1 factor 1.3
 fp32, 2.5 bf16). FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1.
 
-Words (fp16/bf16 forward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in
+Words (fp16/bf16, forward and backward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in
 bf16 the forward above stays L1-bound (57 us against a 30 us roofline at level 1). When x's rows are
 whole 4-byte words (W even, unit W stride, even strides, 4-byte-aligned x and outputs:
 ``forward_path``), ``_dw_fwd_words_kernel`` runs instead: one channel per program (its weights are
