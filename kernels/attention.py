@@ -24,7 +24,8 @@ Kernels:
      epilogue. Also used in the backward for dV = M^T dOut.
 Backward (dT = gradient of t = [dQ; dK; dV], then the depthwise conv's and the 1x1's backward):
   4. ``_attn_dout_v_kernel``: G = dOut V^T (d x d per sample, split-N partials) and the row sums of
-     dOut: dW_o = sum_b G_b blockdiag(P_b)^T, dP_h = (W_o^T G)_hh, d b_o (tiny einsums).
+     dOut: dW_o = sum_b G_b blockdiag(P_b)^T, dP_h = (W_o^T G)_hh, d b_o (tiny einsums). fp16/bf16
+     tensors made of whole 4-byte words take ``_attn_dout_v_words_kernel`` (``dout_v_path``).
   5. ``_attn_softmax_bwd_kernel``: per row, the same masks from the saved normalised Gram, the
      softmax backward of the four branches, d attn_i, d temperature, and dG = d(QK^T) and the
      per-row norm terms.
@@ -78,6 +79,11 @@ per thread (``_dwconv3x3_pairs``: 4 row loads per column shift for both, each we
 two dots per step. Static picture (sm_90, fp32, 256x256): Gram level 1 21 -> 14 us (12 us HBM),
 decoder level 1 84 -> 55 us; dQ/dK 40 -> 25 us (16), 122 -> 73 us (38), 200 registers @ 8 warps
 (8 warps per SM as before; 32 row pairs = 64 tokens per program).
+Words (fp16/bf16, kernels/_utils.py): G = dOut V^T takes 32 words (64 tokens) per step, V rebuilt
+at both pixels of a word from 3 word loads per tap row (``_dwconv3x3_words``), dOut as words, 8
+token blocks per split (a full wave at level 1). Static picture (sm_90, bf16, 256x256): level 1
+7.4 -> 6.2 us (6.0 HBM), decoder level 1 37.5 -> 18.2 us (16.3), L1 factor 3.6 -> 1.7; 107-126
+registers at the 128 cap (16 warps per SM), no spills on sm_80/sm_90 (Triton 3.9 and 3.6).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -106,7 +112,7 @@ from ._utils import (
     multiprocessor_count,
     next_pow2,
 )
-from .dwconv import depthwise_conv_bwd
+from .dwconv import _split_words, _whole_words, depthwise_conv_bwd
 
 L2_EPS = 1e-12
 __all__ = ["attention_fwd", "attention_bwd", "MAX_CHANNELS_PER_HEAD", "topk_counts"]
@@ -200,6 +206,45 @@ def _dwconv3x3_pairs(
     b_acc0 = tl.where(m_c[:, None] & m_q[None, :], b_acc0, 0.0)
     b_acc1 = tl.where(m_c[:, None] & (m_q & (o_h + 1 < H))[None, :], b_acc1, 0.0)
     return b_acc0, b_acc1
+
+
+@triton.jit
+def _dwconv3x3_words(
+    t_ptr,  # one image of t0 as int32 words: [3d, H, W / 2] (already offset to the batch)
+    w_ptr,  # depthwise weight: [3d, 9] fp32
+    o_c,  # channel indices into t0, all valid (callers clamp padding rows): [BLOCK_C]
+    o_h, o_t, m_u,  # words (kernels/_utils.py, Words): row, word column and mask: [BLOCK_N]
+    H, WW, stride_c, stride_h,  # WW = W / 2 words per row; strides in words
+    DTYPE: tl.constexpr,  # t0's 2-byte dtype
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """_dwconv3x3_tile without its bias at both pixels of each word (even 2t, odd 2t + 1), fp32, 0 at
+    masked words: per tap row the words t - 1, t, t + 1 hold columns 2t - 2 .. 2t + 3, every column
+    shift of both pixels (3 full-wavefront loads for two outputs instead of 3 half-filled ones for
+    one). Masks per token only, offsets within an image int32 (callers keep an image's words below
+    2**31): what lets a 64 x 32 tile fit 128 registers on sm_80."""
+    b_even = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    b_odd = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
+    o_cc = (o_c * stride_c)[:, None]
+    p_w = w_ptr + o_c * 9
+    m_l = (m_u & (o_t >= 1))[None, :]
+    m_r = (m_u & (o_t + 1 < WW))[None, :]
+    # a runtime loop over the tap rows (not unrolled): the 3 words of one row are live at a time
+    for kh in range(3):
+        o_r = o_h + (kh - 1)
+        m_h = (o_r >= 0) & (o_r < H)
+        p_r = t_ptr + (o_cc + (o_r * stride_h + o_t)[None, :])
+        # columns 2t - 1 (upper half of word t - 1), 2t, 2t + 1 (word t) and 2t + 2 (lower half of t + 1)
+        _, b_c1 = _split_words(tl.load(p_r - 1, mask=m_l & m_h[None, :], other=0), DTYPE)
+        b_c2, b_c3 = _split_words(tl.load(p_r, mask=(m_u & m_h)[None, :], other=0), DTYPE)
+        b_c4, _ = _split_words(tl.load(p_r + 1, mask=m_r & m_h[None, :], other=0), DTYPE)
+        b_w0 = tl.load(p_w + kh * 3)[:, None]
+        b_w1 = tl.load(p_w + (kh * 3 + 1))[:, None]
+        b_w2 = tl.load(p_w + (kh * 3 + 2))[:, None]
+        b_even += b_c1 * b_w0 + b_c2 * b_w1 + b_c3 * b_w2
+        b_odd += b_c2 * b_w0 + b_c3 * b_w1 + b_c4 * b_w2
+    return b_even, b_odd
 
 
 @triton.jit
@@ -486,6 +531,66 @@ def _attn_dout_v_kernel(
 
 
 @triton.jit
+def _attn_dout_v_words_kernel(
+    do_ptr,  # dOut: [B, D, H, W] fp16/bf16, whole words (kernels/_utils.py, Words)
+    t_ptr,  # t0: [B, 3d, H, W], dOut's dtype, whole words (V recomputed from channels 2d..3d)
+    w_ptr,  # depthwise weight [3d, 9] fp32
+    g_ptr,  # out, partial G = dOut V^T without V's bias: [B, S, D, D] fp32
+    rs_ptr,  # out, partial row sums of dOut: [B, S, D] fp32
+    D, H, WW,  # WW = W / 2 words per row
+    n_db,  # channel blocks per side of the D x D tile grid
+    stride_db, stride_dc, stride_dh,  # dOut's strides in words (the W stride is 1 element)
+    stride_tb, stride_tc, stride_th,  # t0's strides in words
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # words (2 tokens each) per token block
+    ITERS: tl.constexpr,  # token blocks per split (program)
+):
+    """_attn_dout_v_kernel on words: G sums over tokens, whose order is free, so the even and odd
+    pixels of the words make two dots of BLOCK_N tokens each (operands in dOut's dtype on tensor
+    cores, fp32 accumulation, as the pixel kernel's HALF_DOT). V's bias b is left out: the launcher
+    adds (dOut 1) b^T from the row sums (fewer registers: sm_80 spilled at the 128 cap with it).
+    Triton 3.6 cannot compile the one-dot form (tl.join + reshape of the halves into 2 * BLOCK_N
+    tokens: an internal error in TritonGPUOptimizeDotOperands). Bytes: dOut and V's t0 channels once
+    (taps from L1), D x D fp32 partials per program."""
+    DTYPE: tl.constexpr = do_ptr.dtype.element_ty
+    i_s = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    S = tl.num_programs(0)
+    i_ob = i_t // n_db
+    i_kb = i_t % n_db
+    NW = H * WW
+    o_o = i_ob * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_k = i_kb * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_o = o_o < D
+    m_k = o_k < D
+    p_t = t_ptr.to(tl.pointer_type(tl.int32)) + i_b * stride_tb
+    o_kc = tl.minimum(o_k, D - 1)
+    p_do = (do_ptr.to(tl.pointer_type(tl.int32)) + i_b * stride_db
+            + (tl.minimum(o_o, D - 1).to(tl.int64) * stride_dc)[:, None])
+    b_g = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    b_rs = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_u >= NW)
+        # 1 word per thread along W: coalesced 4-byte loads
+        o_u = tl.multiple_of((i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
+        m_u = o_u < NW
+        o_h = o_u // WW
+        o_t = o_u % WW
+        # clamped channels (rows past D repeat channel D - 1; their G entries are not stored): the
+        # masks are per token only
+        b_de, b_dodd = _split_words(tl.load(p_do + (o_h * stride_dh + o_t)[None, :], mask=m_u[None, :], other=0),
+                                    DTYPE)
+        b_ve, b_vo = _dwconv3x3_words(p_t, w_ptr, 2 * D + o_kc, o_h, o_t, m_u, H, WW,
+                                      stride_tc, stride_th, DTYPE, BLOCK_D, BLOCK_N)
+        b_g += tl.dot(b_de.to(DTYPE), tl.trans(b_ve.to(DTYPE)))
+        b_g += tl.dot(b_dodd.to(DTYPE), tl.trans(b_vo.to(DTYPE)))
+        b_rs += tl.sum(b_de + b_dodd, axis=1)
+    i_part = i_b * S + i_s
+    tl.store(g_ptr + i_part * D * D + o_o[:, None] * D + o_k[None, :], b_g, mask=m_o[:, None] & m_k[None, :])
+    tl.store(rs_ptr + i_part * D + o_o, b_rs, mask=m_o & ((o_o * 0 + i_kb) == 0))
+
+
+@triton.jit
 def _attn_softmax_bwd_kernel(
     ghat_ptr,  # normalised Gram: [B*heads, C, C] fp32 (saved by the forward)
     norm_ptr,  # clamped norms: [B*heads, 2, C] fp32
@@ -628,9 +733,14 @@ NUM_STAGES = 3
 DQK_STAGES = NUM_STAGES
 # register cap of the dOut V^T kernel (see _dout_v_config)
 DOUT_V_MAXNREG = 128
+# words per token block of _attn_dout_v_words_kernel (64 tokens per step)
+DOUT_V_WORDS_BLOCK_N = 32
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
 # (a trip count of 4 is unrolled and spills the Gram kernel at 128 registers)
 SPLIT_ITERS = (16, 64)
+# the same for _attn_dout_v_words_kernel, whose blocks hold twice the tokens (8 iterations: 115-120
+# registers at the 128 cap, and a full wave of programs at level 1)
+WORDS_SPLIT_ITERS = (8, 16, 64)
 # largest image plane one kernel addresses with int32 offsets (channel offsets are int64)
 _PLANE_LIMIT = 2**31 - 2**16
 
@@ -675,14 +785,25 @@ def _mix_config(d: int) -> tuple[int, int, int, int]:
     return block_o, DOT_K, (32 if block_o >= 64 else 64), (8 if block_o >= 64 else 4)
 
 
-def _dout_v_config(d: int) -> tuple[int, int, int]:
+def _dout_v_config(d: int, words: bool = False) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_N, num_warps) of the dOut V^T kernel (D x D in 64 x 64 tiles at most), 32 tokens
     (the dot's K) per step: 1 pixel per thread across a warp's 32 lanes, coalesced tap loads (per-warp
     L1 factor 1.85 in fp32, was 4.97 with 16 tokens). 64 x 32 tiles take 16 warps at <= 128 registers
     (16 warps per SM); at 8 warps ptxas's unrolled tap loop takes 252 registers (16 bytes of spill
     at 128)."""
     block_d = min(max(16, next_pow2(d)), 64)
+    if words:  # DOUT_V_WORDS_BLOCK_N words (2 tokens each) per step: twice the tokens per thread, and
+        # twice the warps at 32 channels (4 warps spill 104-224 bytes at the 128 cap)
+        return block_d, DOUT_V_WORDS_BLOCK_N, {16: 4, 32: 8, 64: 16}[block_d]
     return block_d, 32, (16 if block_d == 64 else 4)
+
+
+def dout_v_path(dout: torch.Tensor, t0: torch.Tensor) -> str:
+    """Which dOut V^T kernel runs: "words" (``_attn_dout_v_words_kernel``) when dOut and t0 are
+    fp16/bf16 made of whole aligned 4-byte words (``dwconv._whole_words``) and one image of t0 spans
+    fewer than 2**31 words (its int32 offsets), else "pixels" (``_attn_dout_v_kernel``)."""
+    span = sum((n - 1) * st for n, st in zip(t0.shape[1:], t0.stride()[1:])) // 2 + 1
+    return "words" if _whole_words(dout) and _whole_words(t0) and span < 2**31 else "pixels"
 
 
 # Triton's CPU interpreter pays per executed operation, not per element, and runs every one of a
@@ -692,24 +813,25 @@ INTERPRETER_SPLIT_BLOCK_N = 64
 
 
 def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
-                  device: torch.device) -> tuple[int, int, int]:
+                  device: torch.device, choices: tuple[int, ...] = SPLIT_ITERS) -> tuple[int, int, int]:
     """(BLOCK_N, splits, ITERS) of a split-N kernel (Gram, dOut V^T) over ``n_tokens`` tokens."""
     if interpreter_tiles():
         block_n = max(block_n, INTERPRETER_SPLIT_BLOCK_N)
         n_blocks = triton.cdiv(n_tokens, block_n)
         iters = triton.cdiv(n_blocks, 2)
         return block_n, triton.cdiv(n_blocks, iters), iters
-    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device))
+    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device, choices))
 
 
-def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
-    """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
-    longest ranges that still give about two programs per SM; returns (splits, iters). Depends only
-    on shapes and the device: deterministic. The partials cost at most C*C+2C floats per range of
+def _splits(n_blocks: int, programs_per_split: int, device: torch.device,
+            choices: tuple[int, ...] = SPLIT_ITERS) -> tuple[int, int]:
+    """Split the token blocks into contiguous ranges of ``iters`` blocks (from ``choices``, the
+    kernel's registered trip counts): the longest ranges that still give about two programs per SM;
+    returns (splits, iters). Depends only on shapes and the device: deterministic. The partials cost at most C*C+2C floats per range of
     64 x 16 tokens (<= 3% of the tokens' bytes at 8K)."""
     target = 2 * multiprocessor_count(device)
-    iters = SPLIT_ITERS[0]
-    for it in SPLIT_ITERS:
+    iters = choices[0]
+    for it in choices:
         if triton.cdiv(n_blocks, it) * programs_per_split >= target:
             iters = it
     return triton.cdiv(n_blocks, iters), iters
@@ -836,18 +958,32 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         half = _half_dot(t0.dtype)
 
         # G = dOut V^T: everything project_out and P need from the token axis
-        block_d, block_n, nw = _dout_v_config(D)
+        words = dout_v_path(dout, t0) == "words"
+        block_d, block_n, nw = _dout_v_config(D, words)
         n_db = triton.cdiv(D, block_d)
-        block_n, splits, iters = _split_tokens(H * W, block_n, B * n_db * n_db, dev)
+        # token blocks of the words kernel count words (2 tokens each)
+        block_n, splits, iters = _split_tokens(H * W // 2 if words else H * W, block_n, B * n_db * n_db, dev,
+                                               WORDS_SPLIT_ITERS if words else SPLIT_ITERS)
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
         rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
-        _attn_dout_v_kernel[(splits, n_db * n_db, B)](
-            dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, n_db, *dout.stride(), *t0.stride(),
-            HAS_BIAS=has_bias, HALF_DOT=half, DOT_PRECISION="ieee" if half else conv_fp32_precision(), BLOCK_D=block_d,
-            BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
-            **{**LAUNCH_OPTIONS, "maxnreg": DOUT_V_MAXNREG},
-        )
-        g = g_part.sum(1).view(B, D, heads, C)
+        if words:
+            _attn_dout_v_words_kernel[(splits, n_db * n_db, B)](
+                dout, t0, dw_w, g_part, rs_part, D, H, W // 2, n_db,
+                *(st // 2 for st in dout.stride()[:3]), *(st // 2 for st in t0.stride()[:3]),
+                BLOCK_D=block_d, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
+                num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": DOUT_V_MAXNREG},
+            )
+        else:
+            _attn_dout_v_kernel[(splits, n_db * n_db, B)](
+                dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, n_db, *dout.stride(), *t0.stride(),
+                HAS_BIAS=has_bias, HALF_DOT=half, DOT_PRECISION="ieee" if half else conv_fp32_precision(),
+                BLOCK_D=block_d, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
+                **{**LAUNCH_OPTIONS, "maxnreg": DOUT_V_MAXNREG},
+            )
+        g = g_part.sum(1)
+        if words and has_bias:  # V's bias: dOut (V + b 1^T)^T = dOut V^T + (dOut 1) b^T
+            g += rs_part.sum(1)[:, :, None] * dw_b[2 * D:][None, None, :]
+        g = g.view(B, D, heads, C)
         p4 = p.view(B, heads, C, C)
         w_o = proj_weight.reshape(D, heads, C).float()
         d_proj_w = torch.einsum("bohj,bhcj->ohc", g, p4).reshape(D, D, 1, 1)
@@ -996,3 +1132,15 @@ def _compile_configs():
                              "BLOCK_D": block_d, "BLOCK_N": block_n, "ITERS": iters},
                             num_warps=nw, tag=dtype, extra={"maxnreg": DOUT_V_MAXNREG}, **kw,
                         )
+            if dtype == "float32":
+                continue
+            _, block_nw, nw_words = _dout_v_config(d, words=True)
+            for iters in WORDS_SPLIT_ITERS:
+                    yield CompileConfig(
+                        _attn_dout_v_words_kernel,
+                        {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32",
+                         "g_ptr": "*fp32", "rs_ptr": "*fp32", **_ints("D", "H", "WW", "n_db"),
+                         **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bch"))},
+                        {"BLOCK_D": block_d, "BLOCK_N": block_nw, "ITERS": iters},
+                        num_warps=nw_words, tag=dtype, extra={"maxnreg": DOUT_V_MAXNREG}, **kw,
+                    )

@@ -92,19 +92,43 @@ def test_fp32_random(case, device):
         assert_close(n, a, r, t)
 
 
+def _record_dout_v_path(monkeypatch) -> set:
+    """Spy on the backward's choice between the dOut V^T word and pixel kernels."""
+    from drsformer_fast.kernels import attention as A
+
+    seen = set()
+    choose = A.dout_v_path
+
+    def chosen(dout, t0):
+        path = choose(dout, t0)
+        seen.add(path)
+        return path
+    monkeypatch.setattr(A, "dout_v_path", chosen)
+    return seen
+
+
+# W = 7: dOut V^T by pixels; W = 10: by words (dOut and t0 are whole 4-byte words), also with d = 72
+# (two 64-channel blocks per side of dOut V^T); W = 10 with an fp16 upstream gradient padded along W
+# (odd row stride): by pixels again
 @pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
-def test_half_precision(dtype, device):
+@pytest.mark.parametrize("D, heads, W, g_layout, path", [
+    (24, 3, 7, None, "pixels"), (24, 3, 10, None, "words"), (72, 9, 10, None, "words"), (24, 3, 10, "pad", "pixels"),
+], ids=["W7", "W10", "W10-d72", "W10-dout-pad"])
+def test_half_precision(dtype, D, heads, W, g_layout, path, device, monkeypatch):
     # C = 8 per head: gaps between the entries of A (~2/C) dwarf half-precision rounding of Q and K,
     # so the top-k masks are the same as in float64 and the comparison measures arithmetic only
-    B, D, heads, H, W = 2, 24, 3, 6, 7
+    B, H = 2, 6
+    seen = _record_dout_v_path(monkeypatch)
     orig = _perturbed_original(D, heads, True, seed=3)
     fast = TopKSparseAttention.from_original(orig).to(device)
     x = randn(B, D, H, W, seed=4, device=device, dtype=dtype)
     g = randn(B, D, H, W, seed=5, device=device, dtype=dtype)
-    x16, g16 = x.float(), g.float()
+    # the upstream gradient in the output's dtype (as autograd passes it), in the layout under test
+    x16, g16 = x.float(), (g if g_layout is None else non_contiguous(g, g_layout))
     with torch.autocast(device.type, dtype=dtype):
         out, grads = _grads(fast, x16, g16)
     assert out.dtype == dtype
+    assert seen == {path}
     out64, grads64 = _reference(orig, x, g, torch.float64)
     outlp, gradslp = _reference(orig, x, g, dtype)
     assert_close("output", out, out64, outlp, dtype=dtype)
@@ -274,7 +298,7 @@ def test_fp32_dots_follow_the_convolution_tf32_setting(allow_tf32, monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: seen.append((self.name, kwargs.get("DOT_PRECISION")))
 
-    for name in ("_attn_mix_kernel", "_attn_dout_v_kernel"):
+    for name in ("_attn_mix_kernel", "_attn_dout_v_kernel", "_attn_dout_v_words_kernel"):
         monkeypatch.setattr(A, name, Recorder(name))
     orig = _perturbed_original(16, 2, True, seed=26)
     fast = TopKSparseAttention.from_original(orig)
@@ -291,8 +315,9 @@ def test_fp32_dots_follow_the_convolution_tf32_setting(allow_tf32, monkeypatch):
             A.attention_bwd(g, x, t0, ghat, norms, p, fast.qkv.weight, fast.qkv_dwconv.weight, fast.qkv_dwconv.bias,
                             fast.temperature, args[6], fast.project_out.weight, 2)
         want = expected if dtype == torch.float32 else "ieee"
-        assert seen == [("_attn_mix_kernel", want), ("_attn_dout_v_kernel", want), ("_attn_mix_kernel", want)], (
-            dtype, seen)
+        # fp16 at W = 4: dOut V^T by words, a half-precision dot with no precision argument
+        dout_v = ("_attn_dout_v_kernel", want) if dtype == torch.float32 else ("_attn_dout_v_words_kernel", None)
+        assert seen == [("_attn_mix_kernel", want), dout_v, ("_attn_mix_kernel", want)], (dtype, seen)
 
 
 def test_configs_chosen_for_a_large_gpu(device, monkeypatch):
