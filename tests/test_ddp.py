@@ -1,4 +1,4 @@
-"""DistributedDataParallel: two CPU processes (gloo) train the fast model for a few steps; their
+"""DistributedDataParallel: two CPU processes (gloo) train the fast model for one step; their
 weights equal a single-process run on the same global batch."""
 
 import os
@@ -12,7 +12,13 @@ from drsformer_fast.model import DRSformer
 
 CFG = dict(dim=8, num_blocks=[1, 1, 1, 1], heads=[1, 2, 2, 4], ffn_expansion_factor=2.66, bias=False,
            LayerNorm_type="WithBias", mefc=True)
-STEPS = 2
+# One SGD step is enough to see DDP average the gradients of the fused ops across the processes:
+# rank 0 then holds w0 - lr * (g0 + g1) / 2, the single-process step on the global batch of 2; a
+# DDP that did not all-reduce (w0 - lr * g0), or summed (w0 - lr * (g0 + g1)), misses it by
+# lr * |g0 - g1| / 2 or more in every parameter whose gradients differ between the two random
+# images. A second step only repeats the same ops at new weights, and in Triton's interpreter each
+# step of the three runs (two ranks, one single process) costs minutes of CI.
+STEPS = 1
 
 
 def _data():
