@@ -97,6 +97,8 @@ Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -735,12 +737,9 @@ DQK_STAGES = NUM_STAGES
 DOUT_V_MAXNREG = 128
 # words per token block of _attn_dout_v_words_kernel (64 tokens per step)
 DOUT_V_WORDS_BLOCK_N = 32
-# token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set
-# (a trip count of 4 is unrolled and spills the Gram kernel at 128 registers)
-SPLIT_ITERS = (16, 64)
-# the same for _attn_dout_v_words_kernel, whose blocks hold twice the tokens (8 iterations: 115-120
-# registers at the 128 cap, and a full wave of programs at level 1)
-WORDS_SPLIT_ITERS = (8, 16, 64)
+# token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set; 2 to
+# 8 give the small images a wave of programs (enc2/enc3 Gram, enc3/latent dOut V^T: >= 119 programs)
+SPLIT_ITERS = (2, 4, 8, 16, 64)
 # largest image plane one kernel addresses with int32 offsets (channel offsets are int64)
 _PLANE_LIMIT = 2**31 - 2**16
 
@@ -788,14 +787,12 @@ def _mix_config(d: int) -> tuple[int, int, int, int]:
 def _dout_v_config(d: int, words: bool = False) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_N, num_warps) of the dOut V^T kernel (D x D in 64 x 64 tiles at most), 32 tokens
     (the dot's K) per step: 1 pixel per thread across a warp's 32 lanes, coalesced tap loads (per-warp
-    L1 factor 1.85 in fp32, was 4.97 with 16 tokens). 64 x 32 tiles take 16 warps at <= 128 registers
-    (16 warps per SM); at 8 warps ptxas's unrolled tap loop takes 252 registers (16 bytes of spill
-    at 128)."""
+    L1 factor 1.85 in fp32, was 4.97 with 16 tokens); ``words``: 32 words (64 tokens) per step, one
+    word per thread. 64 x 32 tiles take 16 warps at <= 128 registers (16 warps per SM; at 8 warps
+    ptxas's unrolled tap loop takes 252 registers, 16 bytes of spill at 128), 32-channel tiles 8
+    (4 spilled 8-88 bytes at the cap, sm_80 and sm_90), 16-channel tiles 4."""
     block_d = min(max(16, next_pow2(d)), 64)
-    if words:  # DOUT_V_WORDS_BLOCK_N words (2 tokens each) per step: twice the tokens per thread, and
-        # twice the warps at 32 channels (4 warps spill 104-224 bytes at the 128 cap)
-        return block_d, DOUT_V_WORDS_BLOCK_N, {16: 4, 32: 8, 64: 16}[block_d]
-    return block_d, 32, (16 if block_d == 64 else 4)
+    return block_d, (DOUT_V_WORDS_BLOCK_N if words else 32), {16: 4, 32: 8, 64: 16}[block_d]
 
 
 def dout_v_path(dout: torch.Tensor, t0: torch.Tensor) -> str:
@@ -813,28 +810,29 @@ INTERPRETER_SPLIT_BLOCK_N = 64
 
 
 def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
-                  device: torch.device, choices: tuple[int, ...] = SPLIT_ITERS) -> tuple[int, int, int]:
-    """(BLOCK_N, splits, ITERS) of a split-N kernel (Gram, dOut V^T) over ``n_tokens`` tokens."""
+                  device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, splits, ITERS) of a split-N kernel (Gram, dOut V^T) over ``n_tokens`` tokens (or
+    words: the units of ``block_n``)."""
     if interpreter_tiles():
         block_n = max(block_n, INTERPRETER_SPLIT_BLOCK_N)
         n_blocks = triton.cdiv(n_tokens, block_n)
         iters = triton.cdiv(n_blocks, 2)
         return block_n, triton.cdiv(n_blocks, iters), iters
-    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device, choices))
+    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device))
 
 
-def _splits(n_blocks: int, programs_per_split: int, device: torch.device,
-            choices: tuple[int, ...] = SPLIT_ITERS) -> tuple[int, int]:
-    """Split the token blocks into contiguous ranges of ``iters`` blocks (from ``choices``, the
-    kernel's registered trip counts): the longest ranges that still give about two programs per SM;
-    returns (splits, iters). Depends only on shapes and the device: deterministic. The partials cost at most C*C+2C floats per range of
-    64 x 16 tokens (<= 3% of the tokens' bytes at 8K)."""
-    target = 2 * multiprocessor_count(device)
-    iters = choices[0]
-    for it in choices:
-        if triton.cdiv(n_blocks, it) * programs_per_split >= target:
-            iters = it
-    return triton.cdiv(n_blocks, iters), iters
+def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
+    """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
+    longest ranges of 16 or more blocks that give two programs per SM, else the longest ranges that
+    still give 90% of a wave (the small images: 8 to 2 blocks), else the shortest; returns (splits,
+    iters). Depends only on shapes and the device: deterministic. The partials cost at most
+    C*C+2C floats per range of 2 x 64 x 16 tokens (<= 6% of the tokens' bytes at 8K)."""
+    sms = multiprocessor_count(device)
+    for target, choices in ((2 * sms, [it for it in SPLIT_ITERS if it >= 16]), (math.ceil(0.9 * sms), SPLIT_ITERS)):
+        fitting = [it for it in choices if triton.cdiv(n_blocks, it) * programs_per_split >= target]
+        if fitting:
+            return triton.cdiv(n_blocks, max(fitting)), max(fitting)
+    return triton.cdiv(n_blocks, SPLIT_ITERS[0]), SPLIT_ITERS[0]
 
 
 def _half_dot(dtype: torch.dtype) -> bool:
@@ -962,8 +960,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         block_d, block_n, nw = _dout_v_config(D, words)
         n_db = triton.cdiv(D, block_d)
         # token blocks of the words kernel count words (2 tokens each)
-        block_n, splits, iters = _split_tokens(H * W // 2 if words else H * W, block_n, B * n_db * n_db, dev,
-                                               WORDS_SPLIT_ITERS if words else SPLIT_ITERS)
+        block_n, splits, iters = _split_tokens(H * W // 2 if words else H * W, block_n, B * n_db * n_db, dev)
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
         rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
         if words:
@@ -1135,7 +1132,7 @@ def _compile_configs():
             if dtype == "float32":
                 continue
             _, block_nw, nw_words = _dout_v_config(d, words=True)
-            for iters in WORDS_SPLIT_ITERS:
+            for iters in SPLIT_ITERS:
                     yield CompileConfig(
                         _attn_dout_v_words_kernel,
                         {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32",

@@ -338,3 +338,24 @@ def test_configs_chosen_for_a_large_gpu(device, monkeypatch):
     assert_close("output", out, out64, out32)
     for n, a, r, t in zip(_names(fast, False), grads, grads64, grads32):
         assert_close(n, a, r, t)
+
+
+@pytest.mark.parametrize("name, n_blocks, per_split, iters", [
+    ("level 1 Gram (256^2, 16-pair blocks)", 2048, 1, 16),
+    ("decoder level 1 Gram (2 x 2 tiles)", 2048, 4, 16),
+    ("enc2 Gram (128^2, 2 heads)", 512, 2, 8),
+    ("enc3 Gram (64^2, 4 heads)", 128, 4, 4),
+    ("latent Gram (32^2, 8 heads)", 32, 8, 2),
+    ("enc3 dOut V^T (64^2, 3 x 3 tiles)", 128, 9, 8),
+    ("level 1 dOut V^T words (32-word blocks)", 1024, 1, 8),
+])
+def test_token_splits_fill_the_gpu(name, n_blocks, per_split, iters, monkeypatch):
+    """The split-N kernels (Gram, dOut V^T) cut the tokens into ranges of SPLIT_ITERS blocks: 16 or
+    more where that still gives two programs per SM, else the longest ranges that give 90% of a wave
+    of an H100 (132 SMs): the small images' launches (>= 4 MB) no longer run 32-72 programs."""
+    from drsformer_fast.kernels import attention as A
+
+    monkeypatch.setattr(A, "multiprocessor_count", lambda dev: 132)
+    splits, got = A._splits(n_blocks, per_split, torch.device("cpu"))
+    assert (got, splits) == (iters, -(-n_blocks // iters)), name
+    assert splits * per_split >= 119, name
