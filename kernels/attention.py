@@ -1133,11 +1133,11 @@ def _compile_configs():
                 continue
             _, block_nw, nw_words = _dout_v_config(d, words=True)
             for iters in SPLIT_ITERS:
-                    yield CompileConfig(
-                        _attn_dout_v_words_kernel,
-                        {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32",
-                         "g_ptr": "*fp32", "rs_ptr": "*fp32", **_ints("D", "H", "WW", "n_db"),
-                         **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bch"))},
-                        {"BLOCK_D": block_d, "BLOCK_N": block_nw, "ITERS": iters},
-                        num_warps=nw_words, tag=dtype, extra={"maxnreg": DOUT_V_MAXNREG}, **kw,
-                    )
+                yield CompileConfig(
+                    _attn_dout_v_words_kernel,
+                    {"do_ptr": ptr(dtype), "t_ptr": ptr(dtype), "w_ptr": "*fp32",
+                     "g_ptr": "*fp32", "rs_ptr": "*fp32", **_ints("D", "H", "WW", "n_db"),
+                     **_ints(*(f"stride_{t}{a}" for t in "dt" for a in "bch"))},
+                    {"BLOCK_D": block_d, "BLOCK_N": block_nw, "ITERS": iters},
+                    num_warps=nw_words, tag=dtype, extra={"maxnreg": DOUT_V_MAXNREG}, **kw,
+                )
