@@ -15,6 +15,7 @@ Kernels:
   1. ``_attn_qk_gram_kernel``: Q, K tiles from t0, accumulates Q K^T and the row sums of squares over
      token blocks; each split of the tokens writes its own partial (deterministic, no atomics); the
      partials are summed by one parallel torch reduction (fixed order for a given shape and device).
+     fp16/bf16 t0 made of whole 4-byte words takes ``_attn_qk_gram_words_kernel`` (``gram_path``).
   2. ``_attn_topk_softmax_kernel``: a few rows of A per program (one row from C = 64 up): normalises
      (IEEE sqrt and division), ranks each row once (one rank decides all four nested masks; ties go
      to the lower column index), one exp shared by the four softmaxes, writes Ghat, the norms and P.
@@ -34,9 +35,11 @@ Backward (dT = gradient of t = [dQ; dK; dV], then the depthwise conv's and the 1
      1x1 projection's backward (cuBLAS via ``aten.convolution_backward``).
 
 Precision of the dots ("fp32" means what it means for the original under PyTorch's settings):
-  - the Gram Q K^T, whose values choose the top-k entries: exact fp32 ("ieee") always, in every
-    dtype (fp32 operands rebuilt from t0); its normalisation and the softmaxes use IEEE sqrt and
-    division (``tl.sqrt_rn``, ``tl.div_rn``), as PyTorch does.
+  - the Gram Q K^T, whose values choose the top-k entries: in fp32 exact fp32 ("ieee") whatever the
+    TF32 setting (fp32 operands rebuilt from t0); in fp16/bf16 Q and K are rounded to t0's dtype, as
+    the original stores them, and multiplied on tensor cores (HALF_DOT; products exact in the fp32
+    accumulator: the Gram of the original's own Q and K). Its normalisation and the softmaxes use
+    IEEE sqrt and division (``tl.sqrt_rn``, ``tl.div_rn``), as PyTorch does.
   - dots that contain a convolution (project_out is folded into M): the forward mix M V, and in the
     backward G = dOut V^T (dW_o and dP) and dV = M^T dOut: in fp32 they follow PyTorch's setting for
     convolutions, ``conv_fp32_precision()`` read at launch ("tf32" by default on Ampere/Hopper,
@@ -45,8 +48,8 @@ Precision of the dots ("fp32" means what it means for the original under PyTorch
     project_out conv, whose rounding the fused product then shares.
   - dots that stand only for the original's ``torch.matmul`` (the backward of Q K^T in
     ``_attn_dqk_kernel``): exact fp32, as torch.matmul's default (no TF32).
-  - fp16/bf16: operands in the input dtype on tensor cores with fp32 accumulation (mix, dOut V^T),
-    except the Gram and dQ/dK, which rebuild fp32 Q and K and stay exact fp32.
+  - fp16/bf16: operands in the input dtype on tensor cores with fp32 accumulation (Gram, mix, dOut
+    V^T), except dQ/dK, which rebuild fp32 Q and K and stay exact fp32.
 
 sm_90 as launched (num_stages=3, 16-byte-aligned pointers, batch 1, 256x256, fp32 with TF32 on):
 programs, registers at num_warps, resident warps per SM (65536 registers), and a predicted time =
@@ -84,6 +87,11 @@ at both pixels of a word from 3 word loads per tap row (``_dwconv3x3_words``), d
 token blocks per split (a full wave at level 1). Static picture (sm_90, bf16, 256x256): level 1
 7.4 -> 6.2 us (6.0 HBM), decoder level 1 37.5 -> 18.2 us (16.3), L1 factor 3.6 -> 1.7; 107-126
 registers at the 128 cap (16 warps per SM), no spills on sm_80/sm_90 (Triton 3.9 and 3.6).
+The Gram on words (fp16/bf16): Q and K at both pixels of 32 words per step, rounded, two tensor-core
+dots (it was FFMA on fp32 Q and K). Static picture (sm_90, bf16, 256x256): level 1 12.8 -> 9.3 us
+(6.0 HBM), decoder level 1 51.2 -> 37.1 us (11.9; 2 x 2 tiles of 64 channels rebuild each channel
+twice per side: one 128-channel tile needs ~236 registers at 16 warps), 118-128 registers at the cap.
+sm_80 (Ampere) with a depthwise bias in bf16 spills 8 bytes at the cap (not the default model).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -330,6 +338,7 @@ def _attn_qk_gram_kernel(
     n_cb,  # channel blocks per side: the C x C Gram is n_cb x n_cb tiles
     stride_b, stride_c, stride_h, stride_w,
     HAS_BIAS: tl.constexpr,
+    HALF_DOT: tl.constexpr,  # Q and K rounded to t0's fp16/bf16 (as the original stores them), tensor cores
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,  # row pairs per token block (kernels/_utils.py): 2 * BLOCK_N tokens
     ITERS: tl.constexpr,  # token blocks per split (program)
@@ -361,11 +370,107 @@ def _attn_qk_gram_kernel(
                                       stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
         b_k0, b_k1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
                                       stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-        # exact fp32 whatever PyTorch's TF32 setting: these values choose the top-k entries
-        b_gram += tl.dot(b_q0, tl.trans(b_k0), input_precision="ieee")
-        b_gram += tl.dot(b_q1, tl.trans(b_k1), input_precision="ieee")
+        if HALF_DOT:
+            # products of two fp16/bf16 values are exact in the fp32 accumulator: the Gram of the
+            # rounded Q and K, and their sums of squares from the same values
+            b_q0 = b_q0.to(t_ptr.dtype.element_ty)
+            b_q1 = b_q1.to(t_ptr.dtype.element_ty)
+            b_k0 = b_k0.to(t_ptr.dtype.element_ty)
+            b_k1 = b_k1.to(t_ptr.dtype.element_ty)
+            b_gram += tl.dot(b_q0, tl.trans(b_k0))
+            b_gram += tl.dot(b_q1, tl.trans(b_k1))
+            b_q0 = b_q0.to(tl.float32)
+            b_q1 = b_q1.to(tl.float32)
+            b_k0 = b_k0.to(tl.float32)
+            b_k1 = b_k1.to(tl.float32)
+        else:
+            # exact fp32 whatever PyTorch's TF32 setting: these values choose the top-k entries
+            b_gram += tl.dot(b_q0, tl.trans(b_k0), input_precision="ieee")
+            b_gram += tl.dot(b_q1, tl.trans(b_k1), input_precision="ieee")
         b_ssq_q += tl.sum(b_q0 * b_q0 + b_q1 * b_q1, axis=1)
         b_ssq_k += tl.sum(b_k0 * b_k0 + b_k1 * b_k1, axis=1)
+
+    p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
+    tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
+    # each row's sum of squares is written by the tiles of the first column (Q) / first row (K)
+    tl.store(p_part + C * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
+    tl.store(p_part + C * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
+
+
+@triton.jit
+def _gram_words_side(p_t, w_ptr, b_ptr, o_c, o_h, o_t, m_u, H, WW, stride_c, stride_h,
+                     HAS_BIAS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Q or K of the words Gram at both pixels of each word (bias added, 0 at masked words), rounded
+    to DTYPE, and the rows' sums of squares of the rounded values: [BLOCK_C, BLOCK_N] x 2, [BLOCK_C].
+    One side at a time, so that only one side's fp32 tiles are live; the bias is reloaded per step
+    (an L1 hit) rather than held across the loop (8 bytes of spill on sm_80 in bf16)."""
+    b_e, b_o = _dwconv3x3_words(p_t, w_ptr, o_c, o_h, o_t, m_u, H, WW, stride_c, stride_h, DTYPE, BLOCK_C, BLOCK_N)
+    if HAS_BIAS:  # masked words are 0 before the bias, which must not reach them
+        b_bias = tl.load(b_ptr + o_c)[:, None]
+        b_e = tl.where(m_u[None, :], b_e + b_bias, 0.0)
+        b_o = tl.where(m_u[None, :], b_o + b_bias, 0.0)
+    b_e = b_e.to(DTYPE)
+    b_o = b_o.to(DTYPE)
+    b_ef = b_e.to(tl.float32)
+    b_of = b_o.to(tl.float32)
+    return b_e, b_o, tl.sum(b_ef * b_ef + b_of * b_of, axis=1)
+
+
+@triton.jit
+def _attn_qk_gram_words_kernel(
+    t_ptr,  # t0: [B, 3d, H, W] fp16/bf16, whole words (kernels/_utils.py, Words)
+    w_ptr,  # depthwise weight: [3d, 9] fp32
+    b_ptr,  # depthwise bias: [3d] fp32 (unused without HAS_BIAS)
+    part_ptr,  # out, partials: [B*heads, S, C*C + 2C] fp32 (Q K^T, then row sums of squares of Q, of K)
+    C, D, HEADS, H, WW,  # WW = W / 2 words per row
+    n_cb,  # channel blocks per side: the C x C Gram is n_cb x n_cb tiles
+    stride_b, stride_c, stride_h,  # t0's strides in words
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # words (2 tokens each) per token block
+    ITERS: tl.constexpr,  # token blocks per split (program)
+):
+    """_attn_qk_gram_kernel (HALF_DOT) on words: the Gram sums over tokens, whose order is free, so
+    the even and odd pixels of the words make two dots of BLOCK_N tokens each; Q and K are rebuilt at
+    both pixels from 3 word loads per tap row (``_dwconv3x3_words``) and rounded to t0's dtype, as
+    the original stores them. Padding channels repeat channel C - 1 of the head (masks per token
+    only); their entries are not stored. Bytes: Q's and K's t0 channels once (taps from L1), C x C + 2C
+    fp32 partials per program."""
+    DTYPE: tl.constexpr = t_ptr.dtype.element_ty
+    i_s = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    S = tl.num_programs(0)
+    i_b = (i_bh // HEADS).to(tl.int64)
+    i_h = i_bh % HEADS
+    i_ib = i_t // n_cb
+    i_jb = i_t % n_cb
+    NW = H * WW
+
+    o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_j = i_jb * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_i = o_i < C
+    m_j = o_j < C
+    o_qc = i_h * C + tl.minimum(o_i, C - 1)
+    o_kc = D + i_h * C + tl.minimum(o_j, C - 1)
+    p_t = t_ptr.to(tl.pointer_type(tl.int32)) + i_b * stride_b
+    b_gram = tl.zeros([BLOCK_C, BLOCK_C], dtype=tl.float32)
+    b_ssq_q = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_ssq_k = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_u >= NW)
+        # 1 word per thread along W: coalesced 4-byte loads
+        o_u = tl.multiple_of((i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N), 1)
+        m_u = o_u < NW
+        o_h = o_u // WW
+        o_t = o_u % WW
+        b_qe, b_qo, b_sq = _gram_words_side(p_t, w_ptr, b_ptr, o_qc, o_h, o_t, m_u, H, WW, stride_c, stride_h,
+                                            HAS_BIAS, DTYPE, BLOCK_C, BLOCK_N)
+        b_ssq_q += b_sq
+        b_ke, b_ko, b_sk = _gram_words_side(p_t, w_ptr, b_ptr, o_kc, o_h, o_t, m_u, H, WW, stride_c, stride_h,
+                                            HAS_BIAS, DTYPE, BLOCK_C, BLOCK_N)
+        b_ssq_k += b_sk
+        b_gram += tl.dot(b_qe, tl.trans(b_ke))
+        b_gram += tl.dot(b_qo, tl.trans(b_ko))
 
     p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
     tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
@@ -737,6 +842,7 @@ DQK_STAGES = NUM_STAGES
 DOUT_V_MAXNREG = 128
 # words per token block of _attn_dout_v_words_kernel (64 tokens per step)
 DOUT_V_WORDS_BLOCK_N = 32
+GRAM_WORDS_BLOCK_N = 32
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set; 2 to
 # 8 give the small images a wave of programs (enc2/enc3 Gram, enc3/latent dOut V^T: >= 119 programs)
 SPLIT_ITERS = (2, 4, 8, 16, 64)
@@ -744,12 +850,16 @@ SPLIT_ITERS = (2, 4, 8, 16, 64)
 _PLANE_LIMIT = 2**31 - 2**16
 
 
-def _gram_config(c: int) -> tuple[int, int, int, int]:
+def _gram_config(c: int, words: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps, maxnreg) of the Gram kernel: the whole C x C Gram in one tile up to
-    C = 64, else 64 x 64 tiles, 16 tokens (the dot's K) per step. 64 x 64 tiles run 16 warps capped
+    C = 64, else 64 x 64 tiles, 16 row pairs (the dot's K) per step; ``words``: 32 words (two dots
+    of 32 tokens) per step, one word per thread, 4/8/16 warps for 16/32/64-channel tiles at <= 128
+    registers. 64 x 64 tiles run 16 warps capped
     at 128 registers (sm_90: 16 warps per SM, no spills; at 8 warps they took 208-214 registers, 8 warps
     per SM; 8 tokens per step would fit but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16)."""
     block_c = min(max(16, next_pow2(c)), 64)
+    if words:
+        return block_c, GRAM_WORDS_BLOCK_N, {16: 4, 32: 8, 64: 16}[block_c], 128
     return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
 
 
@@ -795,12 +905,24 @@ def _dout_v_config(d: int, words: bool = False) -> tuple[int, int, int]:
     return block_d, (DOUT_V_WORDS_BLOCK_N if words else 32), {16: 4, 32: 8, 64: 16}[block_d]
 
 
+def _image_words_ok(t: torch.Tensor) -> bool:
+    """Whether ``t`` is fp16/bf16 made of whole aligned 4-byte words (``dwconv._whole_words``) and one of
+    its images spans fewer than 2**31 words (the word kernels' int32 offsets within an image)."""
+    span = sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) // 2 + 1
+    return _whole_words(t) and span < 2**31
+
+
+def gram_path(t0: torch.Tensor) -> str:
+    """Which Gram kernel runs: "words" (``_attn_qk_gram_words_kernel``) when t0 is fp16/bf16 made of
+    whole words (``_image_words_ok``), else "pixels" (``_attn_qk_gram_kernel``, row pairs)."""
+    return "words" if _image_words_ok(t0) else "pixels"
+
+
 def dout_v_path(dout: torch.Tensor, t0: torch.Tensor) -> str:
     """Which dOut V^T kernel runs: "words" (``_attn_dout_v_words_kernel``) when dOut and t0 are
     fp16/bf16 made of whole aligned 4-byte words (``dwconv._whole_words``) and one image of t0 spans
     fewer than 2**31 words (its int32 offsets), else "pixels" (``_attn_dout_v_kernel``)."""
-    span = sum((n - 1) * st for n, st in zip(t0.shape[1:], t0.stride()[1:])) // 2 + 1
-    return "words" if _whole_words(dout) and _whole_words(t0) and span < 2**31 else "pixels"
+    return "words" if _whole_words(dout) and _image_words_ok(t0) else "pixels"
 
 
 # Triton's CPU interpreter pays per executed operation, not per element, and runs every one of a
@@ -879,16 +1001,21 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         dw_b = dw_bias.float() if dw_bias is not None else dw_w
         has_bias = dw_bias is not None
 
-        block_c, block_n, nw, maxnreg = _gram_config(C)
+        words = gram_path(t0) == "words"
+        block_c, block_n, nw, maxnreg = _gram_config(C, words)
         n_cb = triton.cdiv(C, block_c)
-        # its token blocks are row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
-        block_n, splits, iters = _split_tokens(triton.cdiv(H, 2) * W, block_n, B * heads * n_cb * n_cb, dev)
+        # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
+        n_units = H * (W // 2) if words else triton.cdiv(H, 2) * W
+        block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
         part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
-        _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
-            t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
-            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
-            **{**LAUNCH_OPTIONS, "maxnreg": maxnreg},
-        )
+        launch = dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
+                      num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
+        if words:
+            _attn_qk_gram_words_kernel[(splits, n_cb * n_cb, B * heads)](
+                t0, dw_w, dw_b, part, C, D, heads, H, W // 2, n_cb, *(st // 2 for st in t0.stride()[:3]), **launch)
+        else:
+            _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
+                t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HALF_DOT=_half_dot(t0.dtype), **launch)
         # the split partials summed by one parallel, deterministic reduction (no atomics)
         gsum = part.sum(1)
 
@@ -1062,8 +1189,19 @@ def _compile_configs():
                             _attn_qk_gram_kernel,
                             {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32",
                              **_ints("C", "D", "HEADS", "H", "W", "n_cb", *strides4)},
-                            {"HAS_BIAS": has_bias, "BLOCK_C": block_c, "BLOCK_N": block_n, "ITERS": iters},
+                            {"HAS_BIAS": has_bias, "HALF_DOT": dtype != "float32", "BLOCK_C": block_c,
+                             "BLOCK_N": block_n, "ITERS": iters},
                             num_warps=nw, tag=dtype, extra={"maxnreg": maxnreg}, **kw,
+                        )
+                        if dtype == "float32":
+                            continue
+                        wc, wn, wnw, wreg = _gram_config(c, words=True)
+                        yield CompileConfig(
+                            _attn_qk_gram_words_kernel,
+                            {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32",
+                             **_ints("C", "D", "HEADS", "H", "WW", "n_cb", *strides4[:3])},
+                            {"HAS_BIAS": has_bias, "BLOCK_C": wc, "BLOCK_N": wn, "ITERS": iters},
+                            num_warps=wnw, tag=dtype, extra={"maxnreg": wreg}, **kw,
                         )
                 yield CompileConfig(
                     _attn_dqk_kernel,

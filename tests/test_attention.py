@@ -92,33 +92,35 @@ def test_fp32_random(case, device):
         assert_close(n, a, r, t)
 
 
-def _record_dout_v_path(monkeypatch) -> set:
-    """Spy on the backward's choice between the dOut V^T word and pixel kernels."""
+def _record_path(monkeypatch, name: str) -> set:
+    """Spy on a launcher's choice between word and pixel kernels (``dout_v_path``, ``gram_path``)."""
     from drsformer_fast.kernels import attention as A
 
     seen = set()
-    choose = A.dout_v_path
+    choose = getattr(A, name)
 
-    def chosen(dout, t0):
-        path = choose(dout, t0)
+    def chosen(*args):
+        path = choose(*args)
         seen.add(path)
         return path
-    monkeypatch.setattr(A, "dout_v_path", chosen)
+    monkeypatch.setattr(A, name, chosen)
     return seen
 
 
-# W = 7: dOut V^T by pixels; W = 10: by words (dOut and t0 are whole 4-byte words), also with d = 72
-# (two 64-channel blocks per side of dOut V^T); W = 10 with an fp16 upstream gradient padded along W
-# (odd row stride): by pixels again
+# W = 7: the Gram and dOut V^T by pixels; W = 10: by words (dOut and t0 are whole 4-byte words),
+# also with d = 72 (two 64-channel blocks per side of dOut V^T); W = 10 with an fp16 upstream gradient
+# padded along W (odd row stride): dOut V^T by pixels again, the Gram (t0 only) still by words
 @pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
-@pytest.mark.parametrize("D, heads, W, g_layout, path", [
-    (24, 3, 7, None, "pixels"), (24, 3, 10, None, "words"), (72, 9, 10, None, "words"), (24, 3, 10, "pad", "pixels"),
+@pytest.mark.parametrize("D, heads, W, g_layout, path, gram", [
+    (24, 3, 7, None, "pixels", "pixels"), (24, 3, 10, None, "words", "words"), (72, 9, 10, None, "words", "words"),
+    (24, 3, 10, "pad", "pixels", "words"),
 ], ids=["W7", "W10", "W10-d72", "W10-dout-pad"])
-def test_half_precision(dtype, D, heads, W, g_layout, path, device, monkeypatch):
+def test_half_precision(dtype, D, heads, W, g_layout, path, gram, device, monkeypatch):
     # C = 8 per head: gaps between the entries of A (~2/C) dwarf half-precision rounding of Q and K,
     # so the top-k masks are the same as in float64 and the comparison measures arithmetic only
     B, H = 2, 6
-    seen = _record_dout_v_path(monkeypatch)
+    seen = _record_path(monkeypatch, "dout_v_path")
+    seen_gram = _record_path(monkeypatch, "gram_path")
     orig = _perturbed_original(D, heads, True, seed=3)
     fast = TopKSparseAttention.from_original(orig).to(device)
     x = randn(B, D, H, W, seed=4, device=device, dtype=dtype)
@@ -128,12 +130,51 @@ def test_half_precision(dtype, D, heads, W, g_layout, path, device, monkeypatch)
     with torch.autocast(device.type, dtype=dtype):
         out, grads = _grads(fast, x16, g16)
     assert out.dtype == dtype
-    assert seen == {path}
+    assert seen == {path} and seen_gram == {gram}
     out64, grads64 = _reference(orig, x, g, torch.float64)
     outlp, gradslp = _reference(orig, x, g, dtype)
     assert_close("output", out, out64, outlp, dtype=dtype)
     for n, a, r, t in zip(_names(fast, False), grads, grads64, gradslp):
         assert_close(n, a, r, t, dtype=dtype)
+
+
+# C = 8 (3 heads) and C = 70 (one head: 2 x 2 tiles of 64 channels, padding rows in the second), by
+# words (W even) and by row pairs (W odd, H odd: a pair's lower pixel past the image)
+@pytest.mark.parametrize("D, heads, H, W, bias, path", [
+    (24, 3, 5, 10, True, "words"), (24, 3, 5, 7, False, "pixels"), (70, 1, 4, 12, False, "words"),
+    (70, 1, 5, 9, True, "pixels"),
+], ids=["C8-words", "C8-pixels", "C70-words", "C70-pixels"])
+def test_half_precision_gram_is_that_of_the_rounded_q_and_k(D, heads, H, W, bias, path, device, monkeypatch):
+    """In fp16/bf16 the Gram's Q and K are rounded to t0's dtype, as the original stores them, and
+    multiplied on tensor cores: products of two fp16 values are exact in fp32, so the normalised Gram
+    and the norms match float64 arithmetic on the rounded Q and K up to fp32 summation. Checked
+    without the top-k (Ghat and the norms, which the forward returns), so any C is safe from
+    near-ties."""
+    from drsformer_fast.kernels import attention as A
+
+    seen = _record_path(monkeypatch, "gram_path")
+    orig = _perturbed_original(D, heads, bias, seed=40 + D)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(2, D, H, W, seed=41, device=device, dtype=torch.float16)
+    args = (x, fast.qkv.weight, fast.qkv.bias, fast.qkv_dwconv.weight, fast.qkv_dwconv.bias, fast.temperature,
+            (fast.attn1, fast.attn2, fast.attn3, fast.attn4), fast.project_out.weight, fast.project_out.bias, heads)
+    with torch.no_grad():
+        _, t0, ghat, norms, _ = A.attention_fwd(*args)
+        assert seen == {path}
+        dw_b = fast.qkv_dwconv.bias.double().cpu() if bias else None
+        t = torch.nn.functional.conv2d(t0.double().cpu(), fast.qkv_dwconv.weight.double().cpu(), dw_b, padding=1,
+                                       groups=3 * D)
+        C = D // heads
+        q, k = (t[:, s * D:(s + 1) * D].half().double().reshape(2 * heads, C, H * W) for s in (0, 1))
+        nq = q.pow(2).sum(-1).sqrt().clamp_min(A.L2_EPS)
+        nk = k.pow(2).sum(-1).sqrt().clamp_min(A.L2_EPS)
+        want = q @ k.transpose(1, 2) / (nq[:, :, None] * nk[:, None, :])
+    # fp32 sums of exact products and one IEEE division, plus the double rounding of a few elements:
+    # a Q or K value whose fp32 convolution lies within fp32 rounding of an fp16 rounding boundary
+    # rounds either way (the kernel and torch sum the 9 taps in different orders), one fp16 ulp that
+    # moves the Gram by up to ~1.3e-5 at these sizes; unrounded Q and K miss by ~2.7e-4 (norm and max)
+    assert_close("normalised Gram", ghat, want, None, floor=3e-5)
+    assert_close("norms", norms, torch.stack([nq, nk], 1), None, floor=3e-5)
 
 
 @pytest.mark.parametrize("layout", ["pad", "channels_last", "transpose"])
