@@ -843,9 +843,10 @@ DOUT_V_MAXNREG = 128
 # words per token block of _attn_dout_v_words_kernel (64 tokens per step)
 DOUT_V_WORDS_BLOCK_N = 32
 GRAM_WORDS_BLOCK_N = 32
-# token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set; 2 to
-# 8 give the small images a wave of programs (enc2/enc3 Gram, enc3/latent dOut V^T: >= 119 programs)
-SPLIT_ITERS = (2, 4, 8, 16, 64)
+# token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set; 1 to
+# 8 give the small images a wave of programs (enc2/enc3/latent Gram, enc3/latent dOut V^T: >= 119
+# programs; the words Gram's 64-token blocks need ranges of 1 at the latent)
+SPLIT_ITERS = (1, 2, 4, 8, 16, 64)
 # largest image plane one kernel addresses with int32 offsets (channel offsets are int64)
 _PLANE_LIMIT = 2**31 - 2**16
 
@@ -946,15 +947,19 @@ def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
 def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
     """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
     longest ranges of 16 or more blocks that give two programs per SM, else the longest ranges that
-    still give 90% of a wave (the small images: 8 to 2 blocks), else the shortest; returns (splits,
-    iters). Depends only on shapes and the device: deterministic. The partials cost at most
-    C*C+2C floats per range of 2 x 64 x 16 tokens (<= 6% of the tokens' bytes at 8K)."""
+    still give 90% of a wave (the small images: 8 to 1 blocks), else the shortest; returns (splits,
+    iters). Of the lengths that give the same number of splits the shortest is taken: a program runs
+    all its ``iters`` blocks, masked or not (4 blocks in one split of 64 ran 60 empty ones: the
+    training latent's dOut V^T). Depends only on shapes and the device: deterministic. The partials
+    cost at most C*C+2C floats per range of 2 x 64 x 16 tokens (<= 6% of the tokens' bytes at 8K)."""
     sms = multiprocessor_count(device)
+    splits = triton.cdiv(n_blocks, SPLIT_ITERS[0])
     for target, choices in ((2 * sms, [it for it in SPLIT_ITERS if it >= 16]), (math.ceil(0.9 * sms), SPLIT_ITERS)):
         fitting = [it for it in choices if triton.cdiv(n_blocks, it) * programs_per_split >= target]
         if fitting:
-            return triton.cdiv(n_blocks, max(fitting)), max(fitting)
-    return triton.cdiv(n_blocks, SPLIT_ITERS[0]), SPLIT_ITERS[0]
+            splits = triton.cdiv(n_blocks, max(fitting))
+            break
+    return splits, min(it for it in SPLIT_ITERS if triton.cdiv(n_blocks, it) == splits)
 
 
 def _half_dot(dtype: torch.dtype) -> bool:

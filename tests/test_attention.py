@@ -389,6 +389,9 @@ def test_configs_chosen_for_a_large_gpu(device, monkeypatch):
     ("latent Gram (32^2, 8 heads)", 32, 8, 2),
     ("enc3 dOut V^T (64^2, 3 x 3 tiles)", 128, 9, 8),
     ("level 1 dOut V^T words (32-word blocks)", 1024, 1, 8),
+    ("latent Gram words (32^2: 16 blocks of 32 words, 8 heads)", 16, 8, 1),
+    # one split holds every block: ranges of 4, not 64 (a program runs its masked blocks too)
+    ("training latent dOut V^T words (16^2, 6 x 6 tiles, batch 4)", 4, 144, 4),
 ])
 def test_token_splits_fill_the_gpu(name, n_blocks, per_split, iters, monkeypatch):
     """The split-N kernels (Gram, dOut V^T) cut the tokens into ranges of SPLIT_ITERS blocks: 16 or
