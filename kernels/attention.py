@@ -90,8 +90,8 @@ registers at the 128 cap (16 warps per SM), no spills on sm_80/sm_90 (Triton 3.9
 The Gram on words (fp16/bf16): Q and K at both pixels of 32 words per step, rounded, two tensor-core
 dots (it was FFMA on fp32 Q and K). Static picture (sm_90, bf16, 256x256): level 1 12.8 -> 9.3 us
 (6.0 HBM), decoder level 1 51.2 -> 37.1 us (11.9; 2 x 2 tiles of 64 channels rebuild each channel
-twice per side: one 128-channel tile needs ~236 registers at 16 warps), 118-128 registers at the cap.
-sm_80 (Ampere) with a depthwise bias in bf16 spills 8 bytes at the cap (not the default model).
+twice per side: one 128-channel tile needs ~236 registers at 16 warps), 118-128 registers at the cap;
+with a depthwise bias (not the default model) 16 words per step (32 spilled 8 bytes on sm_80 in bf16).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -329,6 +329,16 @@ def _topk_softmax_rows(
 
 
 @triton.jit
+def _store_gram_partial(p_part, C, o_i, o_j, m_i, m_j, i_ib, i_jb, b_gram, b_ssq_q, b_ssq_k):
+    """One program's partial of a Gram tile: the (i, j) entries of Q K^T, and the rows' sums of
+    squares, written by the tiles of the first column (Q) / first row (K).
+    p_part: [C*C + 2C] fp32 of this (sample, head, split)."""
+    tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
+    tl.store(p_part + C * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
+    tl.store(p_part + C * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
+
+
+@triton.jit
 def _attn_qk_gram_kernel(
     t_ptr,  # t0: [B, 3d, H, W], any strides
     w_ptr,  # depthwise weight: [3d, 9] fp32
@@ -390,11 +400,8 @@ def _attn_qk_gram_kernel(
         b_ssq_q += tl.sum(b_q0 * b_q0 + b_q1 * b_q1, axis=1)
         b_ssq_k += tl.sum(b_k0 * b_k0 + b_k1 * b_k1, axis=1)
 
-    p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
-    tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
-    # each row's sum of squares is written by the tiles of the first column (Q) / first row (K)
-    tl.store(p_part + C * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
-    tl.store(p_part + C * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
+    _store_gram_partial(part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C), C, o_i, o_j, m_i, m_j, i_ib,
+                        i_jb, b_gram, b_ssq_q, b_ssq_k)
 
 
 @triton.jit
@@ -403,7 +410,7 @@ def _gram_words_side(p_t, w_ptr, b_ptr, o_c, o_h, o_t, m_u, H, WW, stride_c, str
     """Q or K of the words Gram at both pixels of each word (bias added, 0 at masked words), rounded
     to DTYPE, and the rows' sums of squares of the rounded values: [BLOCK_C, BLOCK_N] x 2, [BLOCK_C].
     One side at a time, so that only one side's fp32 tiles are live; the bias is reloaded per step
-    (an L1 hit) rather than held across the loop (8 bytes of spill on sm_80 in bf16)."""
+    (an L1 hit) rather than held across the loop."""
     b_e, b_o = _dwconv3x3_words(p_t, w_ptr, o_c, o_h, o_t, m_u, H, WW, stride_c, stride_h, DTYPE, BLOCK_C, BLOCK_N)
     if HAS_BIAS:  # masked words are 0 before the bias, which must not reach them
         b_bias = tl.load(b_ptr + o_c)[:, None]
@@ -472,11 +479,8 @@ def _attn_qk_gram_words_kernel(
         b_gram += tl.dot(b_qe, tl.trans(b_ke))
         b_gram += tl.dot(b_qo, tl.trans(b_ko))
 
-    p_part = part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C)
-    tl.store(p_part + o_i[:, None] * C + o_j[None, :], b_gram, mask=m_i[:, None] & m_j[None, :])
-    # each row's sum of squares is written by the tiles of the first column (Q) / first row (K)
-    tl.store(p_part + C * C + o_i, b_ssq_q, mask=m_i & ((o_i * 0 + i_jb) == 0))
-    tl.store(p_part + C * C + C + o_j, b_ssq_k, mask=m_j & ((o_j * 0 + i_ib) == 0))
+    _store_gram_partial(part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C), C, o_i, o_j, m_i, m_j, i_ib,
+                        i_jb, b_gram, b_ssq_q, b_ssq_k)
 
 
 @triton.jit
@@ -851,16 +855,17 @@ SPLIT_ITERS = (1, 2, 4, 8, 16, 64)
 _PLANE_LIMIT = 2**31 - 2**16
 
 
-def _gram_config(c: int, words: bool = False) -> tuple[int, int, int, int]:
+def _gram_config(c: int, words: bool = False, has_bias: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps, maxnreg) of the Gram kernel: the whole C x C Gram in one tile up to
-    C = 64, else 64 x 64 tiles, 16 row pairs (the dot's K) per step; ``words``: 32 words (two dots
-    of 32 tokens) per step, one word per thread, 4/8/16 warps for 16/32/64-channel tiles at <= 128
-    registers. 64 x 64 tiles run 16 warps capped
+    C = 64, else 64 x 64 tiles, 16 row pairs (the dot's K) per step. 64 x 64 tiles run 16 warps capped
     at 128 registers (sm_90: 16 warps per SM, no spills; at 8 warps they took 208-214 registers, 8 warps
-    per SM; 8 tokens per step would fit but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16)."""
+    per SM; 8 tokens per step would fit but Triton 3.6, the GPU machine's, refuses tl.dot with K < 16).
+    ``words``: 32 words (two dots of 32 tokens) per step, one word per thread, 4/8/16 warps for
+    16/32/64-channel tiles at <= 128 registers; with a depthwise bias 16 words (sm_80 spilled 8 bytes
+    at the cap with 32 in bf16)."""
     block_c = min(max(16, next_pow2(c)), 64)
     if words:
-        return block_c, GRAM_WORDS_BLOCK_N, {16: 4, 32: 8, 64: 16}[block_c], 128
+        return block_c, GRAM_WORDS_BLOCK_N // (2 if has_bias else 1), {16: 4, 32: 8, 64: 16}[block_c], 128
     return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
 
 
@@ -1007,7 +1012,7 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         has_bias = dw_bias is not None
 
         words = gram_path(t0) == "words"
-        block_c, block_n, nw, maxnreg = _gram_config(C, words)
+        block_c, block_n, nw, maxnreg = _gram_config(C, words, has_bias)
         n_cb = triton.cdiv(C, block_c)
         # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
         n_units = H * (W // 2) if words else triton.cdiv(H, 2) * W
@@ -1200,7 +1205,7 @@ def _compile_configs():
                         )
                         if dtype == "float32":
                             continue
-                        wc, wn, wnw, wreg = _gram_config(c, words=True)
+                        wc, wn, wnw, wreg = _gram_config(c, words=True, has_bias=has_bias)
                         yield CompileConfig(
                             _attn_qk_gram_words_kernel,
                             {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32",
