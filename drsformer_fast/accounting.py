@@ -113,7 +113,7 @@ def layer_norm_bytes(shape, element_size: int = 4, *, backward: bool = False) ->
 def attention_bytes(shape, element_size: int = 4, *, residual: bool = False, backward: bool = False,
                     input_grad: bool = True) -> list[KernelBytes]:
     """``kernels/attention.py`` in units of one d-channel tensor (B*d*H*W elements): forward 8 units
-    (+1 with the residual read), backward 25 units (21 without the input gradient)."""
+    (+1 with the residual read), backward 29 units (25 without the input gradient)."""
     B, D, H, W = shape
     u = B * D * H * W * element_size
     if not backward:
@@ -124,6 +124,7 @@ def attention_bytes(shape, element_size: int = 4, *, residual: bool = False, bac
         ]
     return [
         KernelBytes("_attn_dout_v_kernel: read dout, v", 2 * u, 0),
+        KernelBytes("depthwise 3x3 of q, k: read t0's q, k, write q, k", 2 * u, 2 * u),
         KernelBytes("_attn_dqk_kernel: read q, k, write dq, dk", 2 * u, 2 * u),
         KernelBytes("_attn_mix_kernel (dV = M^T dout): read dout, write dv", u, u),
         KernelBytes("depthwise 3x3 backward: read dt, t0, write dt0", 6 * u, 3 * u),

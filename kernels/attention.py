@@ -1,9 +1,9 @@
 """Top-k sparse channel attention of DRSformer (``Attention``): fused forward and backward.
 
 Notation: x [B, d, H, W], N = H*W tokens, ``heads`` heads of C = d / heads channels.
-``t0 = qkv(x)`` [B, 3d, H, W] is the 1x1 projection; ``t = dwconv3x3(t0)`` gives Q, K, V (never
-written to memory here: every kernel that needs them recomputes the 3x3 depthwise conv of ``t0``
-on the fly from 9 shifted, cache-resident loads).
+``t0 = qkv(x)`` [B, 3d, H, W] is the 1x1 projection; ``t = dwconv3x3(t0)`` gives Q, K, V (not saved:
+the forward's kernels and dOut V^T recompute the 3x3 depthwise conv of ``t0`` on the fly from 9
+shifted, cache-resident loads; the backward writes Q and K once for the dQ/dK matmul).
 
 Forward (per sample b and head h)::
 
@@ -30,7 +30,8 @@ Backward (dT = gradient of t = [dQ; dK; dV], then the depthwise conv's and the 1
   5. ``_attn_softmax_bwd_kernel``: per row, the same masks from the saved normalised Gram, the
      softmax backward of the four branches, d attn_i, d temperature, and dG = d(QK^T) and the
      per-row norm terms.
-  6. ``_attn_dqk_kernel``: dQ = dG K + alpha Q, dK = dG^T Q + beta K with Q, K recomputed from t0.
+  6. Q and K written once by the depthwise conv (``dwconv.depthwise_conv_fwd``), then
+     ``_attn_dqk_kernel``: dQ = dG K + alpha Q, dK = dG^T Q + beta K, a dense batched matmul.
   7. dV with kernel 3 (M^T via strides), the 3x3 depthwise conv backward (``dwconv.py``), and the
      1x1 projection's backward (cuBLAS via ``aten.convolution_backward``).
 
@@ -49,7 +50,9 @@ Precision of the dots ("fp32" means what it means for the original under PyTorch
   - dots that stand only for the original's ``torch.matmul`` (the backward of Q K^T in
     ``_attn_dqk_kernel``): exact fp32, as torch.matmul's default (no TF32).
   - fp16/bf16: operands in the input dtype on tensor cores with fp32 accumulation (Gram, mix, dOut
-    V^T), except dQ/dK, which rebuild fp32 Q and K and stay exact fp32.
+    V^T, dQ/dK). dQ/dK multiply what the original's backward of q_n k_n^T does under autocast: dGhat
+    and the normalised Q and K in half precision (dG = dGhat / (|q| |k|) itself can fall out of
+    fp16's range), the rows' own 1 / |q| and 1 / |k| applied to the fp32 accumulator.
 
 sm_90 as launched (num_stages=3, 16-byte-aligned pointers, batch 1, 256x256, fp32 with TF32 on):
 programs, registers at num_warps, resident warps per SM (65536 registers), and a predicted time =
@@ -92,13 +95,21 @@ dots (it was FFMA on fp32 Q and K). Static picture (sm_90, bf16, 256x256): level
 (6.0 HBM), decoder level 1 51.2 -> 37.1 us (11.9; 2 x 2 tiles of 64 channels rebuild each channel
 twice per side: one 128-channel tile needs ~236 registers at 16 warps), 118-128 registers at the cap;
 with a depthwise bias (not the default model) 16 words per step (32 spilled 8 bytes on sm_80 in bf16).
+dQ/dK as a matmul: the fused kernel above rebuilt Q and K of all C channels for every 32-row block
+(3 x (64 + 192) channel stencils for 192 channels at C = 96: L1-bound, 200 registers, 8 warps per
+SM). Now the depthwise conv writes Q and K once (at its HBM roofline) and ``_attn_dqk_kernel`` runs
+dense tiles, one product per program: 86-120 registers at 8 warps (16 warps per SM), 4 units more
+of HBM. Static picture (sm_90, 256x256), fused -> conv + matmul: bf16 level 1 23.1 -> 7.7 + 7.8 us,
+decoder level 1 73.1 -> 15.5 + 18.1 us; fp32 decoder level 1 73.2 -> 31.0 + 39.9 us (FMA-bound,
+1.33x), level 1 23.7 -> 15.5 + 18.1 us (the one loss: the extra bytes outweigh the stencils at C = 48).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
                      project_out 2                                            = 45 units = 0.57 GB
   fused forward    : qkv 1x1 4 (read x, write t0), kernel 1 reads q,k 2, kernel 3 reads v 1 and
                      writes out 1 (+1 with the residual read)                  = 8 units  = 0.10 GB
-  fused backward   : kernel 4 2, kernel 6 4, dV 2, dwconv bwd 9, 1x1 bwd 8      = 25 units = 0.31 GB
+  fused backward   : kernel 4 2, Q K dwconv 4, kernel 6 4, dV 2, dwconv bwd 9,
+                     1x1 bwd 8                                                 = 29 units = 0.36 GB
   saved for backward: x and t0 (4 units) + C x C matrices, vs the original's ~14 units (x, t0, t,
                      normalised q and k, the four S_i V, project_out's input).
 """
@@ -122,7 +133,7 @@ from ._utils import (
     multiprocessor_count,
     next_pow2,
 )
-from .dwconv import _split_words, _whole_words, depthwise_conv_bwd
+from .dwconv import _split_words, _whole_words, depthwise_conv_bwd, depthwise_conv_fwd
 
 L2_EPS = 1e-12
 __all__ = ["attention_fwd", "attention_bwd", "MAX_CHANNELS_PER_HEAD", "topk_counts"]
@@ -708,12 +719,13 @@ def _attn_softmax_bwd_kernel(
     dp_ptr,  # dP: [B*heads, C, C] fp32
     temp_ptr,  # temperature: [heads] fp32
     a1_ptr, a2_ptr, a3_ptr, a4_ptr,  # attn1..attn4: [1] fp32 each
-    dgram_ptr,  # out, d(Q K^T): [B*heads, C, C] fp32
+    dgram_ptr,  # out, d(Q K^T) = dGhat / (|q| |k|^T), or with DGHAT dGhat itself: [B*heads, C, C] fp32
     colterm_ptr,  # out, dGhat * Ghat (summed over rows later, for the K norms): [B*heads, C, C] fp32
     alpha_ptr,  # out, d|q_r| / |q_r| (0 where the norm was clamped): [B*heads, C] fp32
     dw_ptr,  # out, per-row partial d attn_i: [B*heads, C, 4] fp32
     dtau_ptr,  # out, per-row partial d temperature: [B*heads, C] fp32
     C, HEADS, k1, k2, k3, k4, eps,
+    DGHAT: tl.constexpr,  # store dGhat (the fp16/bf16 dQ/dK normalise their operands instead)
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -751,7 +763,10 @@ def _attn_softmax_bwd_kernel(
     b_nq = tl.load(norm_ptr + i_bh * 2 * C + o_r, mask=m_r, other=1.0)
     b_nk = tl.load(norm_ptr + i_bh * 2 * C + C + o_j, mask=m_j, other=1.0)
     b_colterm = b_dghat * b_ghat
-    tl.store(dgram_ptr + o_rj, tl.div_rn(b_dghat, b_nq[:, None] * b_nk[None, :]), mask=m_rj)
+    if DGHAT:
+        tl.store(dgram_ptr + o_rj, b_dghat, mask=m_rj)
+    else:
+        tl.store(dgram_ptr + o_rj, tl.div_rn(b_dghat, b_nq[:, None] * b_nk[None, :]), mask=m_rj)
     tl.store(colterm_ptr + o_rj, b_colterm, mask=m_rj)
     # |q| = sqrt(sum q^2) matters only where it was not clamped to eps; d|q|/dq = q / |q|
     b_dnq = tl.div_rn(-tl.sum(b_colterm, axis=1), b_nq)
@@ -760,75 +775,77 @@ def _attn_softmax_bwd_kernel(
 
 @triton.jit
 def _attn_dqk_kernel(
-    t_ptr,  # t0: [B, 3d, H, W], any strides
-    w_ptr,  # depthwise weight [3d, 9] fp32
-    b_ptr,  # depthwise bias [3d] fp32
-    dg_ptr,  # d(Q K^T): [B*heads, C, C] fp32
-    alpha_ptr,  # [B*heads, C] fp32: dQ += alpha * Q
-    beta_ptr,  # [B*heads, C] fp32: dK += beta * K
-    dt_ptr,  # out, dT: [B, 3d, H, W] contiguous (this kernel writes the Q and K channels)
-    C, D, HEADS, H, W,
-    stride_b, stride_c, stride_h, stride_w,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_C: tl.constexpr,  # rows of dQ / dK per program
-    BLOCK_J: tl.constexpr,  # contraction chunk (16: fp32 FMA dots keep their operands small)
-    BLOCK_N: tl.constexpr,  # row pairs per program (kernels/_utils.py): 2 * BLOCK_N tokens
+    qk_ptr,  # Q and K: [B, 2d, N] (the depthwise conv of t0's first 2d channels), t0's dtype
+    dg_ptr,  # HALF_DOT: dGhat, the gradient of the normalised Gram; else d(Q K^T): [B*heads, C, C] fp32
+    norm_ptr,  # clamped norms |q|, |k|: [B*heads, 2, C] fp32
+    ab_ptr,  # alpha, beta: [B*heads, 2, C] fp32 (dQ += alpha Q, dK += beta K)
+    dt_ptr,  # out, dT: [B, 3d, N], t0's dtype (this kernel writes the Q and K channels)
+    C, D, HEADS, N, n_ib,  # n_ib = cdiv(C, BLOCK_C) row blocks
+    stride_qb, stride_qc,  # Q and K's batch and channel strides (tokens: unit stride)
+    stride_tb, stride_tc,  # dT's
+    HALF_DOT: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # rows of dQ or dK per program
+    BLOCK_J: tl.constexpr,  # contraction chunk (16: fp32 FMA dots hold their operands' whole K extent)
+    BLOCK_N: tl.constexpr,  # tokens per program
     J_ITERS: tl.constexpr,  # cdiv(C, BLOCK_J)
 ):
-    i_n = tl.program_id(0)
-    i_ib = tl.program_id(1)
-    i_bh = tl.program_id(2)
+    """dQ = dG K + alpha Q (even programs) or dK = dG^T Q + beta K (odd ones) for BLOCK_C rows and
+    BLOCK_N tokens of one (sample, head): a batched matmul over dense Q and K, no stencil. One product
+    per program: an FMA dot's operands take (rows + columns per thread) x BLOCK_J registers, two
+    products in one program did not fit 128. fp32: dG as stored, exact fp32 FMA dots ("ieee": they
+    stand for the backward of the original's torch.matmul, which is not TF32). HALF_DOT (fp16/bf16):
+    what the original's backward of q_n k_n^T computes under autocast, tensor-core dots of half
+    operands with fp32 accumulation, dQ_i = (1 / |q_i|) sum_j dGhat_ij (K_j / |k_j|): the operands
+    are dGhat and the normalised K (Q for dK), whose range half precision holds (dG itself, dGhat /
+    (|q| |k|), falls below fp16's normal range with large norms and a small upstream gradient:
+    test_half_precision_dq_dk_hold_large_norms). Bytes per program: read the C source channels and
+    the own BLOCK_C rows, write the rows: (C + 2 BLOCK_C) x BLOCK_N elements (the source channels come
+    from HBM once per token block: its row blocks and both products are neighbouring programs)."""
+    i_pid = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    # both products and the row blocks of one token block are consecutive programs: they share its Q
+    # and K in L2 (read from HBM once)
+    i_s = i_pid % 2  # 0: dQ (contracts K), 1: dK (contracts Q)
+    i_n = i_pid // 2 // n_ib
+    i_ib = i_pid // 2 % n_ib
     i_b = (i_bh // HEADS).to(tl.int64)
     i_h = i_bh % HEADS
-    N = H * W
-    # 1 pixel per thread along W: coalesced tap loads (see "Stencil layout" in _utils.py)
-    o_q = tl.multiple_of(i_n * BLOCK_N + tl.arange(0, BLOCK_N), 1)
-    m_q = o_q < tl.cdiv(H, 2) * W
-    o_h = (o_q // W) * 2
-    o_w = o_q % W
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
     m_i = o_i < C
-    p_t = t_ptr + i_b * stride_b
+    p_qk = qk_ptr + i_b * stride_qb
+    # dG[i, j] for dQ, dG[j, i] for dK
     p_dg = dg_ptr + i_bh.to(tl.int64) * C * C
+    s_gi = C - i_s * (C - 1)
+    s_gj = 1 + i_s * (C - 1)
+    p_norm = norm_ptr + i_bh * 2 * C
+    o_src = (1 - i_s) * D + i_h * C  # first source channel: K for dQ, Q for dK
 
-    # dQ = dG K + alpha Q,  dK = dG^T Q + beta K   (rows i of this program, all columns j); these dots
-    # stand for the backward of the original's Q K^T matmul: exact fp32 ("ieee"), as torch.matmul
-    # (0, 1): the upper and lower pixels of the row pairs
-    b_dq0, b_dq1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, i_h * C + o_i, m_i, o_h, o_w, m_q, H, W,
-                                    stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-    b_alpha = tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
-    b_dq0 *= b_alpha
-    b_dq1 *= b_alpha
-    b_dk0, b_dk1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_i, m_i, o_h, o_w, m_q, H, W,
-                                    stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_C, BLOCK_N)
-    b_beta = tl.load(beta_ptr + i_bh * C + o_i, mask=m_i, other=0.0)[:, None]
-    b_dk0 *= b_beta
-    b_dk1 *= b_beta
+    b_acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     for i_j in range(J_ITERS):
         o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < C
-        m_ij = m_i[:, None] & m_j[None, :]
-        # one dot's operands live at a time (an FMA dot holds its rows' and columns' whole K extent)
-        b_kj0, b_kj1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, D + i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
-                                        stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
-        b_dg = tl.load(p_dg + o_i[:, None] * C + o_j[None, :], mask=m_ij, other=0.0)  # dG[i, j]
-        b_dq0 += tl.dot(b_dg, b_kj0, input_precision="ieee")
-        b_dq1 += tl.dot(b_dg, b_kj1, input_precision="ieee")
-        b_qj0, b_qj1 = _dwconv3x3_pairs(p_t, w_ptr, b_ptr, i_h * C + o_j, m_j, o_h, o_w, m_q, H, W,
-                                        stride_c, stride_h, stride_w, HAS_BIAS, BLOCK_J, BLOCK_N)
-        b_dgt = tl.load(p_dg + o_j[None, :] * C + o_i[:, None], mask=m_ij, other=0.0)  # dG^T[i, j]
-        b_dk0 += tl.dot(b_dgt, b_qj0, input_precision="ieee")
-        b_dk1 += tl.dot(b_dgt, b_qj1, input_precision="ieee")
+        # channel offsets int64 (Q and K span 2 d N elements per image), tokens int32
+        b_src = tl.load(p_qk + ((o_src + o_j).to(tl.int64)[:, None] * stride_qc + o_n[None, :]),
+                        mask=m_j[:, None] & m_n[None, :], other=0.0)
+        b_dg = tl.load(p_dg + (o_i[:, None] * s_gi + o_j[None, :] * s_gj), mask=m_i[:, None] & m_j[None, :],
+                       other=0.0)
+        if HALF_DOT:
+            # the source rows over their norms, rounded to the input dtype: the original's k_n (q_n)
+            b_r = tl.div_rn(1.0, tl.load(p_norm + (1 - i_s) * C + o_j, mask=m_j, other=1.0))[:, None]
+            b_acc += tl.dot(b_dg.to(b_src.dtype), (b_src.to(tl.float32) * b_r).to(b_src.dtype))
+        else:
+            b_acc += tl.dot(b_dg, b_src, input_precision="ieee")
 
-    p_dt = dt_ptr + i_b * 3 * D * N
-    o_qc = (i_h * C + o_i).to(tl.int64) * N
-    o_n = (o_h * W + o_w)[None, :]
-    m_0 = m_i[:, None] & m_q[None, :]
-    m_1 = m_i[:, None] & (m_q & (o_h + 1 < H))[None, :]
-    tl.store(p_dt + o_qc[:, None] + o_n, b_dq0.to(dt_ptr.dtype.element_ty), mask=m_0)
-    tl.store(p_dt + o_qc[:, None] + (o_n + W), b_dq1.to(dt_ptr.dtype.element_ty), mask=m_1)
-    tl.store(p_dt + (o_qc + D * N)[:, None] + o_n, b_dk0.to(dt_ptr.dtype.element_ty), mask=m_0)
-    tl.store(p_dt + (o_qc + D * N)[:, None] + (o_n + W), b_dk1.to(dt_ptr.dtype.element_ty), mask=m_1)
+    if HALF_DOT:  # the rows' own 1 / |q_i| (1 / |k_i|) of the normalised products
+        b_acc *= tl.div_rn(1.0, tl.load(p_norm + i_s * C + o_i, mask=m_i, other=1.0))[:, None]
+    m_in = m_i[:, None] & m_n[None, :]
+    o_own = (i_s * D + i_h * C + o_i).to(tl.int64)[:, None]
+    b_own = tl.load(p_qk + (o_own * stride_qc + o_n[None, :]), mask=m_in, other=0.0).to(tl.float32)
+    b_acc += tl.load(ab_ptr + i_bh * 2 * C + i_s * C + o_i, mask=m_i, other=0.0)[:, None] * b_own
+    tl.store(dt_ptr + i_b * stride_tb + (o_own * stride_tc + o_n[None, :]), b_acc.to(dt_ptr.dtype.element_ty),
+             mask=m_in)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -841,7 +858,9 @@ DOT_K = 16
 # Triton's default software pipelining depth, passed explicitly at every launch and registered in
 # _compile_configs so that the compile check compiles exactly what runs
 NUM_STAGES = 3
-DQK_STAGES = NUM_STAGES
+# tokens per program of the dQ/dK kernel, and the shortest the launcher takes at the small latents
+DQK_BLOCK_N = 128
+DQK_MIN_BLOCK_N = 32
 # register cap of the dOut V^T kernel (see _dout_v_config)
 DOUT_V_MAXNREG = 128
 # words per token block of _attn_dout_v_words_kernel (64 tokens per step)
@@ -869,16 +888,15 @@ def _gram_config(c: int, words: bool = False, has_bias: bool = False) -> tuple[i
     return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
 
 
-def _dqk_config(c: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 32 rows x 32 tokens at 8 warps,
-    uncapped: ~200 registers since the row pairs (32 pairs = 64 tokens; 146-152 at 32 single tokens),
-    8 warps per SM (capped at 128 for 16 warps per SM, Triton 3.9 fits
-    without spills but Triton 3.6, the GPU machine's, spills 8-88 bytes). 32 tokens give each warp
-    32 pixels, 1 per thread: coalesced tap loads (per-warp L1 factor 2.0, was 6.1-6.5 with 16
-    tokens, whose taps shared the [1, 4] layout of the dG tile of the same shape). 64 rows (as before for C > 48) need 64 x 32 tiles: 246 registers at 8 warps,
-    a 40-byte spill at 128; 32 rows recompute Q and K of all C columns once per 32 rows (about
-    +11% FFMA at C = 96)."""
-    return min(max(16, next_pow2(c)), 32), DOT_K, 32, 8
+def _dqk_config(c: int, half: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_J, BLOCK_N, num_warps) of the dQ/dK kernel: 128 tokens (the launcher shortens
+    them at the small latents), 16-channel contraction steps, 8 warps; rows: 64 on tensor cores (all C
+    rows of a head in one block up to C = 64: Q and K read once; padded rows cost little there), 32
+    in fp32, whose FMA dots hold (rows + columns per thread) x 16 operand registers: sm_90 as launched
+    at 256x256, 96 registers at 32 x 128 against 255 and a 16-byte spill at 64 x 128 (188 at
+    64 x 64). At C = 48 the fp32 dots pad 16 of 64 rows: 12 us of FMA under the kernel's 15 us of
+    HBM at level 1."""
+    return min(max(16, next_pow2(c)), 64 if half else 32), DOT_K, DQK_BLOCK_N, 8
 
 
 def _row_config(c: int) -> tuple[int, int, int, int]:
@@ -1135,8 +1153,8 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         rows, row_block, chunk, row_warps = _row_config(C)
         _attn_softmax_bwd_kernel[(triton.cdiv(C, rows), B * heads)](
             ghat, norms, dp, tau, a1, a2, a3, a4, dgram, colterm, alpha, dw_part, dtau_part,
-            C, heads, *topk_counts(C), L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps,
-            num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            C, heads, *topk_counts(C), L2_EPS, DGHAT=half, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk,
+            num_warps=row_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         d_attn = dw_part.sum((0, 1))  # [4]: attn1..attn4
         d_temp = dtau_part.view(B, heads, C).sum((0, 2)).view(heads, 1, 1)
@@ -1145,11 +1163,21 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
 
         # dT = [dQ; dK; dV], the gradient of t = dwconv(t0)
         dt = torch.empty((B, 3 * D, H, W), device=dev, dtype=t0.dtype)
-        block_c, block_j, block_nq, nwq = _dqk_config(C)
-        _attn_dqk_kernel[(triton.cdiv(triton.cdiv(H, 2) * W, block_nq), triton.cdiv(C, block_c), B * heads)](
-            t0, dw_w, dw_b, dgram, alpha, beta, dt, C, D, heads, H, W, *t0.stride(),
-            HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq, J_ITERS=triton.cdiv(C, block_j),
-            num_warps=nwq, num_stages=DQK_STAGES, **LAUNCH_OPTIONS,
+        # Q and K written once (the depthwise conv of t0's first 2d channels, bias included), then dQ/dK
+        # as a dense batched matmul: rebuilding them inside the dot kernel cost every row block its own
+        # 9-tap stencil of all C channels (L1-bound, ~200 registers, 8 warps per SM)
+        qk = depthwise_conv_fwd(t0[:, :2 * D], [dw_weight[:2 * D]], [dw_bias[:2 * D] if has_bias else None],
+                                relu=False)[0]
+        block_c, block_j, block_nq, nwq = _dqk_config(C, half)
+        n_ib = triton.cdiv(C, block_c)
+        # small latents: shorter token blocks until a wave of programs fills the GPU
+        while block_nq > DQK_MIN_BLOCK_N and (triton.cdiv(H * W, block_nq) * n_ib * 2 * B * heads
+                                             < math.ceil(0.9 * multiprocessor_count(dev))):
+            block_nq //= 2
+        _attn_dqk_kernel[(triton.cdiv(H * W, block_nq) * n_ib * 2, B * heads)](
+            qk, dgram, norms, torch.stack((alpha, beta), 1), dt, C, D, heads, H * W, n_ib, qk.stride(0), qk.stride(1),
+            dt.stride(0), dt.stride(1), HALF_DOT=half, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq,
+            J_ITERS=triton.cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
@@ -1190,7 +1218,6 @@ def _compile_configs():
     # kernels 1 and 6: one C x C tile up to C = 64, then 64 x 64 tiles
     for c in (16, 32, 48, 96):
         block_c, block_n, nw, maxnreg = _gram_config(c)
-        dq_c, dq_j, dq_n, dq_w = _dqk_config(c)
         for dtype in _DTYPES:
             for has_bias in (False, True):
                 if c != 96:  # the Gram kernel does not depend on C beyond BLOCK_C
@@ -1213,15 +1240,19 @@ def _compile_configs():
                             {"HAS_BIAS": has_bias, "BLOCK_C": wc, "BLOCK_N": wn, "ITERS": iters},
                             num_warps=wnw, tag=dtype, extra={"maxnreg": wreg}, **kw,
                         )
+            # the dQ/dK matmul: every token block the launcher may take (the small latents shorten it)
+            dq_c, dq_j, dq_n, dq_w = _dqk_config(c, dtype != "float32")
+            while dq_n >= DQK_MIN_BLOCK_N:
                 yield CompileConfig(
                     _attn_dqk_kernel,
-                    {"t_ptr": ptr(dtype), "w_ptr": "*fp32", "b_ptr": "*fp32", "dg_ptr": "*fp32",
-                     "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "dt_ptr": ptr(dtype),
-                     **_ints("C", "D", "HEADS", "H", "W", *strides4)},
-                    {"HAS_BIAS": has_bias, "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
+                    {"qk_ptr": ptr(dtype), "dg_ptr": "*fp32", "norm_ptr": "*fp32", "ab_ptr": "*fp32",
+                     "dt_ptr": ptr(dtype),
+                     **_ints("C", "D", "HEADS", "N", "n_ib", "stride_qb", "stride_qc", "stride_tb", "stride_tc")},
+                    {"HALF_DOT": dtype != "float32", "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
                      "J_ITERS": triton.cdiv(c, dq_j)},
-                    num_warps=dq_w, tag=dtype, num_stages=DQK_STAGES,
+                    num_warps=dq_w, tag=dtype, **kw,
                 )
+                dq_n //= 2
     # kernels 2 and 5: the per-row kernels, fp32 only
     for c in (16, 32, 64, 128, 256, 512, 1024):
         rows, block, chunk, nw = _row_config(c)
@@ -1232,14 +1263,14 @@ def _compile_configs():
              **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
             {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
         )
-        yield CompileConfig(
+        yield from (CompileConfig(
             _attn_softmax_bwd_kernel,
             {"ghat_ptr": "*fp32", "norm_ptr": "*fp32", "dp_ptr": "*fp32", "temp_ptr": "*fp32", "a1_ptr": "*fp32",
              "a2_ptr": "*fp32", "a3_ptr": "*fp32", "a4_ptr": "*fp32", "dgram_ptr": "*fp32", "colterm_ptr": "*fp32",
              "alpha_ptr": "*fp32", "dw_ptr": "*fp32", "dtau_ptr": "*fp32",
              **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
-            {"BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
-        )
+            {"DGHAT": dghat, "BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
+        ) for dghat in (False, True))
     # kernel 3: forward (CONV, optional bias, residual of the same or fp32 dtype) and dV (plain source)
     mix_ints = _ints("D", "H", "W", "v_offset", "stride_mb", "stride_mo", "stride_mk",
                      *(f"stride_{t}{a}" for t in "sro" for a in "bchw"))

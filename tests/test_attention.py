@@ -138,6 +138,39 @@ def test_half_precision(dtype, D, heads, W, g_layout, path, gram, device, monkey
         assert_close(n, a, r, t, dtype=dtype)
 
 
+def test_half_precision_dq_dk_hold_large_norms(device):
+    """fp16 dQ/dK where dG = dGhat / (|q| |k|) lies below fp16's normal range: Q and K ~400x larger
+    than in test_half_precision (norms ~1e3, |q| |k| > 2**17) and a 100x smaller upstream gradient.
+    The tensor-core dots take dGhat and the normalised Q and K (the original's dA and q_n, k_n under
+    autocast), whose range fp16 holds; fp16 dG times unnormalised K (tried) misses the Q and K rows
+    of the parameter gradients by ~4e-2, 30x PyTorch's own fp16 error, and by ~0.4 at 1000x smaller."""
+    from drsformer_fast.kernels import attention as A
+
+    B, D, heads, H, W, dtype = 2, 24, 3, 6, 10, torch.float16
+    orig = _perturbed_original(D, heads, True, seed=3)
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = (400 * randn(B, D, H, W, seed=4, device=device)).to(dtype)
+    g = (1e-2 * randn(B, D, H, W, seed=5, device=device)).to(dtype)
+    with torch.no_grad():
+        args = (x, fast.qkv.weight, fast.qkv.bias, fast.qkv_dwconv.weight, fast.qkv_dwconv.bias, fast.temperature,
+                (fast.attn1, fast.attn2, fast.attn3, fast.attn4), fast.project_out.weight, fast.project_out.bias,
+                heads)
+        norms = A.attention_fwd(*args)[3]
+    assert (norms[:, 0, :, None] * norms[:, 1, None, :]).min() > 2**17  # the regime under test
+    with torch.autocast(device.type, dtype=dtype):
+        out, grads = _grads(fast, x.float(), g)
+    out64, grads64 = _reference(orig, x, g, torch.float64)
+    outlp, gradslp = _reference(orig, x, g, dtype)
+    names = _names(fast, False)
+    assert_close("output", out, out64, outlp, dtype=dtype)
+    for n, a, r, t in zip(names, grads, grads64, gradslp):
+        assert_close(n, a, r, t, dtype=dtype)
+    # the rows that only dQ and dK reach (the V rows' larger gradients would hide them above)
+    for n in ("dqkv.weight", "dqkv.bias", "dqkv_dwconv.weight", "dqkv_dwconv.bias"):
+        i = names.index(n)
+        assert_close(f"{n}[Q, K rows]", grads[i][:2 * D], grads64[i][:2 * D], gradslp[i][:2 * D], dtype=dtype)
+
+
 # C = 8 (3 heads) and C = 70 (one head: 2 x 2 tiles of 64 channels, padding rows in the second), by
 # words (W even) and by row pairs (W odd, H odd: a pair's lower pixel past the image)
 @pytest.mark.parametrize("D, heads, H, W, bias, path", [
