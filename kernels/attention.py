@@ -15,7 +15,9 @@ Kernels:
   1. ``_attn_qk_gram_kernel``: Q, K tiles from t0, accumulates Q K^T and the row sums of squares over
      token blocks; each split of the tokens writes its own partial (deterministic, no atomics); the
      partials are summed by one parallel torch reduction (fixed order for a given shape and device).
-     fp16/bf16 t0 made of whole 4-byte words takes ``_attn_qk_gram_words_kernel`` (``gram_path``).
+     fp16/bf16 t0 made of whole 4-byte words takes ``_attn_qk_gram_words_kernel``; above 64 channels
+     per head Q and K are written once by the depthwise conv and ``_attn_qk_gram_dense_kernel``
+     multiplies them (``gram_path``).
   2. ``_attn_topk_softmax_kernel``: a few rows of A per program (one row from C = 64 up): normalises
      (IEEE sqrt and division), ranks each row once (one rank decides all four nested masks; ties go
      to the lower column index), one exp shared by the four softmaxes, writes Ghat, the norms and P.
@@ -102,6 +104,10 @@ dense tiles, one product per program: 86-120 registers at 8 warps (16 warps per 
 of HBM. Static picture (sm_90, 256x256), fused -> conv + matmul: bf16 level 1 23.1 -> 7.7 + 7.8 us,
 decoder level 1 73.1 -> 15.5 + 18.1 us; fp32 decoder level 1 73.2 -> 31.0 + 39.9 us (FMA-bound,
 1.33x), level 1 23.7 -> 15.5 + 18.1 us (the one loss: the extra bytes outweigh the stencils at C = 48).
+The Gram above 64 channels per head takes the same route (``gram_path`` "dense"): at C = 96 the stencil
+kernels' 2 x 2 tiles of 64 rebuilt every channel twice per side. Static picture (sm_90, decoder level 1,
+256x256), stencil Gram -> conv + dense Gram: bf16 37.1 -> 15.5 + 9.1 us (block forward 231.0 -> 218.4,
+1.51x -> 1.32x), fp32 51.2 (2.15x) -> 31.0 + 22.0 us (32 x 32 FMA tiles, compute-bound 1.40x).
 
 Bytes moved, level 1 at 256x256 (d = 48, fp32, one unit = d*N*4 B = 12.6 MB):
   original forward : qkv 4, dwconv 6, normalize q/k 6, QK^T 2, four (S_i V) 8, weighted sum 17,
@@ -495,6 +501,61 @@ def _attn_qk_gram_words_kernel(
 
 
 @triton.jit
+def _attn_qk_gram_dense_kernel(
+    qk_ptr,  # Q and K: [B, 2d, N] (the depthwise conv of t0's first 2d channels), t0's dtype
+    part_ptr,  # out, partials: [B*heads, S, C*C + 2C] fp32 (Q K^T, then row sums of squares of Q, of K)
+    C, D, HEADS, N,
+    n_cb,  # channel blocks per side: the C x C Gram is n_cb x n_cb tiles
+    stride_qb, stride_qc,  # Q and K's batch and channel strides (tokens: unit stride)
+    HALF_DOT: tl.constexpr,  # fp16/bf16 Q and K (rounded as the original stores them) on tensor cores
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # tokens per step (the dot's K)
+    ITERS: tl.constexpr,  # token blocks per split (program)
+):
+    """The Gram of Q and K written once by the depthwise conv (``gram_path`` "dense": C > 64, where
+    the stencil kernels' n_cb x n_cb tiles would rebuild every channel n_cb times per side). fp32:
+    exact fp32 FMA dots whatever the TF32 setting (these values choose the top-k entries); fp16/bf16:
+    the stored, rounded Q and K on tensor cores (products exact in the fp32 accumulator). Bytes: Q's
+    and K's channels of the tile once per split (the tiles of one split are neighbouring programs:
+    HBM once), C x C + 2C fp32 partials per program."""
+    i_s = tl.program_id(0)
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    S = tl.num_programs(0)
+    i_b = (i_bh // HEADS).to(tl.int64)
+    i_h = i_bh % HEADS
+    i_ib = i_t // n_cb
+    i_jb = i_t % n_cb
+
+    o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_j = i_jb * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_i = o_i < C
+    m_j = o_j < C
+    # channel offsets int64 (Q and K span 2 d N elements per image), tokens int32
+    p_q = qk_ptr + i_b * stride_qb + (i_h * C + o_i).to(tl.int64)[:, None] * stride_qc
+    p_k = qk_ptr + i_b * stride_qb + (D + i_h * C + o_j).to(tl.int64)[:, None] * stride_qc
+    b_gram = tl.zeros([BLOCK_C, BLOCK_C], dtype=tl.float32)
+    b_ssq_q = tl.zeros([BLOCK_C], dtype=tl.float32)
+    b_ssq_k = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for it in range(ITERS):  # blocks past the image in the last split are fully masked (o_n >= N)
+        o_n = (i_s * ITERS + it) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        b_q = tl.load(p_q + o_n[None, :], mask=m_i[:, None] & m_n[None, :], other=0.0)
+        b_k = tl.load(p_k + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
+        if HALF_DOT:
+            b_gram += tl.dot(b_q, tl.trans(b_k))
+        else:
+            b_gram += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        b_qf = b_q.to(tl.float32)
+        b_kf = b_k.to(tl.float32)
+        b_ssq_q += tl.sum(b_qf * b_qf, axis=1)
+        b_ssq_k += tl.sum(b_kf * b_kf, axis=1)
+
+    _store_gram_partial(part_ptr + (i_bh.to(tl.int64) * S + i_s) * (C * C + 2 * C), C, o_i, o_j, m_i, m_j, i_ib,
+                        i_jb, b_gram, b_ssq_q, b_ssq_k)
+
+
+@triton.jit
 def _attn_topk_softmax_kernel(
     g_ptr,  # summed Gram and sums of squares: [B*heads, C*C + 2C] fp32
     temp_ptr,  # temperature: [heads] fp32
@@ -866,6 +927,9 @@ DOUT_V_MAXNREG = 128
 # words per token block of _attn_dout_v_words_kernel (64 tokens per step)
 DOUT_V_WORDS_BLOCK_N = 32
 GRAM_WORDS_BLOCK_N = 32
+# channels per side of one Gram tile of the stencil kernels; above it the Gram takes Q and K written
+# once (gram_path "dense")
+GRAM_TILE = 64
 # token blocks per program of the split-N kernels (1 and 4): a constexpr trip count from this set; 1 to
 # 8 give the small images a wave of programs (enc2/enc3/latent Gram, enc3/latent dOut V^T: >= 119
 # programs; the words Gram's 64-token blocks need ranges of 1 at the latent)
@@ -886,6 +950,13 @@ def _gram_config(c: int, words: bool = False, has_bias: bool = False) -> tuple[i
     if words:
         return block_c, GRAM_WORDS_BLOCK_N // (2 if has_bias else 1), {16: 4, 32: 8, 64: 16}[block_c], 128
     return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
+
+
+def _gram_dense_config(c: int, half: bool) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_N, num_warps) of the dense Gram (C > 64): fp32 FMA dots in 32 x 32 tiles, 16 tokens
+    per step (no padded rows at C = 96: the kernel is FMA-bound in fp32); fp16/bf16 64 x 64 tiles on
+    tensor cores, 64 tokens per step (padding is cheap there, and fewer tiles re-read Q and K less)."""
+    return (64, 32, 8) if half else (32, DOT_K, 4)
 
 
 def _dqk_config(c: int, half: bool) -> tuple[int, int, int, int]:
@@ -936,9 +1007,14 @@ def _image_words_ok(t: torch.Tensor) -> bool:
     return _whole_words(t) and span < 2**31
 
 
-def gram_path(t0: torch.Tensor) -> str:
-    """Which Gram kernel runs: "words" (``_attn_qk_gram_words_kernel``) when t0 is fp16/bf16 made of
-    whole words (``_image_words_ok``), else "pixels" (``_attn_qk_gram_kernel``, row pairs)."""
+def gram_path(t0: torch.Tensor, c: int) -> str:
+    """Which Gram kernel runs for ``c`` channels per head: "dense" (Q and K written once by the
+    depthwise conv, then ``_attn_qk_gram_dense_kernel``) above one 64-channel tile, where the stencil
+    kernels' 2 x 2 tiles would rebuild every channel twice per side; else "words"
+    (``_attn_qk_gram_words_kernel``) when t0 is fp16/bf16 made of whole words (``_image_words_ok``),
+    else "pixels" (``_attn_qk_gram_kernel``, row pairs)."""
+    if c > GRAM_TILE:
+        return "dense"
     return "words" if _image_words_ok(t0) else "pixels"
 
 
@@ -985,6 +1061,14 @@ def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tup
     return splits, min(it for it in SPLIT_ITERS if triton.cdiv(n_blocks, it) == splits)
 
 
+def _qk_dwconv(t0: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor | None) -> torch.Tensor:
+    """Q and K, the depthwise conv of t0's first 2d channels (bias included), written once: [B, 2d, H, W]
+    in t0's dtype (rounded as the original stores them)."""
+    d2 = 2 * (t0.shape[1] // 3)
+    return depthwise_conv_fwd(t0[:, :d2], [dw_weight[:d2]], [dw_bias[:d2] if dw_bias is not None else None],
+                              relu=False)[0]
+
+
 def _half_dot(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
@@ -1029,21 +1113,36 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         dw_b = dw_bias.float() if dw_bias is not None else dw_w
         has_bias = dw_bias is not None
 
-        words = gram_path(t0) == "words"
-        block_c, block_n, nw, maxnreg = _gram_config(C, words, has_bias)
-        n_cb = triton.cdiv(C, block_c)
-        # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
-        n_units = H * (W // 2) if words else triton.cdiv(H, 2) * W
-        block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
-        part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
-        launch = dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
-                      num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
-        if words:
-            _attn_qk_gram_words_kernel[(splits, n_cb * n_cb, B * heads)](
-                t0, dw_w, dw_b, part, C, D, heads, H, W // 2, n_cb, *(st // 2 for st in t0.stride()[:3]), **launch)
+        path = gram_path(t0, C)
+        if path == "dense":
+            qk = _qk_dwconv(t0, dw_weight, dw_bias)
+            block_c, block_n, nw = _gram_dense_config(C, _half_dot(t0.dtype))
+            n_cb = triton.cdiv(C, block_c)
+            block_n, splits, iters = _split_tokens(N, block_n, B * heads * n_cb * n_cb, dev)
+            part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
+            _attn_qk_gram_dense_kernel[(splits, n_cb * n_cb, B * heads)](
+                qk, part, C, D, heads, N, n_cb, qk.stride(0), qk.stride(1), HALF_DOT=_half_dot(t0.dtype),
+                BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            )
+            del qk
         else:
-            _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
-                t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HALF_DOT=_half_dot(t0.dtype), **launch)
+            words = path == "words"
+            block_c, block_n, nw, maxnreg = _gram_config(C, words, has_bias)
+            n_cb = triton.cdiv(C, block_c)
+            # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
+            n_units = H * (W // 2) if words else triton.cdiv(H, 2) * W
+            block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
+            part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
+            launch = dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
+                          num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
+            if words:
+                _attn_qk_gram_words_kernel[(splits, n_cb * n_cb, B * heads)](
+                    t0, dw_w, dw_b, part, C, D, heads, H, W // 2, n_cb, *(st // 2 for st in t0.stride()[:3]),
+                    **launch)
+            else:
+                _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
+                    t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HALF_DOT=_half_dot(t0.dtype),
+                    **launch)
         # the split partials summed by one parallel, deterministic reduction (no atomics)
         gsum = part.sum(1)
 
@@ -1166,8 +1265,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         # Q and K written once (the depthwise conv of t0's first 2d channels, bias included), then dQ/dK
         # as a dense batched matmul: rebuilding them inside the dot kernel cost every row block its own
         # 9-tap stencil of all C channels (L1-bound, ~200 registers, 8 warps per SM)
-        qk = depthwise_conv_fwd(t0[:, :2 * D], [dw_weight[:2 * D]], [dw_bias[:2 * D] if has_bias else None],
-                                relu=False)[0]
+        qk = _qk_dwconv(t0, dw_weight, dw_bias)
         block_c, block_j, block_nq, nwq = _dqk_config(C, half)
         n_ib = triton.cdiv(C, block_c)
         # small latents: shorter token blocks until a wave of programs fills the GPU
@@ -1220,7 +1318,7 @@ def _compile_configs():
         block_c, block_n, nw, maxnreg = _gram_config(c)
         for dtype in _DTYPES:
             for has_bias in (False, True):
-                if c != 96:  # the Gram kernel does not depend on C beyond BLOCK_C
+                if c <= GRAM_TILE:  # the stencil Gram kernels (one tile), which depend on C only through BLOCK_C
                     for iters in SPLIT_ITERS:
                         yield CompileConfig(
                             _attn_qk_gram_kernel,
@@ -1240,6 +1338,16 @@ def _compile_configs():
                             {"HAS_BIAS": has_bias, "BLOCK_C": wc, "BLOCK_N": wn, "ITERS": iters},
                             num_warps=wnw, tag=dtype, extra={"maxnreg": wreg}, **kw,
                         )
+            if c > GRAM_TILE:  # the dense Gram
+                gc, gn, gw = _gram_dense_config(c, dtype != "float32")
+                for iters in SPLIT_ITERS:
+                    yield CompileConfig(
+                        _attn_qk_gram_dense_kernel,
+                        {"qk_ptr": ptr(dtype), "part_ptr": "*fp32",
+                         **_ints("C", "D", "HEADS", "N", "n_cb", "stride_qb", "stride_qc")},
+                        {"HALF_DOT": dtype != "float32", "BLOCK_C": gc, "BLOCK_N": gn, "ITERS": iters},
+                        num_warps=gw, tag=dtype, **kw,
+                    )
             # the dQ/dK matmul: every token block the launcher may take (the small latents shorten it)
             dq_c, dq_j, dq_n, dq_w = _dqk_config(c, dtype != "float32")
             while dq_n >= DQK_MIN_BLOCK_N:

@@ -171,12 +171,13 @@ def test_half_precision_dq_dk_hold_large_norms(device):
         assert_close(f"{n}[Q, K rows]", grads[i][:2 * D], grads64[i][:2 * D], gradslp[i][:2 * D], dtype=dtype)
 
 
-# C = 8 (3 heads) and C = 70 (one head: 2 x 2 tiles of 64 channels, padding rows in the second), by
-# words (W even) and by row pairs (W odd, H odd: a pair's lower pixel past the image)
+# C = 8 (3 heads) by words (W even) and by row pairs (W odd, H odd: a pair's lower pixel past the
+# image); C = 70 (one head, above one 64-channel tile): Q and K written once, 2 x 2 tiles with padding
+# rows in the second ("dense"), from word and pixel depthwise convs
 @pytest.mark.parametrize("D, heads, H, W, bias, path", [
-    (24, 3, 5, 10, True, "words"), (24, 3, 5, 7, False, "pixels"), (70, 1, 4, 12, False, "words"),
-    (70, 1, 5, 9, True, "pixels"),
-], ids=["C8-words", "C8-pixels", "C70-words", "C70-pixels"])
+    (24, 3, 5, 10, True, "words"), (24, 3, 5, 7, False, "pixels"), (70, 1, 4, 12, False, "dense"),
+    (70, 1, 5, 9, True, "dense"),
+], ids=["C8-words", "C8-pixels", "C70-dense-W12", "C70-dense-W9-bias"])
 def test_half_precision_gram_is_that_of_the_rounded_q_and_k(D, heads, H, W, bias, path, device, monkeypatch):
     """In fp16/bf16 the Gram's Q and K are rounded to t0's dtype, as the original stores them, and
     multiplied on tensor cores: products of two fp16 values are exact in fp32, so the normalised Gram
