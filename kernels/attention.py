@@ -346,6 +346,16 @@ def _topk_softmax_rows(
 
 
 @triton.jit
+def _gram_program(HEADS, n_cb):
+    """Who a Gram program is (grid: splits, n_cb * n_cb tiles, B * heads): its split, the number of
+    splits, its (sample, head) index, sample (int64), head, and tile row and column."""
+    i_t = tl.program_id(1)
+    i_bh = tl.program_id(2)
+    return (tl.program_id(0), tl.num_programs(0), i_bh, (i_bh // HEADS).to(tl.int64), i_bh % HEADS, i_t // n_cb,
+            i_t % n_cb)
+
+
+@triton.jit
 def _store_gram_partial(p_part, C, o_i, o_j, m_i, m_j, i_ib, i_jb, b_gram, b_ssq_q, b_ssq_k):
     """One program's partial of a Gram tile: the (i, j) entries of Q K^T, and the rows' sums of
     squares, written by the tiles of the first column (Q) / first row (K).
@@ -370,14 +380,7 @@ def _attn_qk_gram_kernel(
     BLOCK_N: tl.constexpr,  # row pairs per token block (kernels/_utils.py): 2 * BLOCK_N tokens
     ITERS: tl.constexpr,  # token blocks per split (program)
 ):
-    i_s = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    S = tl.num_programs(0)
-    i_b = (i_bh // HEADS).to(tl.int64)
-    i_h = i_bh % HEADS
-    i_ib = i_t // n_cb
-    i_jb = i_t % n_cb
+    i_s, S, i_bh, i_b, i_h, i_ib, i_jb = _gram_program(HEADS, n_cb)
     NQ = tl.cdiv(H, 2) * W
 
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -461,14 +464,7 @@ def _attn_qk_gram_words_kernel(
     only); their entries are not stored. Bytes: Q's and K's t0 channels once (taps from L1), C x C + 2C
     fp32 partials per program."""
     DTYPE: tl.constexpr = t_ptr.dtype.element_ty
-    i_s = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    S = tl.num_programs(0)
-    i_b = (i_bh // HEADS).to(tl.int64)
-    i_h = i_bh % HEADS
-    i_ib = i_t // n_cb
-    i_jb = i_t % n_cb
+    i_s, S, i_bh, i_b, i_h, i_ib, i_jb = _gram_program(HEADS, n_cb)
     NW = H * WW
 
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -515,17 +511,10 @@ def _attn_qk_gram_dense_kernel(
     """The Gram of Q and K written once by the depthwise conv (``gram_path`` "dense": C > 64, where
     the stencil kernels' n_cb x n_cb tiles would rebuild every channel n_cb times per side). fp32:
     exact fp32 FMA dots whatever the TF32 setting (these values choose the top-k entries); fp16/bf16:
-    the stored, rounded Q and K on tensor cores (products exact in the fp32 accumulator). Bytes: Q's
-    and K's channels of the tile once per split (the tiles of one split are neighbouring programs:
-    HBM once), C x C + 2C fp32 partials per program."""
-    i_s = tl.program_id(0)
-    i_t = tl.program_id(1)
-    i_bh = tl.program_id(2)
-    S = tl.num_programs(0)
-    i_b = (i_bh // HEADS).to(tl.int64)
-    i_h = i_bh % HEADS
-    i_ib = i_t // n_cb
-    i_jb = i_t % n_cb
+    the stored, rounded Q and K on tensor cores (products exact in the fp32 accumulator). Bytes: Q and
+    K once (the n_cb tiles of a row or column re-read their channels, from L2 where they run
+    together), C x C + 2C fp32 partials per program."""
+    i_s, S, i_bh, i_b, i_h, i_ib, i_jb = _gram_program(HEADS, n_cb)
 
     o_i = i_ib * BLOCK_C + tl.arange(0, BLOCK_C)
     o_j = i_jb * BLOCK_C + tl.arange(0, BLOCK_C)
