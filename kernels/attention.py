@@ -941,10 +941,11 @@ def _gram_config(c: int, words: bool = False, has_bias: bool = False) -> tuple[i
     return block_c, DOT_K, (16 if block_c == 64 else 4), (128 if block_c == 64 else 255)
 
 
-def _gram_dense_config(c: int, half: bool) -> tuple[int, int, int]:
+def _gram_dense_config(half: bool) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_N, num_warps) of the dense Gram (C > 64): fp32 FMA dots in 32 x 32 tiles, 16 tokens
     per step (no padded rows at C = 96: the kernel is FMA-bound in fp32); fp16/bf16 64 x 64 tiles on
-    tensor cores, 64 tokens per step (padding is cheap there, and fewer tiles re-read Q and K less)."""
+    tensor cores, 32 tokens per step (padding is cheap there, and fewer tiles re-read Q and K less;
+    64 tokens gave 256 programs at decoder level 1, under one wave)."""
     return (64, 32, 8) if half else (32, DOT_K, 4)
 
 
@@ -1105,33 +1106,28 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         path = gram_path(t0, C)
         if path == "dense":
             qk = _qk_dwconv(t0, dw_weight, dw_bias)
-            block_c, block_n, nw = _gram_dense_config(C, _half_dot(t0.dtype))
-            n_cb = triton.cdiv(C, block_c)
-            block_n, splits, iters = _split_tokens(N, block_n, B * heads * n_cb * n_cb, dev)
-            part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
-            _attn_qk_gram_dense_kernel[(splits, n_cb * n_cb, B * heads)](
-                qk, part, C, D, heads, N, n_cb, qk.stride(0), qk.stride(1), HALF_DOT=_half_dot(t0.dtype),
-                BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
-            )
-            del qk
+            block_c, block_n, nw = _gram_dense_config(_half_dot(t0.dtype))
+            n_units, maxnreg = N, LAUNCH_OPTIONS["maxnreg"]
         else:
-            words = path == "words"
-            block_c, block_n, nw, maxnreg = _gram_config(C, words, has_bias)
-            n_cb = triton.cdiv(C, block_c)
+            block_c, block_n, nw, maxnreg = _gram_config(C, path == "words", has_bias)
             # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
-            n_units = H * (W // 2) if words else triton.cdiv(H, 2) * W
-            block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
-            part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
-            launch = dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
-                          num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
-            if words:
-                _attn_qk_gram_words_kernel[(splits, n_cb * n_cb, B * heads)](
-                    t0, dw_w, dw_b, part, C, D, heads, H, W // 2, n_cb, *(st // 2 for st in t0.stride()[:3]),
-                    **launch)
-            else:
-                _attn_qk_gram_kernel[(splits, n_cb * n_cb, B * heads)](
-                    t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HALF_DOT=_half_dot(t0.dtype),
-                    **launch)
+            n_units = H * (W // 2) if path == "words" else triton.cdiv(H, 2) * W
+        n_cb = triton.cdiv(C, block_c)
+        block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
+        part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
+        grid = (splits, n_cb * n_cb, B * heads)
+        launch = dict(BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
+                      **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
+        if path == "dense":
+            _attn_qk_gram_dense_kernel[grid](qk, part, C, D, heads, N, n_cb, qk.stride(0), qk.stride(1),
+                                             HALF_DOT=_half_dot(t0.dtype), **launch)
+            del qk
+        elif path == "words":
+            _attn_qk_gram_words_kernel[grid](t0, dw_w, dw_b, part, C, D, heads, H, W // 2, n_cb,
+                                             *(st // 2 for st in t0.stride()[:3]), HAS_BIAS=has_bias, **launch)
+        else:
+            _attn_qk_gram_kernel[grid](t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HAS_BIAS=has_bias,
+                                       HALF_DOT=_half_dot(t0.dtype), **launch)
         # the split partials summed by one parallel, deterministic reduction (no atomics)
         gsum = part.sum(1)
 
@@ -1328,7 +1324,7 @@ def _compile_configs():
                             num_warps=wnw, tag=dtype, extra={"maxnreg": wreg}, **kw,
                         )
             if c > GRAM_TILE:  # the dense Gram
-                gc, gn, gw = _gram_dense_config(c, dtype != "float32")
+                gc, gn, gw = _gram_dense_config(dtype != "float32")
                 for iters in SPLIT_ITERS:
                     yield CompileConfig(
                         _attn_qk_gram_dense_kernel,
