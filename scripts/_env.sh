@@ -6,6 +6,16 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# DRSFORMER_FAST_TEMP_CACHES=1 (the test scripts): Triton's and Inductor's caches of this run go to
+# one temporary folder, removed when the script exits, unless the caller chose its own. A CI machine's
+# disk is shared, and the compile checks and torch.compile tests leave gigabytes behind otherwise.
+if [ "${DRSFORMER_FAST_TEMP_CACHES:-0}" = 1 ] \
+    && { [ -z "${TRITON_CACHE_DIR:-}" ] || [ -z "${TORCHINDUCTOR_CACHE_DIR:-}" ]; }; then
+    _DRSFORMER_FAST_CACHE="$(mktemp -d)"
+    trap 'rm -rf "$_DRSFORMER_FAST_CACHE"' EXIT
+    export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$_DRSFORMER_FAST_CACHE/triton}"
+    export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$_DRSFORMER_FAST_CACHE/inductor}"
+fi
 VENV="${DRSFORMER_FAST_VENV:-$ROOT/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"

@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DRSFORMER_FAST_VENV="${DRSFORMER_FAST_VENV_TRITON36:-$ROOT/.venv-triton36}"
 export DRSFORMER_FAST_PIP_PINS="triton==3.6.0"
+export DRSFORMER_FAST_TEMP_CACHES=1  # no compiled kernels left behind (_env.sh)
 source "$ROOT/scripts/_env.sh"
 "$PY" -c "import triton, torch; print('triton', triton.__version__, 'torch', torch.__version__)"
 shopt -s nullglob
