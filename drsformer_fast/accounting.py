@@ -146,7 +146,7 @@ def feedforward_bytes(shape, hidden: int, element_size: int = 4, *, residual: bo
         return [
             KernelBytes("project_in (cuBLAS): read x, write y", D * p, 2 * h * p),
             KernelBytes("depthwise 3x3 + 5x5 (stage 1): read y, write ab", 2 * h * p, 4 * h * p),
-            KernelBytes("_ffn_fwd_kernel (stage 2 + project_out): read ab (+ residual), write out",
+            KernelBytes("_ffn_fwd[_words]_kernel (stage 2 + project_out): read ab (+ residual), write out",
                         (4 * h + (D if residual else 0)) * p, D * p),
         ]
     return [

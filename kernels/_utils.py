@@ -48,11 +48,12 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 # int32 pointer and split in registers (``dwconv._split_words``; ``_join_words`` packs the outputs).
 # For K <= 5 the words t - 1 .. t + 1 hold every column shift of both pixels of word t, so a tap row
 # costs 3 full-wavefront loads for two outputs instead of K half-filled ones per output. Kernels:
-# ``_dw_fwd_words_kernel`` and ``_dw_bwd_words_kernel`` (2 x 2 quads: words and row pairs together),
-# ``_ffn_bwd_uv_words_kernel`` and the attention's ``_attn_dout_v_words_kernel`` and
+# ``_dw_fwd_words_kernel``, ``_dw_bwd_words_kernel`` and ``_ffn_fwd_words_kernel`` (2 x 2 quads: words
+# and row pairs together), ``_ffn_bwd_uv_words_kernel`` and the attention's ``_attn_dout_v_words_kernel`` and
 # ``_attn_qk_gram_words_kernel`` (sums over tokens, whose order is free: the words' even and odd
 # pixels make two dots); the launchers fall back to the pixel kernels for anything else and name
-# their choice (``forward_path``, ``backward_path``, ``bwd_uv_path``, ``dout_v_path``, ``gram_path``).
+# their choice (``forward_path``, ``backward_path``, ``fwd_path``, ``bwd_uv_path``, ``dout_v_path``,
+# ``gram_path``).
 
 
 def conv_fp32_precision() -> str:

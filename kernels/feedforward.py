@@ -74,8 +74,19 @@ hidden channels per conv tile, 8 warps up to 64 output channels, 16 above, cappe
 fp32 at 256x256: level 1 152 -> 49 us predicted (47 us HBM roofline: HBM-bound), decoder level 1
 -> 98 us (95), the latent (5 splits, 120 programs) 149 -> 24 us.
 
-Words (fp16/bf16 backward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so
-in bf16 ``_ffn_bwd_uv_kernel`` was L1-bound (static model, level 1: 80 us against 32). When dout and
+Words (fp16/bf16). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in bf16
+the stage-2 kernels were L1-bound (static model, sm_90, level 1: forward 45 us against 24, du/dv 80
+us against 32).
+Forward: when ab (the launcher's buffer) and the residual are whole words (``fwd_path``: W even),
+``_ffn_fwd_words_kernel`` takes 2 x 2 pixel quads per thread (``_grouped_conv_word_pairs``: per tap
+row the 3 words around the pair of both input channels, each input row feeding both output rows, one
+8-byte weight-pair load per tap for the four pixels), residual and output as words, the split partial
+sums by columns. Both forward kernels read W_out transposed ([2h, D], ``_wo_tile``): a chunk of 16
+hidden columns of W_out's own rows is 32-64 bytes per output channel (scalar loads at four rows of
+lanes per warp instruction), the transposed rows are D channels wide. Static model (sm_90, as
+launched, 128 registers at 8 warps / 104 at 16): bf16 level 1 45.4 -> 24.4 us (HBM 23.6), decoder
+level 1 98.6 -> 49.0 us (HBM 47.5); fp32 (pixels) L1 factor 1.4 -> 1.2, still HBM-bound.
+Backward: when dout and
 ab are whole aligned 4-byte words (``bwd_uv_path``; ab is the launcher's own buffer, so an even W and
 a dense dout), ``_ffn_bwd_uv_words_kernel`` takes pixel pairs per thread instead: per tap row the
 3 words around a pair (``_grouped_conv_words``; K <= 5) hold every column shift of both columns,
@@ -327,6 +338,14 @@ def _grouped_conv_rows(
 
 
 @triton.jit
+def _wo_tile(wot_ptr, o_d, m_d, o_col, m_j, D: tl.constexpr):
+    """W_out[o_d, o_col] as a [BLOCK_D, BLOCK_J] dot operand, from the transposed weight [2h, D]: its
+    rows hold D channels (full-width vector loads), where W_out's own rows give a chunk of 16 hidden
+    columns only 32-64 bytes per output channel (scalar loads, 4 rows of lanes per warp instruction)."""
+    return tl.trans(tl.load(wot_ptr + o_col[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0.0))
+
+
+@triton.jit
 def _ffn_fwd_store(
     b_out, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, o_w, m_p, o_d, m_d, D, N, W,
     stride_rb, stride_rc, stride_rh, stride_rw,
@@ -359,7 +378,7 @@ def _ffn_fwd_kernel(
     g3b_ptr,  # dwconv3x3_1 bias: [h] fp32, or None (specialised away)
     g5p_ptr,  # dwconv5x5_1 weight pairs: [h, 25] int64
     g5b_ptr,  # [h] fp32, or None
-    wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
+    wot_ptr,  # project_out weight transposed: [2h, D], x's dtype, contiguous
     bo_ptr,  # project_out bias: [D] fp32, or None
     res_ptr,  # residual: [B, D, H, W], any strides (unused without HAS_RES)
     out_ptr,  # SPLIT == 1: out [B, D, H, W] contiguous; else fp32 partial sums [SPLIT, B, D, H*W]
@@ -409,7 +428,7 @@ def _ffn_fwd_kernel(
             b_u1 += b_gb
             b_u2 += b_gb
             b_u3 += b_gb
-        b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + o_j[None, :], mask=m_d[:, None] & m_j[None, :], other=0.0)
+        b_wo = _wo_tile(wot_ptr, o_d, m_d, o_j, m_j, D)
         b_out0 = tl.dot(b_wo, tl.maximum(b_u0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
         b_out1 = tl.dot(b_wo, tl.maximum(b_u1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
         b_out2 = tl.dot(b_wo, tl.maximum(b_u2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
@@ -426,8 +445,7 @@ def _ffn_fwd_kernel(
             b_v1 += b_gb
             b_v2 += b_gb
             b_v3 += b_gb
-        b_wo = tl.load(wo_ptr + o_d[:, None] * (2 * HID) + (HID + o_j)[None, :],
-                       mask=m_d[:, None] & m_j[None, :], other=0.0)
+        b_wo = _wo_tile(wot_ptr, o_d, m_d, HID + o_j, m_j, D)
         b_out0 = tl.dot(b_wo, tl.maximum(b_v0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
         b_out1 = tl.dot(b_wo, tl.maximum(b_v1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
         b_out2 = tl.dot(b_wo, tl.maximum(b_v2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
@@ -441,6 +459,208 @@ def _ffn_fwd_kernel(
                    stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
     _ffn_fwd_store(b_out3, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 3, o_w, m_q & (o_h + 3 < H), o_d, m_d, D, N, W,
                    stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
+
+
+@triton.jit
+def _ab_row_words(p_e, p_o, o_r, o_t, m_q, H, WW, s_h):
+    """Words o_t - 1, o_t, o_t + 1 of input row o_r of the two input channels (p_e, p_o: int32 word
+    pointers, s_h: the row stride in words): with W even a word is inside or outside the image as a
+    whole, so word masks give the zero padding."""
+    m_r = m_q & (o_r >= 0) & (o_r < H)
+    o_w = o_r * s_h + o_t
+    m_l = (m_r & (o_t >= 1))[None, :]
+    m_c = m_r[None, :]
+    m_n = (m_r & (o_t + 1 < WW))[None, :]
+    return (tl.load(p_e + (o_w - 1)[None, :], mask=m_l, other=0), tl.load(p_e + o_w[None, :], mask=m_c, other=0),
+            tl.load(p_e + (o_w + 1)[None, :], mask=m_n, other=0), tl.load(p_o + (o_w - 1)[None, :], mask=m_l, other=0),
+            tl.load(p_o + o_w[None, :], mask=m_c, other=0), tl.load(p_o + (o_w + 1)[None, :], mask=m_n, other=0))
+
+
+@triton.jit
+def _word_columns(b_l, b_c, b_n, DTYPE: tl.constexpr):
+    """The 6 pixels (columns 2 o_t - 2 .. 2 o_t + 3) of the words (o_t - 1, o_t, o_t + 1), as fp32."""
+    b_l0, b_l1 = _split_words(b_l, DTYPE)
+    b_c0, b_c1 = _split_words(b_c, DTYPE)
+    b_n0, b_n1 = _split_words(b_n, DTYPE)
+    return b_l0, b_l1, b_c0, b_c1, b_n0, b_n1
+
+
+@triton.jit
+def _grouped_conv_word_pairs(
+    ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW,
+    gp_ptr,  # weight pairs: [h, K*K] int64 (_weight_pairs)
+    HID: tl.constexpr, x_off,
+    stride_abb, stride_abc, stride_abh,  # element strides of ab (even; unit W stride)
+    K: tl.constexpr,
+    AB64: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    """_grouped_conv_rows for 2-byte ab on aligned 4-byte words: pre-activations of output channels
+    o_jl at the 2 x 2 pixel quads (rows o_h, o_h + 1; columns 2 o_t, 2 o_t + 1), returned as
+    (row 0 even, row 0 odd, row 1 even, row 1 odd).
+    Why 2 x 2: per input row the 3 words around the pair hold every column shift (K <= 5) of both
+    columns, as full 128-byte wavefronts, and each input row feeds both output rows (K + 1 rows for
+    two), while each tap's weight pair is one 8-byte load used for all four pixels. Per K = 5 chunk
+    and warp: 6 x 3 x 2 word loads + 25 weight loads, against 5 x 8 x 2 half-filled 2-byte loads + 25
+    by pixel row quads (_grouped_conv_rows), both for 4 pixels per thread."""
+    R: tl.constexpr = K // 2
+    tl.static_assert(R <= 2, "3 words per row hold column shifts up to 2")
+    DTYPE: tl.constexpr = ab_ptr.dtype.element_ty
+    o_ce, o_co = _group_input_channels(o_jl, HID, x_off)
+    p_ab = (ab_ptr + i_b * stride_abb).to(tl.pointer_type(tl.int32))
+    s_c = stride_abc // 2
+    s_h = stride_abh // 2
+    if AB64:  # 64-bit channel base pointers, as in _grouped_conv_chunk
+        p_e = (p_ab + o_ce.to(tl.int64) * s_c)[:, None]
+        p_o = (p_ab + o_co.to(tl.int64) * s_c)[:, None]
+    else:
+        p_e = p_ab + (o_ce * s_c)[:, None]
+        p_o = p_ab + (o_co * s_c)[:, None]
+    p_w = gp_ptr + o_jl * (K * K)
+    b_acc_e0 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc_o0 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc_e1 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    b_acc_o1 = tl.zeros([BLOCK_J, BLOCK_Q], dtype=tl.float32)
+    # input row o_h - R + kh is tap row kh of output row 0 and tap row kh - 1 of output row 1: each
+    # step loads the row below (b_*1) and takes the one above (b_*0) from the step before, as words
+    b_el0, b_ec0, b_en0, b_ol0, b_oc0, b_on0 = _ab_row_words(p_e, p_o, o_h - R, o_t, m_q, H, WW, s_h)
+    # a runtime loop over the tap rows (unrolled, the compiler hoists every tap load)
+    for kh in range(K):
+        b_el1, b_ec1, b_en1, b_ol1, b_oc1, b_on1 = _ab_row_words(p_e, p_o, o_h + (kh + 1 - R), o_t, m_q, H, WW, s_h)
+        b_xe0 = _word_columns(b_el0, b_ec0, b_en0, DTYPE)
+        b_xo0 = _word_columns(b_ol0, b_oc0, b_on0, DTYPE)
+        b_xe1 = _word_columns(b_el1, b_ec1, b_en1, DTYPE)
+        b_xo1 = _word_columns(b_ol1, b_oc1, b_on1, DTYPE)
+        for kw in tl.static_range(K):
+            # column shift kw - R: the even column reads column 2 + kw - R of the 6, the odd one the next
+            b_we, b_wo = _unpack_pair(tl.load(p_w + (kh * K + kw)))
+            b_we = b_we[:, None]
+            b_wo = b_wo[:, None]
+            b_acc_e0 += b_we * b_xe0[2 + kw - R] + b_wo * b_xo0[2 + kw - R]
+            b_acc_o0 += b_we * b_xe0[3 + kw - R] + b_wo * b_xo0[3 + kw - R]
+            b_acc_e1 += b_we * b_xe1[2 + kw - R] + b_wo * b_xo1[2 + kw - R]
+            b_acc_o1 += b_we * b_xe1[3 + kw - R] + b_wo * b_xo1[3 + kw - R]
+        b_el0, b_ec0, b_en0, b_ol0, b_oc0, b_on0 = b_el1, b_ec1, b_en1, b_ol1, b_oc1, b_on1
+    return b_acc_e0, b_acc_o0, b_acc_e1, b_acc_o1
+
+
+@triton.jit
+def _ffn_fwd_words_store(
+    b_e, b_o, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, o_t, m_p, o_d, m_d, D, N, W,
+    stride_rb, stride_rc, stride_rh,
+    HAS_RES: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """_ffn_fwd_store for one row of pixel pairs (o_row, 2 o_t + {0, 1}): the residual and the output as
+    words (out is the launcher's contiguous buffer, W even); a split's fp32 partial sums by columns."""
+    if SPLIT == 1:
+        m = m_d[:, None] & m_p[None, :]
+        if bo_ptr is not None:
+            b_bias = tl.load(bo_ptr + o_d, mask=m_d, other=0.0)[:, None]
+            b_e += b_bias
+            b_o += b_bias
+        if HAS_RES:  # whole words too (fwd_path)
+            p_r = (res_ptr.to(tl.pointer_type(tl.int32)) + i_b * (stride_rb // 2)
+                   + o_d.to(tl.int64)[:, None] * (stride_rc // 2) + (o_row.to(tl.int64) * (stride_rh // 2) + o_t)[None, :])
+            b_re, b_ro = _split_words(tl.load(p_r, mask=m, other=0), res_ptr.dtype.element_ty)
+            b_e += b_re
+            b_o += b_ro
+        # word offsets into the contiguous [B, D, H, W] output (planes of N / 2 words)
+        o_w = (i_b * D + o_d.to(tl.int64))[:, None] * (N // 2) + (o_row * (W // 2) + o_t)[None, :]
+        tl.store(out_ptr.to(tl.pointer_type(tl.int32)) + o_w, _join_words(b_e, b_o, out_ptr.dtype.element_ty), mask=m)
+    else:
+        _ffn_fwd_store(b_e, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, 2 * o_t, m_p, o_d, m_d, D, N, W,
+                       stride_rb, stride_rc, stride_rh, 1, False, SPLIT)
+        _ffn_fwd_store(b_o, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, 2 * o_t + 1, m_p, o_d, m_d, D, N, W,
+                       stride_rb, stride_rc, stride_rh, 1, False, SPLIT)
+
+
+@triton.jit
+def _ffn_fwd_words_kernel(
+    ab_ptr,  # ab: [B, 4h, H, W] fp16/bf16, whole words (dwconv._whole_words)
+    g3p_ptr,  # dwconv3x3_1 weight pairs: [h, 9] int64 (_weight_pairs)
+    g3b_ptr,  # dwconv3x3_1 bias: [h] fp32, or None
+    g5p_ptr,  # dwconv5x5_1 weight pairs: [h, 25] int64
+    g5b_ptr,  # [h] fp32, or None
+    wot_ptr,  # project_out weight transposed: [2h, D], x's dtype, contiguous
+    bo_ptr,  # project_out bias: [D] fp32, or None
+    res_ptr,  # residual: [B, D, H, W], whole words (unused without HAS_RES)
+    out_ptr,  # SPLIT == 1: out [B, D, H, W] contiguous; else fp32 partial sums [SPLIT, B, D, H*W]
+    HID: tl.constexpr, D: tl.constexpr, N, H, W,
+    stride_abb, stride_abc, stride_abh,  # element strides of ab (even; unit W stride)
+    stride_rb, stride_rc, stride_rh,  # element strides of the residual (even; unit W stride)
+    HAS_RES: tl.constexpr,
+    SPLIT: tl.constexpr,
+    AB64: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # 2 x 2 pixel quads (a word of two rows) per program
+):
+    """_ffn_fwd_kernel for 2-byte ab on aligned 4-byte words: a program takes BLOCK_Q 2 x 2 pixel quads
+    (_grouped_conv_word_pairs) x BLOCK_D output channels (x one split of the hidden chunks); the
+    project_out dot runs once per pixel of the quads. Grid: (cdiv(cdiv(H, 2) * W / 2, BLOCK_Q),
+    cdiv(D, BLOCK_D) * SPLIT, B). Bytes as _ffn_fwd_kernel's (module docstring)."""
+    N_CHUNK: tl.constexpr = (HID + BLOCK_J - 1) // BLOCK_J
+    J_PER: tl.constexpr = (N_CHUNK + SPLIT - 1) // SPLIT
+    i_t = tl.program_id(0)
+    i_s = tl.program_id(1) % SPLIT
+    i_d = tl.program_id(1) // SPLIT
+    i_b = tl.program_id(2).to(tl.int64)
+    WW = W // 2
+    # 1 word per thread along W: coalesced loads (kernels/_utils.py, stencil layout)
+    o_q = tl.multiple_of(i_t * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
+    m_q = o_q < tl.cdiv(H, 2) * WW
+    o_h = (o_q // WW) * 2
+    o_t = o_q % WW
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    b_oe0 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_oo0 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_oe1 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    b_oo1 = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    # u = relu(g3(x1)) feeds W_out[:, :h], v = relu(g5(x2)) W_out[:, h:] (as _ffn_fwd_kernel)
+    for jc in tl.range(J_PER, num_stages=1):
+        o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
+        m_j = o_j < HID
+        o_jl = tl.minimum(o_j, HID - 1)
+        b_ue0, b_uo0, b_ue1, b_uo1 = _grouped_conv_word_pairs(ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW, g3p_ptr, HID, 0,
+                                                              stride_abb, stride_abc, stride_abh, 3, AB64, BLOCK_J,
+                                                              BLOCK_Q)
+        if g3b_ptr is not None:
+            b_gb = tl.load(g3b_ptr + o_jl)[:, None]
+            b_ue0 += b_gb
+            b_uo0 += b_gb
+            b_ue1 += b_gb
+            b_uo1 += b_gb
+        b_wo = _wo_tile(wot_ptr, o_d, m_d, o_j, m_j, D)
+        b_oe0 = tl.dot(b_wo, tl.maximum(b_ue0, 0.0).to(b_wo.dtype), b_oe0)
+        b_oo0 = tl.dot(b_wo, tl.maximum(b_uo0, 0.0).to(b_wo.dtype), b_oo0)
+        b_oe1 = tl.dot(b_wo, tl.maximum(b_ue1, 0.0).to(b_wo.dtype), b_oe1)
+        b_oo1 = tl.dot(b_wo, tl.maximum(b_uo1, 0.0).to(b_wo.dtype), b_oo1)
+    for jc in tl.range(J_PER, num_stages=1):
+        o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
+        m_j = o_j < HID
+        o_jl = tl.minimum(o_j, HID - 1)
+        b_ve0, b_vo0, b_ve1, b_vo1 = _grouped_conv_word_pairs(ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW, g5p_ptr, HID,
+                                                              HID, stride_abb, stride_abc, stride_abh, 5, AB64,
+                                                              BLOCK_J, BLOCK_Q)
+        if g5b_ptr is not None:
+            b_gb = tl.load(g5b_ptr + o_jl)[:, None]
+            b_ve0 += b_gb
+            b_vo0 += b_gb
+            b_ve1 += b_gb
+            b_vo1 += b_gb
+        b_wo = _wo_tile(wot_ptr, o_d, m_d, HID + o_j, m_j, D)
+        b_oe0 = tl.dot(b_wo, tl.maximum(b_ve0, 0.0).to(b_wo.dtype), b_oe0)
+        b_oo0 = tl.dot(b_wo, tl.maximum(b_vo0, 0.0).to(b_wo.dtype), b_oo0)
+        b_oe1 = tl.dot(b_wo, tl.maximum(b_ve1, 0.0).to(b_wo.dtype), b_oe1)
+        b_oo1 = tl.dot(b_wo, tl.maximum(b_vo1, 0.0).to(b_wo.dtype), b_oo1)
+
+    _ffn_fwd_words_store(b_oe0, b_oo0, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h, o_t, m_q, o_d, m_d, D, N, W,
+                         stride_rb, stride_rc, stride_rh, HAS_RES, SPLIT)
+    _ffn_fwd_words_store(b_oe1, b_oo1, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h + 1, o_t, m_q & (o_h + 1 < H), o_d,
+                         m_d, D, N, W, stride_rb, stride_rc, stride_rh, HAS_RES, SPLIT)
 
 
 @triton.jit
@@ -772,6 +992,13 @@ def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
     return _f32(weight).reshape(h, 2, k * k).transpose(1, 2).contiguous().view(torch.int64)
 
 
+def fwd_path(ab: torch.Tensor, residual: torch.Tensor | None) -> str:
+    """Which stage-2 forward kernel runs: "words" (``_ffn_fwd_words_kernel``: fp16/bf16 whose ab, the
+    launcher's contiguous buffer, and residual are made of whole aligned 4-byte words,
+    ``dwconv._whole_words``: W even) or "pixels" (``_ffn_fwd_kernel``: fp32, odd W, other residuals)."""
+    return "words" if _whole_words(ab) and (residual is None or _whole_words(residual)) else "pixels"
+
+
 def bwd_uv_path(dout: torch.Tensor, ab: torch.Tensor) -> str:
     """Which du/dv kernel runs: "words" (``_ffn_bwd_uv_words_kernel``: fp16/bf16 with dout and ab made
     of whole aligned 4-byte words, ``dwconv._whole_words``) or "pixels" (``_ffn_bwd_uv_kernel``)."""
@@ -836,21 +1063,27 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
         exact = x.dtype == torch.float32 and prec == "ieee"
         block_d, block_q, num_warps = _fwd_config(D, exact)
-        wo = params["out_weight"].detach().reshape(D, 2 * hidden).to(x.dtype).contiguous()
+        # transposed (_wo_tile): a copy of D x 2h elements
+        wot = params["out_weight"].detach().reshape(D, 2 * hidden).t().to(x.dtype).contiguous()
         res = residual if residual is not None else out
-        n_tiles, n_d = triton.cdiv(triton.cdiv(H, 4) * W, block_q), triton.cdiv(D, block_d)
+        words = fwd_path(ab, residual) == "words"
+        # a tile: block_q row quads (pixels) or 2 x 2 quads (words), 4 * block_q pixels either way
+        quads = triton.cdiv(H, 2) * (W // 2) if words else triton.cdiv(H, 4) * W
+        n_tiles, n_d = triton.cdiv(quads, block_q), triton.cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
-        _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
-            ab, _weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
-            _weight_pairs(params["g5_weight"]), _f32(params["g5_bias"]),
-            wo, bo, res, dest,
-            hidden, D, N, H, W, *ab.stride(), *res.stride(),
-            HAS_RES=residual is not None and split == 1, PREC=prec, SPLIT=split,
-            AB64=ab64, BLOCK_D=block_d, BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q,
-            num_warps=num_warps, num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(exact, ab64, split)},
-        )
+        weights = (_weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
+                   _weight_pairs(params["g5_weight"]), _f32(params["g5_bias"]), wot, bo)
+        launch = dict(HAS_RES=residual is not None and split == 1, SPLIT=split, AB64=ab64, BLOCK_D=block_d,
+                      BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q, num_warps=num_warps, num_stages=NUM_STAGES,
+                      **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(exact, ab64, split)})
+        if words:
+            _ffn_fwd_words_kernel[(n_tiles, n_d * split, B)](
+                ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride()[:3], *res.stride()[:3], **launch)
+        else:
+            _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
+                ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride(), *res.stride(), PREC=prec, **launch)
         if split > 1:
             _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
                 dest, bo, res, out, N, W, *res.stride(), D=D, SPLIT=split, HAS_RES=residual is not None,
@@ -968,7 +1201,7 @@ def _compile_configs():
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3p_ptr": "*i64", "g3b_ptr": "*fp32", "g5p_ptr": "*i64",
-                     "g5b_ptr": "*fp32", "wo_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
+                     "g5b_ptr": "*fp32", "wot_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
                      "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W")}, **ab_strides,
                      **({"stride_abb": "i64"} if ab64 else {}),
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
@@ -976,6 +1209,19 @@ def _compile_configs():
                      "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
                     num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(exact, ab64, split)},
                 )
+                if dtype != "float32":
+                    yield CompileConfig(
+                        _ffn_fwd_words_kernel,
+                        {"ab_ptr": ptr(dtype), "g3p_ptr": "*i64", "g3b_ptr": "*fp32", "g5p_ptr": "*i64",
+                         "g5b_ptr": "*fp32", "wot_ptr": ptr(dtype), "bo_ptr": "*fp32", "res_ptr": ptr(dtype),
+                         "out_ptr": ptr(dtype), **{k: "i32" for k in ("N", "H", "W", "stride_abb", "stride_abc",
+                                                                       "stride_abh", "stride_rb", "stride_rc", "stride_rh")},
+                         **({"stride_abb": "i64"} if ab64 else {})},
+                        {"HID": hidden, "D": dim, "HAS_RES": has_res, "SPLIT": split, "AB64": ab64,
+                         "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
+                        num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype,
+                        extra={"maxnreg": _fwd_maxnreg(exact, ab64, split)},
+                    )
             for split in range(2, MAX_SPLIT + 1):
                 for has_res in (False, True):
                     yield CompileConfig(

@@ -153,7 +153,7 @@ def _record_paths(monkeypatch) -> dict:
             return path
         return chosen
 
-    for mod, name in ((FF, "bwd_uv_path"), (DW, "forward_path"), (DW, "backward_path")):
+    for mod, name in ((FF, "fwd_path"), (FF, "bwd_uv_path"), (DW, "forward_path"), (DW, "backward_path")):
         monkeypatch.setattr(mod, name, spy(name, getattr(mod, name)))
     return seen
 
@@ -165,9 +165,10 @@ def _record_paths(monkeypatch) -> dict:
 # error, so the W = 10 cases take seed 14, whose pre-activations both computations classify alike.
 @pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
 @pytest.mark.parametrize("W, seed, g_layout, paths", [
-    (7, 4, None, ("pixels", "pixels", "pixels")),  # odd W: no whole words
-    (10, 14, None, ("words", "words", "words")),
-    (10, 14, "pad", ("pixels", "words", "words")),  # dout with W stride 2: du/dv by pixels, the rest words
+    (7, 4, None, ("pixels", "pixels", "pixels", "pixels")),  # odd W: no whole words
+    (10, 14, None, ("words", "words", "words", "words")),
+    # dout with W stride 2: du/dv by pixels, the rest words
+    (10, 14, "pad", ("words", "pixels", "words", "words")),
 ], ids=["W7", "W10", "W10-dout-pad"])
 def test_half_precision(dtype, W, seed, g_layout, paths, device, monkeypatch):
     B, dim, H = 2, 8, 6
@@ -178,7 +179,39 @@ def test_half_precision(dtype, W, seed, g_layout, paths, device, monkeypatch):
     if g_layout is not None:
         g = non_contiguous(g.to(dtype), g_layout)
     _check_against_reference(x, params, randn(B, dim, H, W, seed=seed + 2, device=device), g, dtype, device)
-    assert (seen["bwd_uv_path"], seen["forward_path"], seen["backward_path"]) == tuple({p} for p in paths)
+    assert tuple(seen[k] for k in ("fwd_path", "bwd_uv_path", "forward_path", "backward_path")) == tuple(
+        {p} for p in paths)
+
+
+# The 2-byte stage-2 forward on words (_ffn_fwd_words_kernel) takes 2 x 2 pixel quads: odd H leaves the
+# last quads' lower row outside the image, W = 2 is one word per row (both neighbour words outside),
+# dim 150 two output-channel tiles; a residual that is not whole words (channels-last: W stride = dim)
+# sends the launch to the pixel kernel. Forward only: the backward does not use this kernel.
+@pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
+@pytest.mark.parametrize("B, dim, H, W, bias, res, factor, path", [
+    (2, 8, 5, 6, True, "dense", 2.66, "words"),
+    (1, 150, 3, 2, False, None, 0.1, "words"),
+    (1, 30, 7, 4, True, "dense", 2.66, "words"),
+    (1, 30, 7, 4, True, "channels_last", 2.66, "pixels"),
+], ids=["B2-d8-5x6", "d150-3x2", "d30-7x4", "d30-7x4-res-channels-last"])
+def test_half_precision_forward_words(dtype, B, dim, H, W, bias, res, factor, path, device, monkeypatch):
+    seen = _record_paths(monkeypatch)
+    params = _random_params(dim, bias, seed=50 + dim, factor=factor)
+    x = randn(B, dim, H, W, seed=51, device=device)
+    residual = randn(B, dim, H, W, seed=52, device=device) if res else None
+    outs = []
+    cpu = torch.device("cpu")
+    for fn, dt, dev in ((_fast, dtype, device), (_reference, torch.float64, cpu), (_reference, dtype, cpu)):
+        r = residual.to(device=dev, dtype=dt) if res else None
+        if res == "channels_last":
+            r = non_contiguous(r, "channels_last")
+        p = [params[n].to(device=dev, dtype=dt) if params[n] is not None else None for n in FFN_PARAM_NAMES]
+        with torch.no_grad():
+            outs.append(fn(x.to(device=dev, dtype=dt), *p, r))
+    out, out64, outlp = outs
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close("output", out, out64, outlp, dtype=dtype)
+    assert seen["fwd_path"] == {path}
 
 
 @pytest.mark.parametrize("x_layout, g_layout", [("pad", "pad"), ("channels_last", "transpose"),
@@ -553,8 +586,9 @@ def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     grids = []
-    for name in ("FF._ffn_fwd_kernel", "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel", "FF._ffn_bwd_x_kernel",
-                 "DW._dw_fwd_kernel", "DW._dw_bwd_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
+    for name in ("FF._ffn_fwd_kernel", "FF._ffn_fwd_words_kernel", "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel",
+                 "FF._ffn_bwd_uv_words_kernel", "FF._ffn_bwd_x_kernel", "DW._dw_fwd_kernel", "DW._dw_fwd_words_kernel",
+                 "DW._dw_bwd_kernel", "DW._dw_bwd_words_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
         module, attr = name.split(".")
         kernel = getattr({"FF": FF, "DW": DW, "LN": LN}[module], attr)
 
@@ -569,11 +603,15 @@ def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
         x = torch.empty(1, 48, H, W)
         FF.ffn_fwd(x, params, x)
         FF.ffn_bwd(torch.empty_like(x), x, params)
+        xh = x.half()  # W even: the word kernels
+        FF.ffn_fwd(xh, params, xh)
+        FF.ffn_bwd(torch.empty_like(xh), xh, params)
         w = torch.empty(48)
         LN.layer_norm_fwd(x, w, w)
         LN.layer_norm_bwd(x, x, w, torch.empty(1, H * W), torch.empty(1, H * W), True)
     names = {n for n, _ in grids}
-    assert {"_ffn_fwd_kernel", "_ffn_bwd_uv_kernel", "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_bwd_kernel",
+    assert {"_ffn_fwd_kernel", "_ffn_fwd_words_kernel", "_ffn_bwd_uv_kernel", "_ffn_bwd_uv_words_kernel",
+            "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_fwd_words_kernel", "_dw_bwd_kernel", "_dw_bwd_words_kernel",
             "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
     bad = [(n, g) for n, g in grids if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535)]
     assert not bad, bad
@@ -603,26 +641,28 @@ def test_64bit_ab_path(device, monkeypatch):
 
 
 @pytest.mark.parametrize("res", [False, True], ids=["res0", "res1"])
-def test_hidden_splits_up_to_max_split(res, device, monkeypatch):
+@pytest.mark.parametrize("dtype, W, kernel", [(torch.float32, 7, "_ffn_fwd_kernel"),
+                                              (torch.float16, 8, "_ffn_fwd_words_kernel")], ids=["fp32", "fp16-words"])
+def test_hidden_splits_up_to_max_split(res, dtype, W, kernel, device, monkeypatch):
     """Small grids split the stage-2 forward's hidden chunks over up to MAX_SPLIT programs (the latent of
     the default model takes 5 on an H100). The interpreter reports 4 SMs, which caps the split at 4: a
-    GPU-sized SM count is patched in so the largest split runs, against the reference."""
+    GPU-sized SM count is patched in so the largest split runs, against the reference (by pixels, and
+    by words with the fp32 partial sums stored by columns)."""
     from drsformer_fast.kernels import feedforward as FF
 
     monkeypatch.setattr(FF, "multiprocessor_count", lambda device: 132)
     splits = []
-    run = FF._ffn_fwd_kernel.run
+    run = getattr(FF, kernel).run
 
     def spy(*args, **kwargs):
         splits.append(kwargs["SPLIT"])
         return run(*args, **kwargs)
 
-    monkeypatch.setattr(FF._ffn_fwd_kernel, "run", spy)
+    monkeypatch.setattr(getattr(FF, kernel), "run", spy)
     dim = 48  # hidden 127: 8 chunks of 16, one per split
-    B, H, W = 1, 5, 7
+    B, H = 1, 5
     params = _random_params(dim, True, seed=120)
     x = randn(B, dim, H, W, seed=121, device=device)
     residual = randn(B, dim, H, W, seed=122, device=device) if res else None
-    _check_against_reference(x, params, residual, randn(B, dim, H, W, seed=123, device=device), torch.float32,
-                             device)
+    _check_against_reference(x, params, residual, randn(B, dim, H, W, seed=123, device=device), dtype, device)
     assert splits and splits[0] == FF.MAX_SPLIT, (splits, FF.MAX_SPLIT)
