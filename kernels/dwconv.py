@@ -227,6 +227,13 @@ def _split_words(b_w, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _unpack_pair(b_w):
+    """(low, high) fp32 halves of int64 words holding two packed fp32 values (little-endian: the
+    first value of each pair is the low word): two weights from one 8-byte broadcast load."""
+    return b_w.to(tl.int32).to(tl.float32, bitcast=True), (b_w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _join_words(b_lo, b_hi, DTYPE: tl.constexpr):
     """One 4-byte word of two fp32 values rounded to the 2-byte DTYPE (b_lo at the lower address)."""
     b_lo = b_lo.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF

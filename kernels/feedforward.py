@@ -166,7 +166,16 @@ from ._utils import (
     multiprocessor_count,
     next_pow2,
 )
-from .dwconv import _check_pixels, _f32, _join_words, _split_words, _whole_words, depthwise_conv_bwd, depthwise_conv_fwd
+from .dwconv import (
+    _check_pixels,
+    _f32,
+    _join_words,
+    _split_words,
+    _unpack_pair,
+    _whole_words,
+    depthwise_conv_bwd,
+    depthwise_conv_fwd,
+)
 
 # stage 2 forward: BLOCK_Q (_fwd_config) row quads (kernels/_utils.py) x output-channel tile, hidden
 # channels in chunks of BLOCK_J
@@ -261,13 +270,6 @@ def _grouped_conv_chunk(
                 b_xo = tl.load(p_ab + (o_o + o_t), mask=m, other=0.0).to(tl.float32)
             b_acc += tl.load(p_we + (kh * K + kw))[:, None] * b_xe + tl.load(p_we + (KK + kh * K + kw))[:, None] * b_xo
     return b_acc
-
-
-@triton.jit
-def _unpack_pair(b_w):
-    """(low, high) fp32 halves of int64 words holding two packed fp32 values (little-endian: the
-    first value of each pair is the low word)."""
-    return b_w.to(tl.int32).to(tl.float32, bitcast=True), (b_w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
