@@ -348,6 +348,26 @@ def _wo_tile(wot_ptr, o_d, m_d, o_col, m_j, D: tl.constexpr):
 
 
 @triton.jit
+def _project_out_chunk(b_p0, b_p1, b_p2, b_p3, gb_ptr, o_jl, wot_ptr, o_d, m_d, o_col, m_j, D: tl.constexpr,
+                       b_o0, b_o1, b_o2, b_o3, PREC: tl.constexpr):
+    """One hidden chunk into project_out at four pixel sets (the forward kernels' row quads, or 2 x 2
+    quads): the grouped conv's bias (gb_ptr may be None), ReLU, and W_out[:, o_col] @ relu(.)
+    accumulated into the four [BLOCK_D, BLOCK_Q] output tiles."""
+    if gb_ptr is not None:
+        b_gb = tl.load(gb_ptr + o_jl)[:, None]
+        b_p0 += b_gb
+        b_p1 += b_gb
+        b_p2 += b_gb
+        b_p3 += b_gb
+    b_wo = _wo_tile(wot_ptr, o_d, m_d, o_col, m_j, D)
+    b_o0 = tl.dot(b_wo, tl.maximum(b_p0, 0.0).to(b_wo.dtype), b_o0, input_precision=PREC)
+    b_o1 = tl.dot(b_wo, tl.maximum(b_p1, 0.0).to(b_wo.dtype), b_o1, input_precision=PREC)
+    b_o2 = tl.dot(b_wo, tl.maximum(b_p2, 0.0).to(b_wo.dtype), b_o2, input_precision=PREC)
+    b_o3 = tl.dot(b_wo, tl.maximum(b_p3, 0.0).to(b_wo.dtype), b_o3, input_precision=PREC)
+    return b_o0, b_o1, b_o2, b_o3
+
+
+@triton.jit
 def _ffn_fwd_store(
     b_out, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_row, o_w, m_p, o_d, m_d, D, N, W,
     stride_rb, stride_rc, stride_rh, stride_rw,
@@ -424,34 +444,16 @@ def _ffn_fwd_kernel(
         o_jl = tl.minimum(o_j, HID - 1)
         b_u0, b_u1, b_u2, b_u3 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g3p_ptr, HID, 0,
                                         stride_abb, stride_abc, stride_abh, stride_abw, 3, AB64, BLOCK_J, BLOCK_Q)
-        if g3b_ptr is not None:
-            b_gb = tl.load(g3b_ptr + o_jl)[:, None]
-            b_u0 += b_gb
-            b_u1 += b_gb
-            b_u2 += b_gb
-            b_u3 += b_gb
-        b_wo = _wo_tile(wot_ptr, o_d, m_d, o_j, m_j, D)
-        b_out0 = tl.dot(b_wo, tl.maximum(b_u0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
-        b_out1 = tl.dot(b_wo, tl.maximum(b_u1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
-        b_out2 = tl.dot(b_wo, tl.maximum(b_u2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
-        b_out3 = tl.dot(b_wo, tl.maximum(b_u3, 0.0).to(b_wo.dtype), b_out3, input_precision=PREC)
+        b_out0, b_out1, b_out2, b_out3 = _project_out_chunk(b_u0, b_u1, b_u2, b_u3, g3b_ptr, o_jl, wot_ptr, o_d, m_d,
+                                                            o_j, m_j, D, b_out0, b_out1, b_out2, b_out3, PREC)
     for jc in tl.range(J_PER, num_stages=1):
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
         o_jl = tl.minimum(o_j, HID - 1)
         b_v0, b_v1, b_v2, b_v3 = _grouped_conv_rows(ab_ptr, i_b, o_jl, o_h, o_w, m_q, H, W, g5p_ptr, HID, HID,
                                         stride_abb, stride_abc, stride_abh, stride_abw, 5, AB64, BLOCK_J, BLOCK_Q)
-        if g5b_ptr is not None:
-            b_gb = tl.load(g5b_ptr + o_jl)[:, None]
-            b_v0 += b_gb
-            b_v1 += b_gb
-            b_v2 += b_gb
-            b_v3 += b_gb
-        b_wo = _wo_tile(wot_ptr, o_d, m_d, HID + o_j, m_j, D)
-        b_out0 = tl.dot(b_wo, tl.maximum(b_v0, 0.0).to(b_wo.dtype), b_out0, input_precision=PREC)
-        b_out1 = tl.dot(b_wo, tl.maximum(b_v1, 0.0).to(b_wo.dtype), b_out1, input_precision=PREC)
-        b_out2 = tl.dot(b_wo, tl.maximum(b_v2, 0.0).to(b_wo.dtype), b_out2, input_precision=PREC)
-        b_out3 = tl.dot(b_wo, tl.maximum(b_v3, 0.0).to(b_wo.dtype), b_out3, input_precision=PREC)
+        b_out0, b_out1, b_out2, b_out3 = _project_out_chunk(b_v0, b_v1, b_v2, b_v3, g5b_ptr, o_jl, wot_ptr, o_d, m_d,
+                                                            HID + o_j, m_j, D, b_out0, b_out1, b_out2, b_out3, PREC)
 
     _ffn_fwd_store(b_out0, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h, o_w, m_q, o_d, m_d, D, N, W,
                    stride_rb, stride_rc, stride_rh, stride_rw, HAS_RES, SPLIT)
@@ -629,17 +631,8 @@ def _ffn_fwd_words_kernel(
         b_ue0, b_uo0, b_ue1, b_uo1 = _grouped_conv_word_pairs(ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW, g3p_ptr, HID, 0,
                                                               stride_abb, stride_abc, stride_abh, 3, AB64, BLOCK_J,
                                                               BLOCK_Q)
-        if g3b_ptr is not None:
-            b_gb = tl.load(g3b_ptr + o_jl)[:, None]
-            b_ue0 += b_gb
-            b_uo0 += b_gb
-            b_ue1 += b_gb
-            b_uo1 += b_gb
-        b_wo = _wo_tile(wot_ptr, o_d, m_d, o_j, m_j, D)
-        b_oe0 = tl.dot(b_wo, tl.maximum(b_ue0, 0.0).to(b_wo.dtype), b_oe0)
-        b_oo0 = tl.dot(b_wo, tl.maximum(b_uo0, 0.0).to(b_wo.dtype), b_oo0)
-        b_oe1 = tl.dot(b_wo, tl.maximum(b_ue1, 0.0).to(b_wo.dtype), b_oe1)
-        b_oo1 = tl.dot(b_wo, tl.maximum(b_uo1, 0.0).to(b_wo.dtype), b_oo1)
+        b_oe0, b_oo0, b_oe1, b_oo1 = _project_out_chunk(b_ue0, b_uo0, b_ue1, b_uo1, g3b_ptr, o_jl, wot_ptr, o_d, m_d,
+                                                        o_j, m_j, D, b_oe0, b_oo0, b_oe1, b_oo1, "ieee")
     for jc in tl.range(J_PER, num_stages=1):
         o_j = (i_s * J_PER + jc) * BLOCK_J + tl.arange(0, BLOCK_J)
         m_j = o_j < HID
@@ -647,17 +640,8 @@ def _ffn_fwd_words_kernel(
         b_ve0, b_vo0, b_ve1, b_vo1 = _grouped_conv_word_pairs(ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW, g5p_ptr, HID,
                                                               HID, stride_abb, stride_abc, stride_abh, 5, AB64,
                                                               BLOCK_J, BLOCK_Q)
-        if g5b_ptr is not None:
-            b_gb = tl.load(g5b_ptr + o_jl)[:, None]
-            b_ve0 += b_gb
-            b_vo0 += b_gb
-            b_ve1 += b_gb
-            b_vo1 += b_gb
-        b_wo = _wo_tile(wot_ptr, o_d, m_d, HID + o_j, m_j, D)
-        b_oe0 = tl.dot(b_wo, tl.maximum(b_ve0, 0.0).to(b_wo.dtype), b_oe0)
-        b_oo0 = tl.dot(b_wo, tl.maximum(b_vo0, 0.0).to(b_wo.dtype), b_oo0)
-        b_oe1 = tl.dot(b_wo, tl.maximum(b_ve1, 0.0).to(b_wo.dtype), b_oe1)
-        b_oo1 = tl.dot(b_wo, tl.maximum(b_vo1, 0.0).to(b_wo.dtype), b_oo1)
+        b_oe0, b_oo0, b_oe1, b_oo1 = _project_out_chunk(b_ve0, b_vo0, b_ve1, b_vo1, g5b_ptr, o_jl, wot_ptr, o_d, m_d,
+                                                        HID + o_j, m_j, D, b_oe0, b_oo0, b_oe1, b_oo1, "ieee")
 
     _ffn_fwd_words_store(b_oe0, b_oo0, out_ptr, res_ptr, bo_ptr, i_b, i_s, o_h, o_t, m_q, o_d, m_d, D, N, W,
                          stride_rb, stride_rc, stride_rh, HAS_RES, SPLIT)
