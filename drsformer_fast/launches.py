@@ -9,7 +9,9 @@ compute; each ``JITFunction.run`` is recorded (kernel, arguments, keywords, grid
 
 Without ``TRITON_INTERPRET`` the fast ops take the Triton path only for CUDA tensors; here the
 tensors are fake CPU tensors, so :func:`forced_triton_path` makes them take it anyway and makes the
-launchers see ``sms`` multiprocessors (132 for an H100 SXM) where they size grids by the GPU.
+launchers see the target's GPU (``arch``: 90 for an H100 SXM, 80 for an A100): its multiprocessor count
+(132, 108) where they size grids by the GPU, its compute capability where their configuration depends
+on the architecture.
 
 The specialisation is Triton's own (its binder and ``_pack_args``, as ``JITFunction.run`` does), for
 a stand-in of each tensor whose address is ``storage_offset * element_size`` above a 16-byte
@@ -91,30 +93,37 @@ def _resolve_grid(kernel, args, kwargs, grid) -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def forced_triton_path(sms: int = H100_SMS):
-    """Fake CPU tensors take the Triton path (as CUDA tensors would), and launchers that size grids by
-    the GPU see ``sms`` multiprocessors."""
+def forced_triton_path(arch: int = 90):
+    """Fake CPU tensors take the Triton path (as CUDA tensors would), and the launchers see sm_<arch>:
+    ``SMS[arch]`` multiprocessors and compute capability ``arch``."""
     from . import (
         _dispatch,
-        kernels,  # noqa: F401 (imports every kernel module, whose SM count is patched below)
+        kernels,  # noqa: F401 (imports every kernel module, whose device queries are patched below)
     )
 
+    if arch not in SMS:
+        raise ValueError(f"unknown target sm_{arch}: choose from {', '.join(f'sm_{a}' for a in SMS)}")
     state = _dispatch._kernels_state()
     if not state[0]:
         raise RuntimeError(f"the Triton kernels cannot be imported: {state[2]}")
     saved_state = _dispatch._STATE
     _dispatch._STATE = (True, True, "")  # "interpreted": every CPU tensor takes the Triton launchers
+    target = {"multiprocessor_count": lambda device, _n=SMS[arch]: _n,
+              "compute_capability": lambda device, _a=arch: _a}
     patched = []
     for name, mod in list(sys.modules.items()):
-        if name.startswith("drsformer_fast.kernels") and getattr(mod, "multiprocessor_count", None) is not None:
-            patched.append((mod, mod.multiprocessor_count))
-            mod.multiprocessor_count = lambda device, _n=sms: _n
+        if not name.startswith("drsformer_fast.kernels"):
+            continue
+        for attr, fake in target.items():
+            if getattr(mod, attr, None) is not None:
+                patched.append((mod, attr, getattr(mod, attr)))
+                setattr(mod, attr, fake)
     try:
         yield
     finally:
         _dispatch._STATE = saved_state
-        for mod, fn in patched:
-            mod.multiprocessor_count = fn
+        for mod, attr, fn in reversed(patched):
+            setattr(mod, attr, fn)
 
 
 def _launches(records, tags) -> list[Launch]:
@@ -127,7 +136,7 @@ def _launches(records, tags) -> list[Launch]:
     return out
 
 
-def capture(module: torch.nn.Module, shape, *, backward: bool, sms: int = H100_SMS, tags: dict | None = None,
+def capture(module: torch.nn.Module, shape, *, backward: bool, arch: int = 90, tags: dict | None = None,
             tf32: bool = True) -> tuple[list[Launch], list[Launch]]:
     """(forward launches, backward launches) of ``module`` on a fake input of ``shape`` (the module's
     dtype). ``backward=False``: an inference forward (no autograd), no backward launches. ``tf32``:
@@ -139,7 +148,7 @@ def capture(module: torch.nn.Module, shape, *, backward: bool, sms: int = H100_S
     saved = cudnn.allow_tf32
     try:
         cudnn.allow_tf32 = tf32
-        with forced_triton_path(sms):
+        with forced_triton_path(arch):
             prof = accounting.profile(module, tuple(shape), backward=backward, fake=True, keep_calls=True)
     finally:
         cudnn.allow_tf32 = saved
@@ -178,7 +187,7 @@ def build_module(kind: str, dim: int, heads: int, dtype: torch.dtype = torch.flo
     return m.to(dtype)
 
 
-def capture_block(shape: BlockShape, dtype: torch.dtype, *, kind: str = "block", sms: int = H100_SMS,
+def capture_block(shape: BlockShape, dtype: torch.dtype, *, kind: str = "block", arch: int = 90,
                   tf32: bool = True) -> list[Launch]:
     """Forward and backward launches of one block kind at one of the default model's block shapes:
     an inference scenario's forward runs without autograd, a training scenario's with it."""
@@ -187,9 +196,9 @@ def capture_block(shape: BlockShape, dtype: torch.dtype, *, kind: str = "block",
     tags = {"shape": shape.id, "level": shape.level, "scenario": shape.scenario, "dtype": str(dtype).split(".")[-1],
             "kind": kind}
     training = shape.scenario.startswith("train")
-    fwd, bwd = capture(m, x, backward=True, sms=sms, tags=tags, tf32=tf32)
+    fwd, bwd = capture(m, x, backward=True, arch=arch, tags=tags, tf32=tf32)
     if not training:
-        fwd, _ = capture(m, x, backward=False, sms=sms, tags=tags, tf32=tf32)
+        fwd, _ = capture(m, x, backward=False, arch=arch, tags=tags, tf32=tf32)
     return fwd + bwd
 
 
@@ -275,7 +284,7 @@ def specialise(launch: Launch, arch: int = 90) -> Specialisation:
                           tuple(p.name for p in fn.params))
 
 
-def capture_function(fn, make_inputs, *, sms: int = H100_SMS, tags: dict | None = None) -> list[Launch]:
+def capture_function(fn, make_inputs, *, arch: int = 90, tags: dict | None = None) -> list[Launch]:
     """Launches of ``fn(*make_inputs())``, the inputs made as fake tensors (for a launcher called
     directly, e.g. ``kernels.dwconv.depthwise_conv_fwd``)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -283,7 +292,7 @@ def capture_function(fn, make_inputs, *, sms: int = H100_SMS, tags: dict | None 
     from . import accounting
 
     recorder = accounting.OpRecorder(run_triton=False, keep_calls=True)
-    with FakeTensorMode(), forced_triton_path(sms):
+    with FakeTensorMode(), forced_triton_path(arch):
         inputs = make_inputs()
         with accounting._count_triton_launches(recorder), recorder:
             fn(*inputs)
@@ -304,7 +313,7 @@ def grid_problems(launch: Launch) -> list[str]:
 MODEL_CASES = {"model-infer256": (1, 256, False), "model-train4x128": (4, 128, True)}
 
 
-def capture_case(case: str, dtype: torch.dtype, *, sms: int = H100_SMS, tf32: bool = True) -> list[Launch]:
+def capture_case(case: str, dtype: torch.dtype, *, arch: int = 90, tf32: bool = True) -> list[Launch]:
     """The launches of a block shape id (``benchmarking.block_shapes()``) or of a whole-model case
     (:data:`MODEL_CASES`: every block, MEFC and the rest of the default model)."""
     if case in MODEL_CASES:
@@ -312,11 +321,11 @@ def capture_case(case: str, dtype: torch.dtype, *, sms: int = H100_SMS, tf32: bo
         m = build_module("model", 48, 1, dtype)
         tags = {"shape": case, "level": "model", "scenario": case.split("-", 1)[1],
                 "dtype": str(dtype).split(".")[-1], "kind": "model"}
-        fwd, bwd = capture(m, (batch, 3, size, size), backward=True, sms=sms, tags=tags, tf32=tf32)
+        fwd, bwd = capture(m, (batch, 3, size, size), backward=True, arch=arch, tags=tags, tf32=tf32)
         if not training:
-            fwd, _ = capture(m, (batch, 3, size, size), backward=False, sms=sms, tags=tags, tf32=tf32)
+            fwd, _ = capture(m, (batch, 3, size, size), backward=False, arch=arch, tags=tags, tf32=tf32)
         return fwd + bwd
     shapes = {s.id: s for s in block_shapes()}
     if case not in shapes:
         raise ValueError(f"unknown shape {case!r}: choose from {', '.join([*shapes, *MODEL_CASES])}")
-    return capture_block(shapes[case], dtype, sms=sms, tf32=tf32)
+    return capture_block(shapes[case], dtype, arch=arch, tf32=tf32)

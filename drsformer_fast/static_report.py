@@ -475,6 +475,11 @@ def compile_spec(spec, arch: int, sass: bool = True) -> dict:
     problems = []
     if row["local"] or row["stack"]:
         problems.append(f"register spills: LOCAL={row['local']} STACK={row['stack']}")
+    # ptxas honours an explicit maxnreg above what num_warps leave per thread: such a CTA cannot launch
+    regs_per_warp = math.ceil(max(row["regs"], 1) * 32 / REG_ALLOC_PER_WARP) * REG_ALLOC_PER_WARP
+    if regs_per_warp * spec.num_warps > REGS_PER_SM:
+        problems.append(f"{row['regs']} registers x {32 * spec.num_warps} threads exceed the register file "
+                        f"({REGS_PER_SM}): the CTA cannot launch")
     if row["shared"] > SMEM_PER_CTA[arch]:
         problems.append(f"shared memory {row['shared']} B exceeds sm_{arch}'s {SMEM_PER_CTA[arch]} B per CTA")
     if problems:
@@ -693,7 +698,7 @@ def _count_worker(request: dict) -> list:
         torch_dtype = torch.float16 if dtype in ("bf16", "fp16") else torch.float32
         # the GPU's tiles, not the interpreter's: the counted program is the compiled one
         with gpu_tiles():
-            captured = L.capture_case(shape_id, torch_dtype, tf32=request["tf32"])
+            captured = L.capture_case(shape_id, torch_dtype, arch=request.get("arch", 90), tf32=request["tf32"])
         for i, launch in enumerate(captured):
             key = (launch.name, launch.grid, _arg_key(launch))
             if key not in cache:
@@ -718,12 +723,12 @@ def _arg_key(launch):
     return tuple(parts)
 
 
-def count_in_subprocess(cases: list, tf32: bool) -> list:
+def count_in_subprocess(cases: list, tf32: bool, arch: int = 90) -> list:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     with tempfile.TemporaryDirectory() as d:
         req, res = os.path.join(d, "req.json"), os.path.join(d, "res.json")
         with open(req, "w") as f:
-            json.dump({"cases": cases, "tf32": tf32}, f)
+            json.dump({"cases": cases, "tf32": tf32, "arch": arch}, f)
         # its stderr (progress, errors) goes to ours
         proc = subprocess.run([sys.executable, "-m", "drsformer_fast.static_report", "--_count", req, res], env=env)
         if proc.returncode != 0:
@@ -807,11 +812,11 @@ def build_rows(shape_ids: list[str], dtypes: list[str], arch: int, jobs: int | N
     cases = [(s, d) for s in shape_ids for d in dtypes]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(1) as bg:  # the interpreter's count runs beside the compilations
-        counting = bg.submit(count_in_subprocess, cases, tf32)
+        counting = bg.submit(count_in_subprocess, cases, tf32, arch)
         captured = []
         for shape_id, dtype in cases:
             torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-            for i, launch in enumerate(L.capture_case(shape_id, torch_dtype, sms=L.SMS.get(arch, SMS), tf32=tf32)):
+            for i, launch in enumerate(L.capture_case(shape_id, torch_dtype, arch=arch, tf32=tf32)):
                 captured.append((shape_id, dtype, i, launch, L.specialise(launch, arch)))
         progress(f"captured {len(captured)} launches in {time.perf_counter() - t0:.1f} s; compiling "
                  f"{len({c[4] for c in captured})} distinct specialisations for sm_{arch}")

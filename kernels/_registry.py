@@ -15,6 +15,9 @@ from typing import Any
 
 _PROVIDERS: list[Callable[[], Iterable[CompileConfig]]] = []
 
+# the GPU targets the compile check compiles for: A100 (sm_80) and H100 (sm_90)
+COMPILE_ARCHS = (80, 90)
+
 
 @dataclass(frozen=True)
 class CompileConfig:
@@ -22,7 +25,9 @@ class CompileConfig:
 
     ``signature`` maps every non-constexpr argument name to its Triton type (``"*fp32"``, ``"i32"``,
     ``"fp32"``); ``constexprs`` gives every ``tl.constexpr`` argument its value; ``extra``: compile
-    options the launcher passes beyond ``LAUNCH_OPTIONS`` (e.g. ``{"maxnreg": 128}``), which override them.
+    options the launcher passes beyond ``LAUNCH_OPTIONS`` (e.g. ``{"maxnreg": 128}``), which override them;
+    ``archs``: the targets (``COMPILE_ARCHS``) whose launcher chooses this configuration, empty for all
+    (a launcher whose choice depends on ``compute_capability`` registers one per target).
     """
 
     kernel: Any
@@ -32,6 +37,7 @@ class CompileConfig:
     num_stages: int = 1
     tag: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    archs: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:

@@ -18,6 +18,19 @@ from .._validation import SUPPORTED_DTYPES, check_tensor  # noqa: F401 (re-expor
 #   registers + 8 B of stack); with the bound stated it allocates what the code needs, no spills.
 LAUNCH_OPTIONS = {"enable_fp_fusion": True, "maxnreg": 255}
 
+# Registers. An SM's register file (64 K 32-bit registers on sm_80 and sm_90) must hold a whole CTA:
+# ptxas honours an explicit ``maxnreg`` even above what the CTA's ``num_warps`` leave per thread, and
+# such a kernel compiles but cannot launch (Triton raises OutOfResources "threads"). Launchers that
+# pass a cap take it through :func:`register_cap` (at 16 warps: 128); the compile check refuses any
+# kernel whose registers x threads exceed the file (static_report.compile_spec).
+REGISTERS_PER_SM = 65536
+
+
+def register_cap(num_warps: int, wanted: int = 255) -> int:
+    """The ``maxnreg`` a CTA of ``num_warps`` can launch with: ``wanted`` or less (a multiple of 8,
+    ptxas's allocation unit per thread)."""
+    return min(wanted, REGISTERS_PER_SM // (32 * num_warps) // 8 * 8)
+
 
 # Stencil layout. Triton's coalesce pass gives all the loads and stores of one tile shape the widest
 # vector any of them allows: a 16-B-aligned store of the output tile puts 4 pixels in each thread,
@@ -100,6 +113,21 @@ def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda":
         return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def compute_capability(device: torch.device) -> int:
+    """A CUDA device's compute capability as one number (80: A100, 90: H100); 90 for the CPU
+    interpreter, whose launches stand for an H100's. Launchers whose best configuration differs by
+    architecture read it (the compile check and the static report patch it per target)."""
+    if device.type == "cuda":
+        return _capability(device.index if device.index is not None else torch.cuda.current_device())
+    return 90
 
 
 def is_interpreter() -> bool:

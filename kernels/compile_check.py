@@ -43,8 +43,9 @@ CHECK_CASES = (
 )
 
 
-def captured_launches(sms: int) -> list:
-    """Every launch of :data:`CHECK_CASES`, with ``tags`` saying where it was captured."""
+def captured_launches(arch: int) -> list:
+    """Every launch of :data:`CHECK_CASES` on sm_<arch> (its SM count and compute capability), with
+    ``tags`` saying where it was captured."""
     import torch
 
     from .. import launches as L
@@ -58,7 +59,7 @@ def captured_launches(sms: int) -> list:
                         f"{' train' if training else ''}{'' if tf32 else ' no-tf32'}"}
         ctx = torch.autocast("cpu", dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
         with ctx:
-            fwd, bwd = L.capture(m, shape, backward=training, sms=sms, tags=tags, tf32=tf32)
+            fwd, bwd = L.capture(m, shape, backward=training, arch=arch, tags=tags, tf32=tf32)
         out += fwd + bwd
     return out
 
@@ -83,11 +84,12 @@ def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
         options = tuple(sorted({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS,
                                 **getattr(cfg, "extra", {})}.items()))
         specs.append((cfg.name, L.Specialisation(fn.fn.__module__, name, signature, constexprs, (), options,
-                                                 tuple(names))))
+                                                 tuple(names)), cfg.archs))
     rows = []
     for arch in archs:
-        compiled = S.compile_all([s for _, s in specs], arch, jobs, sass=False)
-        for label, s in specs:
+        mine = [(label, s) for label, s, cfg_archs in specs if not cfg_archs or arch in cfg_archs]
+        compiled = S.compile_all([s for _, s in mine], arch, jobs, sass=False)
+        for label, s in mine:
             rows.append({"name": f"registered {label}", "source": "registered", **compiled[s]})
     return rows
 
@@ -103,7 +105,7 @@ def run(archs=(80, 90), jobs: int | None = None, registered: bool = False, name_
     rows = []
     captured_names = set()
     for arch in archs:
-        launches = captured_launches(L.SMS[arch])
+        launches = captured_launches(arch)
         first = {}
         for launch in launches:
             captured_names.add(launch.name)

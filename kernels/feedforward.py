@@ -65,12 +65,13 @@ broadcast weight loads per row beside the two taps), 1.3 (_ffn_bwd_uv, 127 regis
 warps) and 1.6 (_ffn_bwd_x, now 8 groups per tile: 110 registers, 16 resident warps), fp32 level 1;
 absent biases are None pointers (specialised away: no zero-filled buffers, no fill launches).
 Images whose ab spans >= 2**31 elements per image (AB64) take 64-bit channel pointers in
-_grouped_conv_chunk: 168-214 registers, 8 resident warps; they are large enough to fill the GPU.
+_grouped_conv_chunk (at the 128 cap, no spills).
 Row quads (kernels/_utils.py, row pairs): ``_ffn_fwd_kernel`` computes four vertically adjacent
 pixels per thread (``_grouped_conv_rows``: K + 3 row loads per column shift for the four, one 8-byte
 load per tap for the (even, odd) weight pair of ``_weight_pairs``, used by all four), 32 quads x 16
-hidden channels per conv tile, 8 warps up to 64 output channels, 16 above, capped at 128 registers
-(16 resident warps; the exact-fp32-dot, AB64 and split variants run uncapped). Static picture,
+hidden channels per conv tile, 16 warps (4 up to 32 output channels), capped at 128 registers: 16
+resident warps per SM (``_fwd_config``: per architecture, sm_80 takes 16 quads; so does the exact-fp32
+dot, uncapped at 8 warps up to 64 channels). Static picture,
 fp32 at 256x256: level 1 152 -> 49 us predicted (47 us HBM roofline: HBM-bound), decoder level 1
 -> 98 us (95), the latent (5 splits, 120 programs) 149 -> 24 us.
 
@@ -84,7 +85,7 @@ row the 3 words around the pair of both input channels, each input row feeding b
 sums by columns. Both forward kernels read W_out transposed ([2h, D], ``_wo_tile``): a chunk of 16
 hidden columns of W_out's own rows is 32-64 bytes per output channel (scalar loads at four rows of
 lanes per warp instruction), the transposed rows are D channels wide. Static model (sm_90, as
-launched, 128 registers at 8 warps / 104 at 16): bf16 level 1 45.4 -> 24.4 us (HBM 23.6), decoder
+launched, 96-104 registers at 16 warps): bf16 level 1 45.4 -> 24.4 us (HBM 23.6), decoder
 level 1 98.6 -> 49.0 us (HBM 47.5); fp32 (pixels) L1 factor 1.4 -> 1.2, still HBM-bound.
 Backward: when dout and
 ab are whole aligned 4-byte words (``bwd_uv_path``; ab is the launcher's own buffer, so an even W and
@@ -147,7 +148,9 @@ left for a GPU session that can measure it.
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -156,15 +159,17 @@ import triton.language as tl
 
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES  # noqa: F401 (re-exported)
 from .._validation import check_feed_forward_inputs
-from ._registry import CompileConfig, ptr, register_compile_configs
+from ._registry import COMPILE_ARCHS, CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
     SUPPORTED_DTYPES,
     check_tensor,
+    compute_capability,
     conv_fp32_precision,
     device_guard,
     multiprocessor_count,
     next_pow2,
+    register_cap,
 )
 from .dwconv import (
     _check_pixels,
@@ -181,15 +186,8 @@ from .dwconv import (
 # channels in chunks of BLOCK_J
 FWD_BLOCK_J = 16
 # uncapped, ptxas hoists every tap load of a column shift (168-246 registers, 8 resident warps per SM);
-# capped at 128 it fits without spills (16 resident warps). Three variants spill at 128 and run uncapped
-# (8 resident warps): the exact-fp32 dot (TF32 switched off: project_out on CUDA cores, its operands in
-# registers), AB64 (64-bit channel pointers: images with >= 2**31 ab elements, which fill the GPU) and
-# hidden splits (SPLIT > 1: grids below one wave, one CTA per SM whatever its registers).
+# capped at 128 it fits without spills at the tiles of _fwd_config (16 resident warps)
 FWD_MAXNREG = 128
-
-
-def _fwd_maxnreg(exact_fp32_dot: bool, ab64: bool, split: int) -> int:
-    return LAUNCH_OPTIONS["maxnreg"] if exact_fp32_dot or ab64 or split > 1 else FWD_MAXNREG
 # small grids split the hidden loop over up to MAX_SPLIT programs, reduced by _ffn_fwd_reduce_kernel
 # (8: with row quads the latents' 24 tiles need 5 splits to fill 90% of an H100's SMs)
 MAX_SPLIT = 8
@@ -962,13 +960,35 @@ def check_inputs(x: torch.Tensor, params: dict[str, torch.Tensor | None], residu
     return hidden
 
 
-def _fwd_config(dim: int, exact_fp32_dot: bool) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_Q, num_warps) of the stage-2 forward: all output channels in one tile up to 128;
-    32 row quads (a warp's 32 lanes along W, 128 pixels) and as many warps as keep the four [BLOCK_D,
-    32] fp32 accumulators within the 128-register cap. The exact-fp32 dot (CUDA-core FMA, operands in
-    registers) takes 16 warps from 64 channels: at 8 warps it spills even uncapped (255 registers)."""
+class FwdConfig(NamedTuple):
+    block_d: int
+    block_q: int
+    num_warps: int
+    maxnreg: int
+
+
+def _fwd_config(dim: int, exact_fp32_dot: bool, arch: int) -> FwdConfig:
+    """Tiles, warps and register cap of the stage-2 forward (both kernels) on sm_<arch>: all output
+    channels in one tile up to 128 (BLOCK_D), BLOCK_Q row quads (pixels) or 2 x 2 quads (words), 4
+    warps up to 32 channels, else 16, capped at 128 registers (at 16 warps the register file's limit,
+    ``register_cap``): one CTA and 16 resident warps per SM.
+
+    - sm_90 (and newer): 32 quads (a warp's lanes along W). 92-128 registers, no spills with Triton
+      3.9 or 3.6 (at 8 warps for <= 64 channels Triton 3.6 spilled the fp32 pixel kernel at 128).
+    - sm_80 (A100, and sm_86/89): 16 quads. With 32, the mma.sync operands of the 128-cap layout
+      spilled 16-120 B (the words kernel uncapped needs 168-200 registers at 8 warps).
+    - The exact-fp32 dot (TF32 switched off: project_out on CUDA cores, its operands in registers)
+      spills at 32 quads even uncapped (and uncapped at 16 warps took 141-152 registers, more than a
+      512-thread CTA can hold): 16 quads on every architecture; up to 64 channels 8 warps, uncapped
+      (105-128 registers; 248-254 with one hidden chunk per split, SPLIT = 8 at 48 channels, which
+      spilled at 16 warps)."""
     block_d = min(128, max(16, next_pow2(dim)))
-    return block_d, 32, 4 if block_d <= 32 else (8 if block_d <= 64 and not exact_fp32_dot else 16)
+    block_q = 16 if exact_fp32_dot or arch < 90 else 32
+    if block_d <= 32:
+        return FwdConfig(block_d, block_q, 4, register_cap(4, FWD_MAXNREG))
+    if exact_fp32_dot and block_d <= 64:
+        return FwdConfig(block_d, block_q, 8, register_cap(8))
+    return FwdConfig(block_d, block_q, 16, register_cap(16, FWD_MAXNREG))
 
 
 def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
@@ -1048,7 +1068,8 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         ab = _stage1(x, _project_in(x, params["in_weight"]), params, hidden)
         ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
         exact = x.dtype == torch.float32 and prec == "ieee"
-        block_d, block_q, num_warps = _fwd_config(D, exact)
+        cfg = _fwd_config(D, exact, compute_capability(x.device))
+        block_d, block_q = cfg.block_d, cfg.block_q
         # transposed (_wo_tile): a copy of D x 2h elements
         wot = params["out_weight"].detach().reshape(D, 2 * hidden).t().to(x.dtype).contiguous()
         res = residual if residual is not None else out
@@ -1062,8 +1083,8 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         weights = (_weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
                    _weight_pairs(params["g5_weight"]), _f32(params["g5_bias"]), wot, bo)
         launch = dict(HAS_RES=residual is not None and split == 1, SPLIT=split, AB64=ab64, BLOCK_D=block_d,
-                      BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q, num_warps=num_warps, num_stages=NUM_STAGES,
-                      **{**LAUNCH_OPTIONS, "maxnreg": _fwd_maxnreg(exact, ab64, split)})
+                      BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q, num_warps=cfg.num_warps, num_stages=NUM_STAGES,
+                      **{**LAUNCH_OPTIONS, "maxnreg": cfg.maxnreg})
         if words:
             _ffn_fwd_words_kernel[(n_tiles, n_d * split, B)](
                 ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride()[:3], *res.stride()[:3], **launch)
@@ -1181,9 +1202,9 @@ def _compile_configs():
             # (residual, precision, split, ab64): large images (ab64) never split
             variants = [(r, p, 1, a) for r in (False, True) for p in precs for a in (False, True)]
             variants += [(False, p, s, False) for p in precs for s in range(2, MAX_SPLIT + 1)]
-            for has_res, prec, split, ab64 in variants:
+            for (has_res, prec, split, ab64), arch in itertools.product(variants, COMPILE_ARCHS):
                 exact = dtype == "float32" and prec == "ieee"
-                block_d, block_q, num_warps = _fwd_config(dim, exact)
+                cfg = _fwd_config(dim, exact, arch)
                 yield CompileConfig(
                     _ffn_fwd_kernel,
                     {"ab_ptr": ptr(dtype), "g3p_ptr": "*i64", "g3b_ptr": "*fp32", "g5p_ptr": "*i64",
@@ -1192,8 +1213,9 @@ def _compile_configs():
                      **({"stride_abb": "i64"} if ab64 else {}),
                      **{k: "i32" for k in ("stride_rb", "stride_rc", "stride_rh", "stride_rw")}},
                     {"HID": hidden, "D": dim, "HAS_RES": has_res, "PREC": prec, "SPLIT": split, "AB64": ab64,
-                     "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
-                    num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": _fwd_maxnreg(exact, ab64, split)},
+                     "BLOCK_D": cfg.block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": cfg.block_q},
+                    num_warps=cfg.num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": cfg.maxnreg},
+                    archs=(arch,),
                 )
                 if dtype != "float32":
                     yield CompileConfig(
@@ -1204,9 +1226,9 @@ def _compile_configs():
                                                                        "stride_abh", "stride_rb", "stride_rc", "stride_rh")},
                          **({"stride_abb": "i64"} if ab64 else {})},
                         {"HID": hidden, "D": dim, "HAS_RES": has_res, "SPLIT": split, "AB64": ab64,
-                         "BLOCK_D": block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": block_q},
-                        num_warps=num_warps, num_stages=NUM_STAGES, tag=dtype,
-                        extra={"maxnreg": _fwd_maxnreg(exact, ab64, split)},
+                         "BLOCK_D": cfg.block_d, "BLOCK_J": FWD_BLOCK_J, "BLOCK_Q": cfg.block_q},
+                        num_warps=cfg.num_warps, num_stages=NUM_STAGES, tag=dtype, extra={"maxnreg": cfg.maxnreg},
+                        archs=(arch,),
                     )
             for split in range(2, MAX_SPLIT + 1):
                 for has_res in (False, True):

@@ -666,3 +666,93 @@ def test_hidden_splits_up_to_max_split(res, dtype, W, kernel, device, monkeypatc
     residual = randn(B, dim, H, W, seed=122, device=device) if res else None
     _check_against_reference(x, params, residual, randn(B, dim, H, W, seed=123, device=device), dtype, device)
     assert splits and splits[0] == FF.MAX_SPLIT, (splits, FF.MAX_SPLIT)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage-2 forward's launch configuration per GPU architecture
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim, H, W", [(48, 5, 7), (150, 3, 9)], ids=["d48", "d150-two-tiles"])
+def test_exact_fp32_forward_tiles(dim, H, W, device, monkeypatch):
+    """With TF32 switched off the forward takes its exact-fp32 configuration (16 row quads per tile,
+    ``_fwd_config``: 32 spilled): forward and every gradient against the reference, at one output
+    tile (48 channels) and two (150: BLOCK_D = 128 and a partial tile)."""
+    from drsformer_fast.kernels import feedforward as FF
+
+    seen = []
+    run = FF._ffn_fwd_kernel.run
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["PREC"], kwargs["BLOCK_Q"], kwargs["BLOCK_D"]))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(FF._ffn_fwd_kernel, "run", spy)
+    params = _random_params(dim, True, seed=130)
+    x, g = randn(1, dim, H, W, seed=131, device=device), randn(1, dim, H, W, seed=132, device=device)
+    residual = randn(1, dim, H, W, seed=133, device=device)
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    saved = conv.fp32_precision if hasattr(conv, "fp32_precision") else torch.backends.cudnn.allow_tf32
+    try:
+        _set_conv_tf32(False)
+        _check_against_reference(x, params, residual, g, torch.float32, device)
+    finally:
+        if hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = saved
+        else:
+            torch.backends.cudnn.allow_tf32 = saved
+    assert seen and all(s == ("ieee", 16, min(128, 1 << (dim - 1).bit_length())) for s in seen), seen
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_forward_launch_config_per_arch(arch):
+    """What the forward launches on sm_80 and sm_90 (fake tensors, ``launches.forced_triton_path``
+    standing in for the GPU): each model level's launch, fp32 (TF32 on and off) and fp16 (words and
+    pixels), is a configuration registered for that architecture (so the compile check compiles it),
+    every configuration fits a CTA in the register file (registers x threads <= 64 K), and with TF32
+    on (the default) its register cap keeps 16 resident warps per SM."""
+    from drsformer_fast.kernels import feedforward as FF
+    from drsformer_fast.kernels._registry import all_compile_configs
+    from drsformer_fast.kernels._utils import REGISTERS_PER_SM
+
+    from drsformer_fast import launches as L
+
+    for dim in range(1, 400):
+        for exact in (False, True):
+            cfg = FF._fwd_config(dim, exact, arch)
+            ctas = REGISTERS_PER_SM // (cfg.num_warps * 32 * cfg.maxnreg)
+            assert ctas >= 1, (dim, exact, cfg)
+            if not exact:
+                assert ctas * cfg.num_warps >= 16, (dim, cfg)
+    configs = [c for c in all_compile_configs() if c.kernel in (FF._ffn_fwd_kernel, FF._ffn_fwd_words_kernel)]
+    registered = {(c.kernel, tuple(sorted(c.constexprs.items())), c.num_warps, c.extra.get("maxnreg"))
+                  for c in configs if not c.archs or arch in c.archs}
+    constexpr_names = {c.kernel: set(c.constexprs) for c in configs}
+    launches = []
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32
+    try:
+        for dim, hidden in FF.MODEL_LEVELS:
+            params = {n: (p.to(torch.float32) if p is not None else None)
+                      for n, p in _random_params(dim, True, seed=0).items()}
+            assert params["in_weight"].shape[0] == 2 * hidden
+            for dtype, W, tf32 in ((torch.float32, 24, True), (torch.float32, 24, False), (torch.float16, 24, True),
+                                   (torch.float16, 23, True)):
+                cudnn.allow_tf32 = tf32
+
+                def inputs(dim=dim, dtype=dtype, W=W, params=params):
+                    x = torch.empty(1, dim, 16, W, dtype=dtype)
+                    return x, {n: (torch.empty(p.shape, dtype=dtype) if p is not None else None)
+                               for n, p in params.items()}, torch.empty(1, dim, 16, W, dtype=dtype)
+
+                launches += [la for la in L.capture_function(FF.ffn_fwd, inputs, arch=arch)
+                             if la.name in ("_ffn_fwd_kernel", "_ffn_fwd_words_kernel")]
+    finally:
+        cudnn.allow_tf32 = saved
+    assert {la.name for la in launches} == {"_ffn_fwd_kernel", "_ffn_fwd_words_kernel"}
+    for la in launches:
+        b = la.bound()
+        kernel = FF._ffn_fwd_kernel if la.name == "_ffn_fwd_kernel" else FF._ffn_fwd_words_kernel
+        consts = {n: b[n] for n in constexpr_names[kernel]}
+        key = (kernel, tuple(sorted(consts.items())), la.kwargs["num_warps"], la.kwargs["maxnreg"])
+        assert key in registered, (arch, la.name, consts, la.kwargs["num_warps"], la.kwargs["maxnreg"])

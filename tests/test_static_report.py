@@ -232,3 +232,60 @@ _BLOCKED = {"taps": {"sizePerThread": [1, 4], "threadsPerWarp": [1, 32], "order"
 ])
 def test_lane_spacing(layout, shape, elem, spacing):
     assert S.lane_spacing(layout, shape, elem, _BLOCKED) == spacing
+
+
+# A kernel that needs ~200 registers per thread at 16 warps (every element of two tiles live across a
+# reduction), compiled for sm_90 with an explicit maxnreg of 255 and with register_cap(16).
+_WIDE = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _wide_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr, EXTRA: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    e = tl.arange(0, EXTRA)
+    b_x = tl.load(x_ptr + o)
+    b_e = tl.load(x_ptr + BLOCK + e)
+    s = tl.sum(b_x * b_x, axis=0) + tl.sum(b_e * b_e, axis=0)
+    tl.store(y_ptr + o, b_x * s)
+    tl.store(y_ptr + BLOCK + e, b_e * s)
+'''
+
+_COMPILE_WIDE = '''
+import json, sys
+from types import SimpleNamespace
+from drsformer_fast import static_report as S
+from drsformer_fast.kernels._utils import register_cap
+
+rows = {}
+for maxnreg in (255, register_cap(16)):
+    spec = SimpleNamespace(
+        module="wide_kernel", kernel="_wide_kernel", num_warps=16, num_stages=3,
+        signature=(("x_ptr", "*fp32"), ("y_ptr", "*fp32"), ("BLOCK", "constexpr"), ("EXTRA", "constexpr")),
+        constexprs=(((2,), 512 * 128), ((3,), 512 * 16)),
+        attrs=tuple(((i,), (("tt.divisibility", 16),)) for i in range(2)),
+        options=(("num_warps", 16), ("num_stages", 3), ("maxnreg", maxnreg)))
+    rows[maxnreg] = S.compile_spec(spec, 90, sass=False)
+json.dump(rows, sys.stdout)
+'''
+
+
+def test_a_cta_beyond_the_register_file_is_refused(tmp_path):
+    """ptxas honours an explicit maxnreg above what 16 warps leave per thread (65536 / 512 = 128): the
+    kernel compiles but could not launch. The compile check (compile_spec) refuses it; capped with
+    register_cap(16) the same kernel fits (and spills, which the check refuses for its own reason)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "wide_kernel.py").write_text(_WIDE)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_WIDE], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = json.loads(proc.stdout)
+    uncapped, capped = rows["255"], rows["128"]
+    assert uncapped["regs"] > 128 and "cannot launch" in uncapped.get("error", ""), uncapped
+    assert capped["regs"] <= 128 and "cannot launch" not in capped.get("error", ""), capped
