@@ -105,11 +105,16 @@ SMEM_PER_CTA = {80: 163 * 1024, 90: 227 * 1024}
 SMEM_RESERVED_PER_CTA = 1024
 
 
+def ctas_by_registers(regs: int, num_warps: int) -> int:
+    """CTAs of ``num_warps`` whose registers fit one SM's register file (0: the CTA cannot launch)."""
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / REG_ALLOC_PER_WARP) * REG_ALLOC_PER_WARP
+    return (REGS_PER_SM // regs_per_warp) // num_warps
+
+
 def occupancy(regs: int, num_warps: int, shared: int) -> dict:
     """Resident CTAs and warps per SM of a kernel (sm_90 limits), and what limits them."""
-    regs_per_warp = math.ceil(max(regs, 1) * 32 / REG_ALLOC_PER_WARP) * REG_ALLOC_PER_WARP
     limits = {
-        "registers": (REGS_PER_SM // regs_per_warp) // num_warps,
+        "registers": ctas_by_registers(regs, num_warps),
         "warps": MAX_WARPS_PER_SM // num_warps,
         "ctas": MAX_CTAS_PER_SM,
         "shared": SMEM_PER_SM // (shared + SMEM_RESERVED_PER_CTA) if shared else MAX_CTAS_PER_SM,
@@ -476,8 +481,7 @@ def compile_spec(spec, arch: int, sass: bool = True) -> dict:
     if row["local"] or row["stack"]:
         problems.append(f"register spills: LOCAL={row['local']} STACK={row['stack']}")
     # ptxas honours an explicit maxnreg above what num_warps leave per thread: such a CTA cannot launch
-    regs_per_warp = math.ceil(max(row["regs"], 1) * 32 / REG_ALLOC_PER_WARP) * REG_ALLOC_PER_WARP
-    if regs_per_warp * spec.num_warps > REGS_PER_SM:
+    if ctas_by_registers(row["regs"], spec.num_warps) == 0:
         problems.append(f"{row['regs']} registers x {32 * spec.num_warps} threads exceed the register file "
                         f"({REGS_PER_SM}): the CTA cannot launch")
     if row["shared"] > SMEM_PER_CTA[arch]:

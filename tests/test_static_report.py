@@ -172,20 +172,24 @@ json.dump(rows, sys.stdout)
 '''
 
 
-@pytest.fixture(scope="module")
-def stencil_rows(tmp_path_factory):
+def _compile_in_subprocess(d, module: str, source: str, script: str) -> dict:
+    """Write ``source`` as ``d/<module>.py`` and run ``script`` (which prints JSON) in a process
+    without the interpreter, ``d`` on its path."""
     import os
     import subprocess
     import sys
 
-    d = tmp_path_factory.mktemp("l1")
-    (d / "l1_stencil.py").write_text(_STENCIL)
+    (d / f"{module}.py").write_text(source)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(d), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_STENCILS], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def stencil_rows(tmp_path_factory):
+    return _compile_in_subprocess(tmp_path_factory.mktemp("l1"), "l1_stencil", _STENCIL, _COMPILE_STENCILS)
 
 
 def test_l1_layout_rule_strided_taps(stencil_rows):
@@ -275,17 +279,7 @@ def test_a_cta_beyond_the_register_file_is_refused(tmp_path):
     """ptxas honours an explicit maxnreg above what 16 warps leave per thread (65536 / 512 = 128): the
     kernel compiles but could not launch. The compile check (compile_spec) refuses it; capped with
     register_cap(16) the same kernel fits (and spills, which the check refuses for its own reason)."""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "wide_kernel.py").write_text(_WIDE)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_WIDE], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    rows = json.loads(proc.stdout)
+    rows = _compile_in_subprocess(tmp_path, "wide_kernel", _WIDE, _COMPILE_WIDE)
     uncapped, capped = rows["255"], rows["128"]
     assert uncapped["regs"] > 128 and "cannot launch" in uncapped.get("error", ""), uncapped
     assert capped["regs"] <= 128 and "cannot launch" not in capped.get("error", ""), capped
