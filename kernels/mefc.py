@@ -111,6 +111,11 @@ MAXNREG = 128
 _OPTIONS = {**LAUNCH_OPTIONS, "maxnreg": MAXNREG}
 # pixel tiles the launcher can choose (BLOCK_H rows of BLOCK_W columns)
 BLOCK_HS = (1, 2)
+# Triton's CPU interpreter pays per executed operation and program, not per element: there the
+# launcher takes tiles of up to 32 rows (at most 2**16 accumulator elements), so a test image is one
+# or two tiles. The tests run the GPU's tiles (BLOCK_HS) in the interpreter too, under gpu_tiles().
+INTERPRETER_BLOCK_H = 32
+INTERPRETER_ACC_ELEMENTS = 2**16
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -318,21 +323,29 @@ def num_warps_for(cp: int, block_h: int) -> int:
     return 8 if block_h * BLOCK_W >= 64 or cp * block_h * BLOCK_W >= 4096 else 4
 
 
-def _sm_count(s: torch.Tensor) -> int:
-    """SMs the step's tile choice fills (0 under the interpreter: its largest tiles)."""
-    return 0 if interpreter_tiles() else multiprocessor_count(s.device)
-
-
 def launch_config(batch: int, channels: int, height: int, width: int, sm_count: int) -> tuple[int, int, int]:
     """(CP, BLOCK_H, num_warps) for one step: the largest tile the register budget allows, halved while
     the step kernel would have fewer than two programs per SM (small images keep the GPU busy)."""
     cp = channels_pow2(channels)
     n_tw = cdiv(width, BLOCK_W)
     bh = max_block_h(channels)
-    # (sm_count 0, the interpreter: no halving, fewest programs; it pays per program, not per element)
     while bh > 1 and batch * cdiv(height, bh) * n_tw < 2 * sm_count:
         bh //= 2
     return cp, bh, num_warps_for(cp, bh)
+
+
+def interpreter_config(channels: int, height: int) -> tuple[int, int, int]:
+    """(CP, BLOCK_H, num_warps) under Triton's interpreter: the fewest programs (module constants)."""
+    cp = channels_pow2(channels)
+    bh = min(INTERPRETER_BLOCK_H, next_pow2(height), max(1, INTERPRETER_ACC_ELEMENTS // (cp * BLOCK_W)))
+    return cp, bh, 4
+
+
+def _config(s: torch.Tensor) -> tuple[int, int, int]:
+    B, C, H, W = s.shape
+    if interpreter_tiles():
+        return interpreter_config(C, H)
+    return launch_config(B, C, H, W, multiprocessor_count(s.device))
 
 
 def _check_weights(name: str, ws, sizes, C: int, device, *, pointwise: bool = False) -> None:
@@ -359,15 +372,15 @@ def _check_s(s: torch.Tensor) -> None:
         raise ValueError(f"MEFC kernels take images of at most 2**27 pixels, got {s.shape[2]}x{s.shape[3]}")
 
 
-def _tile_offsets_fit(t: torch.Tensor) -> bool:
+def _tile_offsets_fit(t: torch.Tensor, block_h: int) -> bool:
     """Offsets inside a tile (16 channels x the tile plus a 6-pixel halo) are int32 in the kernels."""
     _, sc, sh, sw = (abs(x) for x in t.stride())
-    return 16 * sc + (BLOCK_HS[-1] + 12) * sh + (BLOCK_W + 12) * sw <= _INT32_LIMIT
+    return 16 * sc + (block_h + 12) * sh + (BLOCK_W + 12) * sw <= _INT32_LIMIT
 
 
-def _prepare_s(s: torch.Tensor) -> torch.Tensor:
+def _prepare_s(s: torch.Tensor, block_h: int) -> torch.Tensor:
     # a copy only for strides so large that a tile's own offsets do not fit in int32
-    return s if _tile_offsets_fit(s) else s.contiguous()
+    return s if _tile_offsets_fit(s, block_h) else s.contiguous()
 
 
 def _pack_depthwise(ws, C: int) -> torch.Tensor:
@@ -418,9 +431,8 @@ def sep_inner_fwd(s: torch.Tensor, dw1, w1) -> torch.Tensor:
     C = s.shape[1]
     _check_weights("dw1", dw1, SEP_SIZES, C, s.device)
     _check_weights("w1", w1, SEP_SIZES, C, s.device, pointwise=True)
-    s = _prepare_s(s)
-    B, _, H, W = s.shape
-    return _launch_inner(s, _pack_depthwise(dw1, C), w1, launch_config(B, C, H, W, _sm_count(s)))
+    cfg = _config(s)
+    return _launch_inner(_prepare_s(s, cfg[1]), _pack_depthwise(dw1, C), w1, cfg)
 
 
 def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.Tensor:
@@ -442,11 +454,11 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
     check_tensor("m", m, device=s.device, shape=(B, C, NUM_OPS * C))
     if not m.is_floating_point():
         raise TypeError(f"m must be floating point, got {m.dtype}")
-    s = _prepare_s(s)
+    cfg = _config(s)
+    s = _prepare_s(s, cfg[1])
     out = torch.empty((B, C, H, W), device=s.device, dtype=s.dtype)
     if out.numel() == 0:
         return out
-    cfg = launch_config(B, C, H, W, _sm_count(s))
     # every depthwise weight in one vector (one launch): dw1 [84 C], dw2 [84 C], dwd [83 C]
     dwp = _pack_depthwise((*dw1, *dw2, *dwd), C)
     t = _launch_inner(s, dwp[: 84 * C], w1, cfg)

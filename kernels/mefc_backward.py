@@ -123,11 +123,12 @@ DW_BLOCK_N = 128
 DS_BLOCK_C = 1
 DS_BLOCK_N = 2048
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs for the chunked reductions
-# Triton's CPU interpreter pays per executed operation, not per element: it runs the same kernels on
-# larger tiles (still several tiles and channel blocks at the tests' sizes, so the cross-program
-# reductions are exercised)
-INTERPRETER_TILE = 8192
+# Triton's CPU interpreter pays per executed operation and program, not per element: it runs the same
+# kernels on tiles of up to 1024 pixels, one or two per test image. The GPU's tiles (several per test
+# image: the cross-program reductions) run in the interpreter too, in tests under gpu_tiles().
+INTERPRETER_TILE = 32768
 INTERPRETER_DW_BLOCK_C = 32
+INTERPRETER_DW_BLOCK_N = 1024
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -634,7 +635,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     interp = interpreter_tiles()
     block_c, wide_n, dz_warps = _wide_tile(C, interp)
     n_wide = triton.cdiv(N, wide_n)
-    dw_block_c = INTERPRETER_DW_BLOCK_C if interp else DW_BLOCK_C
+    dw_block_c, dw_block_n = (INTERPRETER_DW_BLOCK_C, INTERPRETER_DW_BLOCK_N) if interp else (DW_BLOCK_C, DW_BLOCK_N)
     n_kc = triton.cdiv(C, BLOCK_K)
     with device_guard(s):
         t = _fit_plane_offsets("t", sep_inner_fwd(s, dw1, w1))
@@ -683,9 +684,9 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         d_w1 = tuple(dw1_full[:, o * C:(o + 1) * C].contiguous().view(C, C, 1, 1) for o in range(4))
         # 5. ds
         dw_opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
-        n_dw_tiles = triton.cdiv(N, DW_BLOCK_N)
+        n_dw_tiles = triton.cdiv(N, dw_block_n)
         n_cb = triton.cdiv(C, dw_block_c)
-        ds_block_c, ds_block_n = (dw_block_c, DW_BLOCK_N) if interp else (DS_BLOCK_C, DS_BLOCK_N)
+        ds_block_c, ds_block_n = (dw_block_c, dw_block_n) if interp else (DS_BLOCK_C, DS_BLOCK_N)
         ds = None
         if needs_input_grad:
             ds = torch.empty((B, C, H, W), device=dev, dtype=dt_)
@@ -707,7 +708,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             part = torch.empty((B * n_ch2, taps, C), device=dev, dtype=torch.float32)
             _mefc_bwd_dwgrad_kernel[(n_ch2, len(sizes) * n_cb, B)](
                 gbuf, x, part, C, N, H, W, g_ch, row0, per2, taps, *xs, K0=k0, DIL=dil,
-                BLOCK_C=dw_block_c, BLOCK_N=DW_BLOCK_N, BLOCK_T=next_pow2(sizes[-1] ** 2), **dw_opts,
+                BLOCK_C=dw_block_c, BLOCK_N=dw_block_n, BLOCK_T=next_pow2(sizes[-1] ** 2), **dw_opts,
             )
             grads.append(_unpack_taps(part.sum(0), sizes, C))
         d_dw2, d_dw1, d_dwd = grads

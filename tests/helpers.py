@@ -11,6 +11,8 @@ away). See that module for the floors and why.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from drsformer_fast.tolerance import (
@@ -22,8 +24,21 @@ from drsformer_fast.tolerance import (
     relative_errors,
 )
 
-__all__ = ["FLOORS", "make_generator", "randn", "non_contiguous", "assert_close", "assert_golden", "rel_err",
-           "describe_mismatch", "golden_bound", "assert_close_rms"]
+__all__ = ["FLOORS", "launch_tiles", "make_generator", "randn", "non_contiguous", "assert_close", "assert_golden",
+           "rel_err", "describe_mismatch", "golden_bound", "assert_close_rms"]
+
+
+def launch_tiles(kind: str):
+    """Which tiles the launchers take for a kernel test: "gpu", the GPU's own (the interpreter runs
+    them too, so that what an H100 runs is checked), or "interpreter", the interpreter's larger ones
+    (the default there: fewer programs). A GPU always takes its own."""
+    if kind not in ("gpu", "interpreter"):
+        raise ValueError(f"tiles must be 'gpu' or 'interpreter', got {kind!r}")
+    if kind == "interpreter":
+        return contextlib.nullcontext()
+    from drsformer_fast.kernels._utils import gpu_tiles
+
+    return gpu_tiles()
 
 
 def make_generator(seed: int) -> torch.Generator:

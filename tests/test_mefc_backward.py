@@ -4,7 +4,8 @@ dtype (PyTorch's own error), one shared random upstream gradient. dm is checked 
 the test builds m from the layer's weights with an einsum under autograd and pushes the kernel's dm
 back through it, giving the gradients of W_out, the second 1x1 of every op and the softmax weights.
 
-Interpreter cost: images of ~150 pixels, C = 20 and 48 (a few programs per launch).
+Interpreter cost: images of ~150 pixels, C = 20 and 48; one case (and the determinism test) on the
+GPU's tiles, the others on the interpreter's (one tile per image).
 """
 
 import contextlib
@@ -13,7 +14,7 @@ import pytest
 import torch
 from drsformer_fast.kernels import mefc_backward as MB
 from drsformer_fast.kernels.mefc import mefc_step_fwd
-from helpers import assert_close, non_contiguous, randn
+from helpers import assert_close, launch_tiles, non_contiguous, randn
 from original_arch import perturb_
 
 from drsformer_fast import reference as R
@@ -124,19 +125,22 @@ def _check(B, C, H, W, dtype, device, seed, g_layout=None, s_layout=None):
         assert_close(f"grad {name}", fast[name].cpu(), ref64[name], reflp[name], dtype=dtype)
 
 
-CASES = [  # (B, C, H, W, dtype, layout of g; the first case also passes s non-contiguous)
-    (1, 20, 11, 13, torch.float32, "pad"),
-    (2, 48, 10, 13, torch.float32, "channels_last"),  # 130 pixels: two tiles of the full-channel kernels
-    (3, 20, 9, 20, torch.float16, "transpose"),
-    (2, 5, 6, 1, torch.float32, "pad"),  # one-pixel-wide and one-pixel-high images, C < BLOCK_K
-    (1, 3, 1, 7, torch.float32, "pad"),
+CASES = [  # (B, C, H, W, dtype, layout of g, tiles; the first case also passes s non-contiguous)
+    # the GPU's tiles: 3 full-channel tiles of 64 pixels, 2 depthwise tiles of 128, one ds program per
+    # channel; every partial-sum buffer has several chunks
+    (1, 20, 11, 13, torch.float32, "pad", "gpu"),
+    (2, 48, 10, 13, torch.float32, "channels_last", "interpreter"),  # one tile per image from here on
+    (3, 20, 9, 20, torch.float16, "transpose", "interpreter"),
+    (2, 5, 6, 1, torch.float32, "pad", "interpreter"),  # one-pixel-wide and one-pixel-high images, C < BLOCK_K
+    (1, 3, 1, 7, torch.float32, "pad", "interpreter"),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-C{}-{}x{}-{}-g_{}".format(*c[:4], str(c[4])[6:], c[5]))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-C{}-{}x{}-{}-g_{}-{}".format(*c[:4], str(c[4])[6:], *c[5:]))
 def test_against_original(case, device):
-    B, C, H, W, dtype, layout = case
-    _check(B, C, H, W, dtype, device, seed=10 * C + B, g_layout=layout, s_layout="pad" if B == 1 else None)
+    B, C, H, W, dtype, layout, tiles = case
+    with launch_tiles(tiles):
+        _check(B, C, H, W, dtype, device, seed=10 * C + B, g_layout=layout, s_layout="pad" if B == 1 else None)
 
 
 def test_torch_form_matches_kernels(device):
@@ -156,15 +160,16 @@ def test_torch_form_matches_kernels(device):
 
 
 def test_deterministic_and_no_input_grad(device):
-    B, C, H, W = 1, 20, 12, 13  # several pixel tiles and chunks write partial sums
+    B, C, H, W = 1, 20, 12, 13  # on the GPU's tiles: several pixel tiles and chunks write partial sums
     layer = _layer(C, 7)
     p = {k: [w.detach().to(device) for w in v] for k, v in _params(layer).items()}
     m = _build_m(p["w_out"][0].cpu(), p["w2"], p["wd"], torch.softmax(randn(B, 8, seed=8), -1)).to(device)
     s = randn(B, C, H, W, seed=9, device=device)
     g = randn(B, C, H, W, seed=10, device=device)
     args = (g, s, mefc_step_fwd(s, p["dw1"], p["w1"], p["dw2"], p["dwd"], m), p["dw1"], p["w1"], p["dw2"], p["dwd"], m)
-    first = MB.mefc_step_bwd(*args)
-    second = MB.mefc_step_bwd(*args, needs_input_grad=False)
+    with launch_tiles("gpu"):
+        first = MB.mefc_step_bwd(*args)
+        second = MB.mefc_step_bwd(*args, needs_input_grad=False)
     assert second[0] is None
     for x, y in zip(first[1:], second[1:]):
         for u, v in zip(x if isinstance(x, tuple) else (x,), y if isinstance(y, tuple) else (y,)):

@@ -3,14 +3,15 @@
 the sep convs' first half on its own, the TF32 policy of the launches, launch configurations at any
 size, the byte model, and input errors.
 
-Interpreter cost: a step on 11x13 or 9x20 pixels (a few programs per kernel) at C = 20 and 48.
+Interpreter cost: a step on 11x13 or 9x20 pixels at C = 20 and 48, on the GPU's tiles (BLOCK_H = 1
+and 2: several programs per kernel) and on the interpreter's (one tile per image).
 """
 
 import pytest
 import torch
 from drsformer_fast.kernels import mefc
 from drsformer_fast.kernels._registry import all_compile_configs
-from helpers import assert_close, non_contiguous, randn
+from helpers import assert_close, launch_tiles, non_contiguous, randn
 from original_arch import perturb_
 
 from drsformer_fast import reference as R
@@ -50,12 +51,12 @@ def _op_weights(B: int, seed: int) -> torch.Tensor:
     return torch.softmax(randn(B, 8, seed=seed, dtype=torch.float64, scale=2.0), dim=-1)
 
 
-@pytest.mark.parametrize("dtype,C,B,H,W,layout", [
-    (torch.float32, 20, 3, 11, 13, "pad"),
-    (torch.float32, 48, 1, 9, 20, "channels_last"),
-    (torch.float16, 20, 3, 9, 20, None),
+@pytest.mark.parametrize("dtype,C,B,H,W,layout,tiles", [
+    (torch.float32, 20, 3, 11, 13, "pad", "gpu"),  # BLOCK_H = 2: 6 tile rows, the last one half
+    (torch.float32, 48, 1, 9, 20, "channels_last", "gpu"),  # BLOCK_H = 1 (too few programs for 2)
+    (torch.float16, 20, 3, 9, 20, None, "interpreter"),  # one 16-row tile (what the model tests run)
 ])
-def test_step_matches_original(device, dtype, C, B, H, W, layout):
+def test_step_matches_original(device, dtype, C, B, H, W, layout, tiles):
     layer64 = _layer(C, seed=C + B)
     s64 = randn(B, C, H, W, seed=7 * C + B, dtype=torch.float64)
     w64 = _op_weights(B, seed=B)
@@ -70,7 +71,8 @@ def test_step_matches_original(device, dtype, C, B, H, W, layout):
     if layout is not None:
         s = non_contiguous(s, layout)
         m = m.transpose(1, 2).contiguous().transpose(1, 2)  # m with any strides too
-    out = mefc.mefc_step_fwd(s, dw1, w1, dw2, dwd, m)
+    with launch_tiles(tiles):
+        out = mefc.mefc_step_fwd(s, dw1, w1, dw2, dwd, m)
     assert out.dtype == dtype and out.is_contiguous() and out.shape == (B, C, H, W)
     assert_close("s_out", out.cpu(), truth, torch_lp)
 
