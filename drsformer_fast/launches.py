@@ -95,11 +95,13 @@ def _resolve_grid(kernel, args, kwargs, grid) -> tuple[int, int, int]:
 @contextlib.contextmanager
 def forced_triton_path(arch: int = 90):
     """Fake CPU tensors take the Triton path (as CUDA tensors would), and the launchers see sm_<arch>:
-    ``SMS[arch]`` multiprocessors and compute capability ``arch``."""
+    ``SMS[arch]`` multiprocessors, compute capability ``arch`` and the GPU's tiles (``gpu_tiles``: under
+    Triton's interpreter the launchers would otherwise take the interpreter's larger ones)."""
     from . import (
         _dispatch,
         kernels,  # noqa: F401 (imports every kernel module, whose device queries are patched below)
     )
+    from .kernels._utils import gpu_tiles
 
     if arch not in SMS:
         raise ValueError(f"unknown target sm_{arch}: choose from {', '.join(f'sm_{a}' for a in SMS)}")
@@ -119,7 +121,8 @@ def forced_triton_path(arch: int = 90):
                 patched.append((mod, attr, getattr(mod, attr)))
                 setattr(mod, attr, fake)
     try:
-        yield
+        with gpu_tiles():
+            yield
     finally:
         _dispatch._STATE = saved_state
         for mod, attr, fn in reversed(patched):

@@ -81,18 +81,18 @@ FWD_BLOCK_C = 2
 FWD_BLOCK_Q = 512  # row pairs (kernels/_utils.py): 1024 pixels
 BWD_BLOCK_C = 2
 BWD_BLOCK_N = 512
-# Triton's CPU interpreter pays per executed operation and program, not per element: 2-channel tiles
-# would multiply its programs (the tests' time) by 8. It runs the same kernels on 16 x 128 tiles
-# (still several channel blocks and pixel tiles at the tests' sizes).
-INTERPRETER_BLOCK_C = 16
-INTERPRETER_BLOCK_N = 128
+# Triton's CPU interpreter pays per executed operation and program (65 ms to 1 s a program), not per
+# element: it runs the same kernels on 64 x 1024 tiles, so a test image is one or two tiles. The GPU's
+# tiles run in the interpreter too, in the tests that ask for them (tests/helpers.launch_tiles("gpu")).
+INTERPRETER_BLOCK_C = 64
+INTERPRETER_BLOCK_N = 1024
 
 # the kernels for 2-byte dtypes (_dw_fwd_words_kernel, _dw_bwd_words_kernel): 2 x 2 pixel quads per
 # program, one channel per program (its weights are scalars). sm_90, 8 warps: forward 96 registers
 # at 512 quads; backward 117 at 256 (205 at 512: 8 resident warps per SM)
 WORDS_BLOCK_Q = 512
 WORDS_BWD_BLOCK_Q = 256
-INTERPRETER_WORDS_BLOCK_Q = 64
+INTERPRETER_WORDS_BLOCK_Q = 256
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (the words kernel's channels)
 
 NUM_WARPS = 8

@@ -167,6 +167,7 @@ from ._utils import (
     compute_capability,
     conv_fp32_precision,
     device_guard,
+    interpreter_tiles,
     multiprocessor_count,
     next_pow2,
     register_cap,
@@ -209,6 +210,33 @@ BWD_WORDS_MAXNREG = 128
 # Passed at every launch and registered with the compile configs (the check compiles what runs): 3
 # stages let the W_out / dout tiles feeding the dots load ahead (cp.async) in the hidden / D loops.
 NUM_STAGES = 3
+# Triton's CPU interpreter pays per executed operation and program (65 ms to 1 s a program), not per
+# element: it runs the same kernels on tiles of 1024 pixels (and 32 hidden channels in the backward),
+# so a test image is one or two tiles. The GPU's tiles run in the interpreter too, in the tests that
+# ask for them (tests/helpers.launch_tiles("gpu")).
+INTERPRETER_FWD_BLOCK_Q = 256  # row quads or 2 x 2 quads
+INTERPRETER_BWD_BLOCK_N = 1024
+INTERPRETER_BWD_BLOCK_J = 32
+INTERPRETER_BWD_WORDS_BLOCK_Q = 512  # pixel pairs
+
+
+class BwdTiles(NamedTuple):
+    """Tiles of the backward launches: pixels per tile of the du/dv and x kernels (``block_n``), pixel
+    pairs per tile of the du/dv word kernel (``words_block_q``), hidden channels per program of the du/dv
+    kernels (``block_j``) and of the x kernel (``x_block_j``)."""
+
+    block_n: int
+    words_block_q: int
+    block_j: int
+    x_block_j: int
+
+
+def bwd_tiles() -> BwdTiles:
+    """The backward's tiles: the GPU's, or the interpreter's larger ones on CPU."""
+    if interpreter_tiles():
+        return BwdTiles(INTERPRETER_BWD_BLOCK_N, INTERPRETER_BWD_WORDS_BLOCK_Q, INTERPRETER_BWD_BLOCK_J,
+                        INTERPRETER_BWD_BLOCK_J)
+    return BwdTiles(BWD_BLOCK_N, BWD_WORDS_BLOCK_Q, BWD_BLOCK_J, BWD_X_BLOCK_J)
 
 
 @triton.jit
@@ -1069,7 +1097,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         ab64, prec = _ab64(hidden, N), dot_precision(x.dtype)
         exact = x.dtype == torch.float32 and prec == "ieee"
         cfg = _fwd_config(D, exact, compute_capability(x.device))
-        block_d, block_q = cfg.block_d, cfg.block_q
+        block_d, block_q = cfg.block_d, (INTERPRETER_FWD_BLOCK_Q if interpreter_tiles() else cfg.block_q)
         # transposed (_wo_tile): a copy of D x 2h elements
         wot = params["out_weight"].detach().reshape(D, 2 * hidden).t().to(x.dtype).contiguous()
         res = residual if residual is not None else out
@@ -1119,14 +1147,15 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         y = _project_in(x, params["in_weight"])
         ab = _stage1(x, y, params, hidden)
         wo = params["out_weight"].detach().reshape(D, h2).to(x.dtype).contiguous()
-        n_tiles = triton.cdiv(N, BWD_BLOCK_N)
+        tiles = bwd_tiles()
+        n_tiles = triton.cdiv(N, tiles.block_n)
         duv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         uv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         words = bwd_uv_path(dout, ab) == "words"
-        n_uv_tiles = triton.cdiv(H * (W // 2), BWD_WORDS_BLOCK_Q) if words else n_tiles
+        n_uv_tiles = triton.cdiv(H * (W // 2), tiles.words_block_q) if words else n_tiles
         pb_uv = torch.empty((B * n_uv_tiles, h2), device=dev, dtype=torch.float32)
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
-        n_j = triton.cdiv(hidden, BWD_BLOCK_J)
+        n_j = triton.cdiv(hidden, tiles.block_j)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
         prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
@@ -1134,22 +1163,22 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
                 _ffn_bwd_uv_words_kernel[(n_j * n_uv_tiles, B)](
                     dout, ab, _weight_pairs(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                     wo, duv, uv, pb_uv, hidden, D, H, W, x_off, *dout.stride()[:3], *ab.stride()[:3],
-                    K=k, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J,
-                    BLOCK_Q=BWD_WORDS_BLOCK_Q, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES,
+                    K=k, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=tiles.block_j,
+                    BLOCK_Q=tiles.words_block_q, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES,
                     **{**LAUNCH_OPTIONS, "maxnreg": BWD_WORDS_MAXNREG},
                 )
                 continue
             _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
                 dout, ab, _f32(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
-                K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=BWD_BLOCK_J, BLOCK_N=BWD_BLOCK_N,
+                K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=tiles.block_j, BLOCK_N=tiles.block_n,
                 num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
-            _ffn_bwd_x_kernel[(n_tiles, triton.cdiv(hidden, BWD_X_BLOCK_J), B)](
+            _ffn_bwd_x_kernel[(n_tiles, triton.cdiv(hidden, tiles.x_block_j), B)](
                 duv, ab, _f32(params[f"{name}_weight"]), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
-                K=k, BLOCK_J=BWD_X_BLOCK_J, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+                K=k, BLOCK_J=tiles.x_block_j, BLOCK_N=tiles.block_n, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
             # fixed-order sums over programs: deterministic
             # partials are [2, K*K, h] (coalesced writes); the gradient is contiguous like the weight

@@ -88,7 +88,7 @@ def test_word_loads_and_fused_multiply_adds_are_counted_once():
     loads and stores of two fp16 pixels count every byte (compulsory = y, both outputs and both
     weights, each exactly once), and each tap's ``acc += w * x`` counts one FFMA, not two."""
     from drsformer_fast.kernels._utils import is_interpreter
-    from drsformer_fast.kernels.dwconv import INTERPRETER_WORDS_BLOCK_Q
+    from drsformer_fast.kernels.dwconv import WORDS_BLOCK_Q
 
     assert is_interpreter()
     m = L.build_module("feedforward", 8, 1, torch.float16)
@@ -100,8 +100,9 @@ def test_word_loads_and_fused_multiply_adds_are_counted_once():
     expected = 3 * channels * plane + channels * (9 + 25) * 4
     model = S.predict(launch.programs, 8, {"regs": 64, "shared": 0, "sass": {"l1_factor": 1.0}}, work)
     assert model["compulsory_bytes"] == expected
-    # every lane of the program's quad tile (masked ones included, as on the GPU): 9 + 25 taps x 4 pixels
-    assert work["program"]["ffma"] == (9 + 25) * 4 * INTERPRETER_WORDS_BLOCK_Q
+    # every lane of the program's quad tile (the GPU's: captures take the GPU's tiles; masked lanes
+    # included, as on the GPU): 9 + 25 taps x 4 pixels
+    assert work["program"]["ffma"] == (9 + 25) * 4 * WORDS_BLOCK_Q
 
 
 def test_markdown_and_json_round_trip():
