@@ -401,7 +401,7 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
     env = {k: v for k, v in env.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "benchmarks", "--benchmark-json", str(out)], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1200)  # a guard against a hang, not a time limit: ~150-300 s on 2 cores
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads(out.read_text())["benchmarks"]
     blocks = [r["extra_info"] for r in runs if "block" in r["extra_info"]]
