@@ -141,8 +141,11 @@ _GPU_TILES_IN_INTERPRETER = [False]
 
 
 def interpreter_tiles() -> bool:
-    """True when launchers take their interpreter tiles: under Triton's CPU interpreter, which pays
-    per operation and program (not per element), outside :func:`gpu_tiles`."""
+    """True when launchers take their interpreter tiles: under Triton's CPU interpreter, outside
+    :func:`gpu_tiles`. The interpreter pays per executed operation and per program (65 ms to 1 s a
+    program), not per element, so there every launcher takes its largest tiles (its module's
+    ``INTERPRETER_*`` constants: a test image is one or two programs). Tests that check the GPU's own
+    tiles run them in the interpreter under ``tests/helpers.launch_tiles("gpu")``."""
     return is_interpreter() and not _GPU_TILES_IN_INTERPRETER[0]
 
 

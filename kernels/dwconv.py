@@ -81,9 +81,7 @@ FWD_BLOCK_C = 2
 FWD_BLOCK_Q = 512  # row pairs (kernels/_utils.py): 1024 pixels
 BWD_BLOCK_C = 2
 BWD_BLOCK_N = 512
-# Triton's CPU interpreter pays per executed operation and program (65 ms to 1 s a program), not per
-# element: it runs the same kernels on 64 x 1024 tiles, so a test image is one or two tiles. The GPU's
-# tiles run in the interpreter too, in the tests that ask for them (tests/helpers.launch_tiles("gpu")).
+# under Triton's interpreter (_utils.interpreter_tiles: it pays per program, not per element): 64 x 1024
 INTERPRETER_BLOCK_C = 64
 INTERPRETER_BLOCK_N = 1024
 

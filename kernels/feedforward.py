@@ -210,10 +210,8 @@ BWD_WORDS_MAXNREG = 128
 # Passed at every launch and registered with the compile configs (the check compiles what runs): 3
 # stages let the W_out / dout tiles feeding the dots load ahead (cp.async) in the hidden / D loops.
 NUM_STAGES = 3
-# Triton's CPU interpreter pays per executed operation and program (65 ms to 1 s a program), not per
-# element: it runs the same kernels on tiles of 1024 pixels (and 32 hidden channels in the backward),
-# so a test image is one or two tiles. The GPU's tiles run in the interpreter too, in the tests that
-# ask for them (tests/helpers.launch_tiles("gpu")).
+# under Triton's interpreter (_utils.interpreter_tiles: it pays per program, not per element): tiles of
+# 1024 pixels, 32 hidden channels per backward program
 INTERPRETER_FWD_BLOCK_Q = 256  # row quads or 2 x 2 quads
 INTERPRETER_BWD_BLOCK_N = 1024
 INTERPRETER_BWD_BLOCK_J = 32

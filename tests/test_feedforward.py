@@ -284,8 +284,8 @@ def _dw_id(c) -> str:
     return "K{}-relu{:d}-xb{:d}".format("_".join(map(str, c[0])), c[1], c[2])
 
 
-# every case on the interpreter's tiles; one two-branch case on the GPU's (2 channels x 1024 pixels
-# forward, 2 x 512 backward), run in the interpreter too
+# every case on the interpreter's tiles; one two-branch case on the GPU's (pixels: 2 channels x 1024
+# forward, 2 x 512 backward; words: 512 quads forward, 256 backward), run in the interpreter too
 DW_TILE_CASES = [pytest.param(c, "interpreter", id=_dw_id(c)) for c in DW_CASES] + [
     pytest.param(DW_CASES[3], "gpu", id=_dw_id(DW_CASES[3]) + "-gpu_tiles")]
 
