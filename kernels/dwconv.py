@@ -28,8 +28,9 @@ fp32, 2.5 bf16). FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA co
 Words (fp16/bf16, forward and backward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in
 bf16 the forward above stays L1-bound (57 us against a 30 us roofline at level 1). When x's rows are
 whole 4-byte words (W even, unit W stride, even strides, 4-byte-aligned x and outputs:
-``forward_path``), ``_dw_fwd_words_kernel`` runs instead: one channel per program (its weights are
-scalars, loaded once), each thread on 2 x 2 pixel quads, taps read as aligned words of two pixels and
+``forward_path``), ``_dw_fwd_words_kernel`` runs instead: one channel per program on the GPU (its
+weights are loaded once, uniform across the CTA; the interpreter takes up to 64 channels), each
+thread on 2 x 2 pixel quads, taps read as aligned words of two pixels and
 split in registers (the words t - 1 .. t + 1 around a quad's own word t hold every column shift of
 both its columns for K <= 5), outputs written as words. Per 4 output pixels of the 5x5 + 3x3 pair:
 6 rows x 3 full-wavefront word loads, against 6 x 5 half-filled loads per 2 pixels. Static model
@@ -86,10 +87,14 @@ INTERPRETER_BLOCK_C = 64
 INTERPRETER_BLOCK_N = 1024
 
 # the kernels for 2-byte dtypes (_dw_fwd_words_kernel, _dw_bwd_words_kernel): 2 x 2 pixel quads per
-# program, one channel per program (its weights are scalars). sm_90, 8 warps: forward 96 registers
-# at 512 quads; backward 117 at 256 (205 at 512: 8 resident warps per SM)
+# program, one channel per program on the GPU (its weights are uniform across the CTA: one broadcast
+# load each). sm_90, 8 warps: forward 96 registers at 512 quads; backward 117 at 256 (205 at 512: 8
+# resident warps per SM)
+WORDS_BLOCK_C = 1
 WORDS_BLOCK_Q = 512
 WORDS_BWD_BLOCK_Q = 256
+# under the interpreter: up to 64 channels (the next power of two of C) x 256 quads per program
+INTERPRETER_WORDS_BLOCK_C = 64
 INTERPRETER_WORDS_BLOCK_Q = 256
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y and z (the words kernel's channels)
 
@@ -98,6 +103,13 @@ NUM_WARPS = 8
 # (Triton's default is 3; the tap loops are unrolled, so there is no loop to pipeline either way).
 NUM_STAGES = 3
 _INT32_LIMIT = 2**31 - 1
+
+
+def words_tiles(C: int, backward: bool) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_Q) of the word kernels' launch for C channels (the interpreter's own on CPU)."""
+    if interpreter_tiles():
+        return min(INTERPRETER_WORDS_BLOCK_C, triton.next_power_of_2(C)), INTERPRETER_WORDS_BLOCK_Q
+    return WORDS_BLOCK_C, WORDS_BWD_BLOCK_Q if backward else WORDS_BLOCK_Q
 
 
 def tiles(backward: bool) -> tuple[int, int]:
@@ -239,10 +251,11 @@ def _join_words(b_lo, b_hi, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _dw_fwd_words_store(b_e0, b_o0, b_e1, b_o1, b_ptr, o_ptr, o_out, WW, m_0, m_1, i_c, RELU: tl.constexpr):
-    """Bias (b_ptr may be None), ReLU and the two word stores (upper and lower row) of one branch."""
+def _dw_fwd_words_store(b_e0, b_o0, b_e1, b_o1, b_ptr, o_ptr, o_out, WW, m_0, m_1, o_cl, RELU: tl.constexpr):
+    """Bias (b_ptr may be None), ReLU and the two word stores (upper and lower row) of one branch:
+    [BLOCK_C, BLOCK_Q] blocks, o_cl the (clamped) channels of their rows."""
     if b_ptr is not None:
-        b_bias = tl.load(b_ptr + i_c)
+        b_bias = tl.load(b_ptr + o_cl)[:, None]
         b_e0 += b_bias
         b_o0 += b_bias
         b_e1 += b_bias
@@ -267,7 +280,7 @@ def _dw_fwd_words_kernel(
     xb_ptr,  # input bias: [C] fp32 (unused when not HAS_XBIAS)
     o1_ptr,  # output of branch 1: [B, C, H, W], dense per image, even batch stride, 4-byte aligned
     o2_ptr,  # output of branch 2: same layout (unused without TWO)
-    H, W,
+    C, H, W,
     stride_xb, stride_xc, stride_xh,  # element strides (all even)
     stride_ob,
     K1: tl.constexpr,
@@ -275,43 +288,48 @@ def _dw_fwd_words_kernel(
     TWO: tl.constexpr,
     RELU: tl.constexpr,
     HAS_XBIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # channels per program (the GPU's: 1, see WORDS_BLOCK_C)
     BLOCK_Q: tl.constexpr,  # 2 x 2 pixel quads per program
 ):
-    """_dw_fwd_kernel for 2-byte dtypes, one channel per program, each thread on 2 x 2 pixel quads.
+    """_dw_fwd_kernel for 2-byte dtypes, BLOCK_C channels per program, each thread on 2 x 2 pixel quads.
 
     A 2-byte tap load of one pixel per lane fills half an L1 wavefront (64 of its 128 bytes). Here the
     taps are aligned 4-byte words of two horizontally adjacent pixels, split in registers: quad q =
     (row pair q // (W / 2), word q % (W / 2)) reads, per input row, the words t - (R + 1) // 2 ..
     t + (R + 1) // 2 around its own word t (3 words for K <= 5: every column shift of both columns),
     one full 128-byte wavefront per warp each, and K + 1 input rows feed both output rows (the row
-    pairs of kernels/_utils.py). The channel's weights are scalars, loaded once per program. Outputs are
-    written as words too. Per 4 output pixels and 5x5 window: 6 rows x 3 words, against 6 x 5 = 30
-    half-filled loads for the 2 pixels of a row pair in _dw_fwd_kernel.
+    pairs of kernels/_utils.py). The channels' weights are [BLOCK_C, 1] columns, loaded once per
+    program. Outputs are written as words too. Per 4 output pixels and 5x5 window: 6 rows x 3 words,
+    against 6 x 5 = 30 half-filled loads for the 2 pixels of a row pair in _dw_fwd_kernel.
     """
     i_q = tl.program_id(0)
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     WW = W // 2  # words per row
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_c = o_c < C
+    o_cl = tl.minimum(o_c, C - 1)  # the last block's surplus rows re-read the last channel (stores masked)
     # 1 word per thread along W: coalesced word loads (kernels/_utils.py, stencil layout)
     o_q = tl.multiple_of(i_q * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
     m_q = o_q < tl.cdiv(H, 2) * WW
     o_h = (o_q // WW) * 2  # upper row of each quad
     o_t = o_q % WW  # word in the row: pixels 2 o_t and 2 o_t + 1
-    # word pointer of this channel's plane; word offsets from here are element offsets / 2 (int64)
-    p_x = (x_ptr + (i_b * stride_xb + i_c.to(tl.int64) * stride_xc)).to(tl.pointer_type(tl.int32))
+    # word pointers of the channels' planes ([BLOCK_C, 1]); word offsets from here are element
+    # offsets / 2 (int64)
+    p_x = (x_ptr + (i_b * stride_xb + o_cl.to(tl.int64)[:, None] * stride_xc)).to(tl.pointer_type(tl.int32))
     s_xh = tl.cast(stride_xh // 2, tl.int64)
     if HAS_XBIAS:
-        b_xb = tl.load(xb_ptr + i_c)
+        b_xb = tl.load(xb_ptr + o_cl)[:, None]
     KM: tl.constexpr = K2 if TWO else K1
     RM: tl.constexpr = KM // 2
     R1: tl.constexpr = K1 // 2
     WR: tl.constexpr = (RM + 1) // 2  # words each side of the own word
     if TWO:
-        p_wm = w2_ptr + i_c * (K2 * K2)
+        p_wm = w2_ptr + o_cl[:, None] * (K2 * K2)
     else:
-        p_wm = w1_ptr + i_c * (K1 * K1)
-    p_w1 = w1_ptr + i_c * (K1 * K1)
-    # the channel's weights, once: scalars (a tuple, row-major taps)
+        p_wm = w1_ptr + o_cl[:, None] * (K1 * K1)
+    p_w1 = w1_ptr + o_cl[:, None] * (K1 * K1)
+    # the channels' weights, once: [BLOCK_C, 1] columns (a tuple, row-major taps)
     w_m = ()
     for t in tl.static_range(KM * KM):
         w_m = w_m + (tl.load(p_wm + t),)
@@ -321,26 +339,26 @@ def _dw_fwd_words_kernel(
             w_i = w_i + (tl.load(p_w1 + t),)
 
     # (main, inner) x (upper row, lower row) x (even column, odd column)
-    b_me0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_mo0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_me1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_mo1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_ie0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_io0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_ie1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    b_io1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_me0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_mo0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_me1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_mo1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_ie0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_io0 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_ie1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
+    b_io1 = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
     for r in tl.static_range(KM + 1):
         # input row o_h - RM + r: tap row r of the upper output, r - 1 of the lower one
         o_r = o_h + (r - RM)
         m_r = m_q & (o_r >= 0) & (o_r < H)
-        p_row = p_x + o_r.to(tl.int64) * s_xh
+        p_row = p_x + (o_r.to(tl.int64) * s_xh)[None, :]
         # cols[j]: the pixel in column 2 o_t - 2 WR + j (zero outside the image: W is even, so a word
         # is inside or outside as a whole)
         cols = ()
         for j in tl.static_range(2 * WR + 1):
             o_u = o_t + (j - WR)
-            m = m_r & (o_u >= 0) & (o_u < WW)
-            b_lo, b_hi = _split_words(tl.load(p_row + o_u, mask=m, other=0), x_ptr.dtype.element_ty)
+            m = (m_r & (o_u >= 0) & (o_u < WW))[None, :]
+            b_lo, b_hi = _split_words(tl.load(p_row + o_u[None, :], mask=m, other=0), x_ptr.dtype.element_ty)
             if HAS_XBIAS:
                 b_lo = tl.where(m, b_lo + b_xb, 0.0)
                 b_hi = tl.where(m, b_hi + b_xb, 0.0)
@@ -366,13 +384,14 @@ def _dw_fwd_words_kernel(
                         b_io1 += w_i[(r - 1 - RM + R1) * K1 + kw - RM + R1] * b_od
 
     # word offsets of the outputs: planes of H * W elements = H * WW words
-    o_out = (i_b * stride_ob) // 2 + i_c.to(tl.int64) * H * WW + (o_h * WW + o_t)
-    m_1 = m_q & (o_h + 1 < H)
+    o_out = ((i_b * stride_ob) // 2 + o_c.to(tl.int64)[:, None] * H * WW) + (o_h * WW + o_t)[None, :]
+    m_0 = m_c[:, None] & m_q[None, :]
+    m_1 = m_c[:, None] & (m_q & (o_h + 1 < H))[None, :]
     if TWO:
-        _dw_fwd_words_store(b_ie0, b_io0, b_ie1, b_io1, b1_ptr, o1_ptr, o_out, WW, m_q, m_1, i_c, RELU)
-        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b2_ptr, o2_ptr, o_out, WW, m_q, m_1, i_c, RELU)
+        _dw_fwd_words_store(b_ie0, b_io0, b_ie1, b_io1, b1_ptr, o1_ptr, o_out, WW, m_0, m_1, o_cl, RELU)
+        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b2_ptr, o2_ptr, o_out, WW, m_0, m_1, o_cl, RELU)
     else:
-        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b1_ptr, o1_ptr, o_out, WW, m_q, m_1, i_c, RELU)
+        _dw_fwd_words_store(b_me0, b_mo0, b_me1, b_mo1, b1_ptr, o1_ptr, o_out, WW, m_0, m_1, o_cl, RELU)
 
 
 @triton.jit
@@ -467,23 +486,25 @@ def _dw_bwd_kernel(
 
 @triton.jit
 def _load_word_row(p_row, o_t, m_r, WW, DTYPE: tl.constexpr, WR: tl.constexpr):
-    """Columns 2 o_t - 2 WR .. 2 o_t + 2 WR + 1 of one row as fp32 (a tuple, zero outside the image):
-    the 2 WR + 1 aligned words around word o_t, each split in two."""
+    """Columns 2 o_t - 2 WR .. 2 o_t + 2 WR + 1 of one row of each channel as fp32 (a tuple of
+    [BLOCK_C, BLOCK_Q] blocks, zero outside the image): the 2 WR + 1 aligned words around word o_t,
+    each split in two. p_row: [BLOCK_C, 1] word pointers of the row; o_t, m_r: [BLOCK_Q]."""
     cols = ()
     for j in tl.static_range(2 * WR + 1):
         o_u = o_t + (j - WR)
-        m = m_r & (o_u >= 0) & (o_u < WW)
-        b_lo, b_hi = _split_words(tl.load(p_row + o_u, mask=m, other=0), DTYPE)
+        m = (m_r & (o_u >= 0) & (o_u < WW))[None, :]
+        b_lo, b_hi = _split_words(tl.load(p_row + o_u[None, :], mask=m, other=0), DTYPE)
         cols = cols + (b_lo, b_hi)
     return cols
 
 
 @triton.jit
-def _dw_bwd_words_branch(p_g, s_gh, o_h, o_t, m_q, WW, H, C, p_w, p_p, b_x, b_dx,
+def _dw_bwd_words_branch(p_g, s_gh, o_h, o_t, m_q, WW, H, C, p_w, p_p, m_c, b_x, b_dx,
                          K: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARAM_GRAD: tl.constexpr):
     """One branch of _dw_bwd_words_kernel: adds its transposed convolution to the quads' dx (a tuple:
-    upper even, upper odd, lower even, lower odd) and writes its weight and bias partial sums (rows
-    t < K*K and K*K of this program's slot, column p_p)."""
+    upper even, upper odd, lower even, lower odd; [BLOCK_C, BLOCK_Q] each) and writes its weight and
+    bias partial sums (rows t < K*K and K*K of this program's slot, columns p_p of the channels m_c).
+    p_g: [BLOCK_C, 1] pointers of the channels' planes; p_w: [BLOCK_C, 1] of their weights."""
     R: tl.constexpr = K // 2
     WR: tl.constexpr = (R + 1) // 2
     DTYPE: tl.constexpr = p_g.dtype.element_ty
@@ -494,10 +515,12 @@ def _dw_bwd_words_branch(p_g, s_gh, o_h, o_t, m_q, WW, H, C, p_w, p_p, b_x, b_dx
     # one from the row below it. Rows o_h - R .. o_h + R + 1 in order: row i feeds tap kh = 2R - i of
     # the upper outputs and, with row i + 1, the same tap of the lower ones (each row loaded once).
     o_r = o_h - R
-    prev = _load_word_row(p_gw + o_r.to(tl.int64) * s_gh, o_t, m_q & (o_r >= 0) & (o_r < H), WW, DTYPE, WR)
+    prev = _load_word_row(p_gw + (o_r.to(tl.int64) * s_gh)[None, :], o_t, m_q & (o_r >= 0) & (o_r < H), WW, DTYPE,
+                          WR)
     for i in tl.static_range(K):
         o_r = o_h + (i + 1 - R)
-        cur = _load_word_row(p_gw + o_r.to(tl.int64) * s_gh, o_t, m_q & (o_r >= 0) & (o_r < H), WW, DTYPE, WR)
+        cur = _load_word_row(p_gw + (o_r.to(tl.int64) * s_gh)[None, :], o_t, m_q & (o_r >= 0) & (o_r < H), WW,
+                             DTYPE, WR)
         kh = 2 * R - i
         for kw in tl.static_range(K):
             # column w - dw, dw = kw - R: even output 2 o_t - dw, odd one 2 o_t + 1 - dw
@@ -513,11 +536,11 @@ def _dw_bwd_words_branch(p_g, s_gh, o_h, o_t, m_q, WW, H, C, p_w, p_p, b_x, b_dx
                 b_dxo1 += b_w * b_go1
             if NEED_PARAM_GRAD:
                 b_t = b_ge0 * b_xe0 + b_go0 * b_xo0 + b_ge1 * b_xe1 + b_go1 * b_xo1
-                tl.store(p_p + (kh * K + kw) * C, tl.sum(b_t, axis=0))
+                tl.store(p_p + (kh * K + kw) * C, tl.sum(b_t, axis=1), mask=m_c)
         if NEED_PARAM_GRAD:
             if i == R:  # rows o_h and o_h + 1: the quads' own g, the bias gradient
                 b_b = prev[2 * WR] + prev[2 * WR + 1] + cur[2 * WR] + cur[2 * WR + 1]
-                tl.store(p_p + (K * K) * C, tl.sum(b_b, axis=0))
+                tl.store(p_p + (K * K) * C, tl.sum(b_b, axis=1), mask=m_c)
         prev = cur
     return b_dxe0, b_dxo0, b_dxe1, b_dxo1
 
@@ -543,54 +566,60 @@ def _dw_bwd_words_kernel(
     NEED_DX: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr,
     HAS_XBIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # channels per program (the GPU's: 1, see WORDS_BLOCK_C)
     BLOCK_Q: tl.constexpr,  # 2 x 2 pixel quads per program
 ):
-    """_dw_bwd_kernel for 2-byte dtypes on aligned 4-byte words, one channel per program, 2 x 2 pixel
-    quads per thread (as _dw_fwd_words_kernel): g's taps, x and dx are words of two pixels; each g row
-    is loaded once (3 words for K <= 5) and serves both rows of the quads."""
+    """_dw_bwd_kernel for 2-byte dtypes on aligned 4-byte words, BLOCK_C channels per program, 2 x 2
+    pixel quads per thread (as _dw_fwd_words_kernel): g's taps, x and dx are words of two pixels; each
+    g row is loaded once (3 words for K <= 5) and serves both rows of the quads."""
     i_q = tl.program_id(0)
     i_c = tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     WW = W // 2
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_c = o_c < C
+    o_cl = tl.minimum(o_c, C - 1)  # the last block's surplus rows re-read the last channel (stores masked)
+    o_c64 = o_cl.to(tl.int64)[:, None]
     o_q = tl.multiple_of(i_q * BLOCK_Q + tl.arange(0, BLOCK_Q), 1)
     m_q = o_q < tl.cdiv(H, 2) * WW
     o_h = (o_q // WW) * 2
     o_t = o_q % WW
     m_1 = m_q & (o_h + 1 < H)
-    i_c64 = i_c.to(tl.int64)
     i_part = i_b * tl.num_programs(0) + i_q
-    b_zero = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    b_zero = tl.zeros([BLOCK_C, BLOCK_Q], dtype=tl.float32)
     b_x = (b_zero, b_zero, b_zero, b_zero)
     if NEED_PARAM_GRAD:
-        p_x = (x_ptr + (i_b * stride_xb + i_c64 * stride_xc)).to(tl.pointer_type(tl.int32))
-        o_x = o_h.to(tl.int64) * (stride_xh // 2) + o_t
-        b_xe0, b_xo0 = _split_words(tl.load(p_x + o_x, mask=m_q, other=0), x_ptr.dtype.element_ty)
-        b_xe1, b_xo1 = _split_words(tl.load(p_x + (o_x + stride_xh // 2), mask=m_1, other=0),
+        p_x = (x_ptr + (i_b * stride_xb + o_c64 * stride_xc)).to(tl.pointer_type(tl.int32))
+        o_x = (o_h.to(tl.int64) * (stride_xh // 2) + o_t)[None, :]
+        b_xe0, b_xo0 = _split_words(tl.load(p_x + o_x, mask=m_q[None, :], other=0), x_ptr.dtype.element_ty)
+        b_xe1, b_xo1 = _split_words(tl.load(p_x + (o_x + stride_xh // 2), mask=m_1[None, :], other=0),
                                     x_ptr.dtype.element_ty)
         if HAS_XBIAS:
-            b_xb = tl.load(xb_ptr + i_c)
-            b_xe0 = tl.where(m_q, b_xe0 + b_xb, 0.0)
-            b_xo0 = tl.where(m_q, b_xo0 + b_xb, 0.0)
-            b_xe1 = tl.where(m_1, b_xe1 + b_xb, 0.0)
-            b_xo1 = tl.where(m_1, b_xo1 + b_xb, 0.0)
+            b_xb = tl.load(xb_ptr + o_cl)[:, None]
+            b_xe0 = tl.where(m_q[None, :], b_xe0 + b_xb, 0.0)
+            b_xo0 = tl.where(m_q[None, :], b_xo0 + b_xb, 0.0)
+            b_xe1 = tl.where(m_1[None, :], b_xe1 + b_xb, 0.0)
+            b_xo1 = tl.where(m_1[None, :], b_xo1 + b_xb, 0.0)
         b_x = (b_xe0, b_xo0, b_xe1, b_xo1)
     b_dx = (b_zero, b_zero, b_zero, b_zero)
     b_dx = _dw_bwd_words_branch(
-        g1_ptr + (i_b * stride_g1b + i_c64 * stride_g1c), tl.cast(stride_g1h // 2, tl.int64), o_h, o_t, m_q, WW, H, C,
-        w1_ptr + i_c * (K1 * K1), p1_ptr + i_part * ((K1 * K1 + 1) * C) + i_c, b_x, b_dx, K1, NEED_DX, NEED_PARAM_GRAD,
+        g1_ptr + (i_b * stride_g1b + o_c64 * stride_g1c), tl.cast(stride_g1h // 2, tl.int64), o_h, o_t, m_q, WW, H, C,
+        w1_ptr + o_cl[:, None] * (K1 * K1), p1_ptr + i_part * ((K1 * K1 + 1) * C) + o_c, m_c, b_x, b_dx, K1, NEED_DX,
+        NEED_PARAM_GRAD,
     )
     if TWO:
         b_dx = _dw_bwd_words_branch(
-            g2_ptr + (i_b * stride_g2b + i_c64 * stride_g2c), tl.cast(stride_g2h // 2, tl.int64), o_h, o_t, m_q, WW, H,
-            C, w2_ptr + i_c * (K2 * K2), p2_ptr + i_part * ((K2 * K2 + 1) * C) + i_c, b_x, b_dx, K2, NEED_DX,
-            NEED_PARAM_GRAD,
+            g2_ptr + (i_b * stride_g2b + o_c64 * stride_g2c), tl.cast(stride_g2h // 2, tl.int64), o_h, o_t, m_q, WW,
+            H, C, w2_ptr + o_cl[:, None] * (K2 * K2), p2_ptr + i_part * ((K2 * K2 + 1) * C) + o_c, m_c, b_x, b_dx,
+            K2, NEED_DX, NEED_PARAM_GRAD,
         )
     if NEED_DX:
         b_dxe0, b_dxo0, b_dxe1, b_dxo1 = b_dx
         p_dx = dx_ptr.to(tl.pointer_type(tl.int32))
-        o_dx = (i_b * C + i_c64) * H * WW + (o_h * WW + o_t)
-        tl.store(p_dx + o_dx, _join_words(b_dxe0, b_dxo0, dx_ptr.dtype.element_ty), mask=m_q)
-        tl.store(p_dx + (o_dx + WW), _join_words(b_dxe1, b_dxo1, dx_ptr.dtype.element_ty), mask=m_1)
+        o_dx = (i_b * C + o_c.to(tl.int64)[:, None]) * H * WW + (o_h * WW + o_t)[None, :]
+        tl.store(p_dx + o_dx, _join_words(b_dxe0, b_dxo0, dx_ptr.dtype.element_ty), mask=m_c[:, None] & m_q[None, :])
+        tl.store(p_dx + (o_dx + WW), _join_words(b_dxe1, b_dxo1, dx_ptr.dtype.element_ty),
+                 mask=m_c[:, None] & m_1[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -725,13 +754,13 @@ def depthwise_conv_fwd(
     two = len(sizes) == 2
     xb = _f32(input_bias) if input_bias is not None else ws[0]
     if forward_path(x, out) == "words":
-        block_q = INTERPRETER_WORDS_BLOCK_Q if interpreter_tiles() else WORDS_BLOCK_Q
-        grid = (triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q), C, B)
+        block_c, block_q = words_tiles(C, backward=False)
+        grid = (triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q), triton.cdiv(C, block_c), B)
         with device_guard(x):
             _dw_fwd_words_kernel[grid](
-                x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], H, W, *x.stride()[:3], os_[0].stride(0),
+                x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, H, W, *x.stride()[:3], os_[0].stride(0),
                 sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
-                HAS_XBIAS=input_bias is not None, BLOCK_Q=block_q, num_warps=NUM_WARPS,
+                HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=NUM_WARPS,
                 num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
         return list(out)
@@ -791,7 +820,7 @@ def depthwise_conv_bwd(
     ws = [_f32(weights[i]) for i in order]
     words = backward_path(x, gs, need_param) == "words"
     if words:
-        block_q = INTERPRETER_WORDS_BLOCK_Q if interpreter_tiles() else WORDS_BWD_BLOCK_Q
+        block_c, block_q = words_tiles(C, backward=True)
         n_tiles = triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q)
     else:
         block_c, block_n = tiles(backward=True)
@@ -803,12 +832,12 @@ def depthwise_conv_bwd(
     dummy = ws[0]
     if words:
         with device_guard(x):
-            _dw_bwd_words_kernel[(n_tiles, C, B)](
+            _dw_bwd_words_kernel[(n_tiles, triton.cdiv(C, block_c), B)](
                 gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
                 parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
                 C, H, W, *x.stride()[:3], *gs[0].stride()[:3], *gs[-1].stride()[:3], ks[0], ks[-1],
                 TWO=two, NEED_DX=bool(need_input_grad), NEED_PARAM_GRAD=need_param,
-                HAS_XBIAS=need_param and input_bias is not None, BLOCK_Q=block_q,
+                HAS_XBIAS=need_param and input_bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q,
                 num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
     else:
@@ -872,9 +901,10 @@ def _compile_configs():
                             _dw_fwd_words_kernel,
                             {"x_ptr": ptr(dtype), "w1_ptr": "*fp32", "b1_ptr": "*fp32", "w2_ptr": "*fp32",
                              "b2_ptr": "*fp32", "xb_ptr": "*fp32", "o1_ptr": ptr(dtype), "o2_ptr": ptr(dtype),
-                             **{k: "i32" for k in ("H", "W", "stride_xb", "stride_xc", "stride_xh", "stride_ob")}},
+                             **{k: "i32" for k in ("C", "H", "W", "stride_xb", "stride_xc", "stride_xh",
+                                                   "stride_ob")}},
                             {"K1": k1, "K2": k2, "TWO": two, "RELU": relu, "HAS_XBIAS": xbias,
-                             "BLOCK_Q": WORDS_BLOCK_Q},
+                             "BLOCK_C": WORDS_BLOCK_C, "BLOCK_Q": WORDS_BLOCK_Q},
                             num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                         )
             bwd_ints = ints + tuple(f"stride_g{i}{a}" for i in (1, 2) for a in "bchw")
@@ -887,7 +917,7 @@ def _compile_configs():
                          "w2_ptr": "*fp32", "xb_ptr": "*fp32", "dx_ptr": ptr(dtype), "p1_ptr": "*fp32",
                          "p2_ptr": "*fp32", **{k: "i32" for k in _WORDS_BWD_INTS}},
                         {"K1": k1, "K2": k2, "TWO": two, "NEED_DX": need_dx, "NEED_PARAM_GRAD": need_param,
-                         "HAS_XBIAS": xbias, "BLOCK_Q": WORDS_BWD_BLOCK_Q},
+                         "HAS_XBIAS": xbias, "BLOCK_C": WORDS_BLOCK_C, "BLOCK_Q": WORDS_BWD_BLOCK_Q},
                         num_warps=NUM_WARPS, num_stages=NUM_STAGES, tag=dtype,
                     )
                 yield CompileConfig(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import half_dtypes
 from drsformer_fast.kernels.dwconv import (
+    INTERPRETER_WORDS_BLOCK_C,
     INTERPRETER_WORDS_BLOCK_Q,
     WORDS_BLOCK_Q,
     backward_path,
@@ -296,6 +297,12 @@ def _words_width(tiles_kind: str) -> int:
     return 2 * (INTERPRETER_WORDS_BLOCK_Q if tiles_kind == "interpreter" else WORDS_BLOCK_Q) // 4 + 2
 
 
+def _words_channels(tiles_kind: str) -> int:
+    """C of the word kernels' tests: more channels than one channel block of that kind, the last block
+    partly past C (the interpreter's 64: 67 channels, 2 blocks; the GPU's 1: 3 blocks)."""
+    return INTERPRETER_WORDS_BLOCK_C + 3 if tiles_kind == "interpreter" else 3
+
+
 @pytest.mark.parametrize("case, tiles_kind", DW_TILE_CASES)
 def test_depthwise_conv_kernels(case, tiles_kind, device):
     sizes, relu, has_xb, has_b = case
@@ -357,7 +364,7 @@ def test_depthwise_conv_forward_words(case, tiles_kind, dtype, device):
     row masked), W even and odd, more quads than one tile (the interpreter's or the GPU's)."""
     with launch_tiles(tiles_kind):
         sizes, relu, has_xb, has_b = case
-        B, C, H, W = 2, 3, 9, _words_width(tiles_kind)
+        B, C, H, W = 2, _words_channels(tiles_kind), 9, _words_width(tiles_kind)
         ws = [randn(C, 1, k, k, seed=51 + i, device=device) / k for i, k in enumerate(sizes)]
         bs = [randn(C, seed=55 + i, device=device) if b else None for i, b in enumerate(has_b)]
         xb = randn(C, seed=59, device=device) if has_xb else None
@@ -384,7 +391,7 @@ def test_depthwise_conv_backward_words(case, tiles_kind, dtype, device):
     the partial variants (no dx: x must be words; no weight/bias gradient: x is not read)."""
     with launch_tiles(tiles_kind):
         sizes, _, has_xb, _ = case
-        B, C, H, W = 2, 3, 9, _words_width(tiles_kind)
+        B, C, H, W = 2, _words_channels(tiles_kind), 9, _words_width(tiles_kind)
         ws = [randn(C, 1, k, k, seed=61 + i, device=device) / k for i, k in enumerate(sizes)]
         xb = randn(C, seed=69, device=device) if has_xb else None
         xs = _word_layouts(B, C, H, W, dtype, device, seed=60)
