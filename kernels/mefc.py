@@ -21,8 +21,9 @@ Layout: a program owns one pixel tile of BLOCK_H rows x BLOCK_W = 32 columns of 
 32 lanes along W, one element each: every stencil tap is a 128-byte coalesced row load, not the
 4-elements-per-thread layout whose lanes sit 16 bytes apart) and ALL C output channels (CP, the next
 power of two, rows in registers), so no stencil is recomputed per output-channel tile. The input
-channels run in chunks of BLOCK_K = 16: a chunk's depthwise taps are accumulated in registers, then
-``tl.dot`` applies the matching [CP, 16] slice of W1 (inner) or m (step) to the [16, pixels] chunk.
+channels run in chunks of BLOCK_K = 16 (the interpreter's: up to 64, ``channel_chunk``): a chunk's
+depthwise taps are accumulated in registers, then ``tl.dot`` applies the matching [CP, 16] slice of W1
+(inner) or m (step) to the [16, pixels] chunk.
 The ops run one after the other, each with a single [16, pixels] tap accumulator (the pooling is a
 3x3 depthwise of ones scaled by 1/count): sharing the dilated 7x7 pass among the 3x3/5x5/7x7 would
 load 58 instead of 92 s-taps per channel and pixel, but its three live accumulators and four m tiles
@@ -116,6 +117,8 @@ BLOCK_HS = (1, 2)
 # or two tiles. The tests run the GPU's tiles (BLOCK_HS) in the interpreter too, under gpu_tiles().
 INTERPRETER_BLOCK_H = 32
 INTERPRETER_ACC_ELEMENTS = 2**16
+# and channel chunks of up to 64 (the next power of two of C; BLOCK_K at least): fewer chunk iterations
+INTERPRETER_BLOCK_K = 64
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -341,6 +344,15 @@ def interpreter_config(channels: int, height: int) -> tuple[int, int, int]:
     return cp, bh, 4
 
 
+def channel_chunk(channels: int, height: int, width: int) -> int:
+    """BLOCK_K, the channels a chunk's depthwise taps cover: the GPU's 16, or under the interpreter
+    the next power of two of C up to INTERPRETER_BLOCK_K while the chunk's int32 offsets fit."""
+    if not interpreter_tiles():
+        return BLOCK_K
+    bk = max(BLOCK_K, min(INTERPRETER_BLOCK_K, next_pow2(channels)))
+    return bk if bk * height * width <= _INT32_LIMIT else BLOCK_K
+
+
 def _config(s: torch.Tensor) -> tuple[int, int, int]:
     B, C, H, W = s.shape
     if interpreter_tiles():
@@ -372,15 +384,16 @@ def _check_s(s: torch.Tensor) -> None:
         raise ValueError(f"MEFC kernels take images of at most 2**27 pixels, got {s.shape[2]}x{s.shape[3]}")
 
 
-def _tile_offsets_fit(t: torch.Tensor, block_h: int) -> bool:
-    """Offsets inside a tile (16 channels x the tile plus a 6-pixel halo) are int32 in the kernels."""
+def _tile_offsets_fit(t: torch.Tensor, block_h: int, block_k: int = BLOCK_K) -> bool:
+    """Offsets inside a tile (a chunk of block_k channels x the tile plus a 6-pixel halo) are int32 in
+    the kernels."""
     _, sc, sh, sw = (abs(x) for x in t.stride())
-    return 16 * sc + (block_h + 12) * sh + (BLOCK_W + 12) * sw <= _INT32_LIMIT
+    return block_k * sc + (block_h + 12) * sh + (BLOCK_W + 12) * sw <= _INT32_LIMIT
 
 
-def _prepare_s(s: torch.Tensor, block_h: int) -> torch.Tensor:
+def _prepare_s(s: torch.Tensor, block_h: int, block_k: int) -> torch.Tensor:
     # a copy only for strides so large that a tile's own offsets do not fit in int32
-    return s if _tile_offsets_fit(s, block_h) else s.contiguous()
+    return s if _tile_offsets_fit(s, block_h, block_k) else s.contiguous()
 
 
 def _pack_depthwise(ws, C: int) -> torch.Tensor:
@@ -402,7 +415,7 @@ def _grid_sizes(H: int, W: int, bh: int) -> tuple[int, int]:
     return n_tw, cdiv(H, bh) * n_tw
 
 
-def _launch_inner(s: torch.Tensor, dwp: torch.Tensor, w1, cfg) -> torch.Tensor:
+def _launch_inner(s: torch.Tensor, dwp: torch.Tensor, w1, cfg, block_k: int) -> torch.Tensor:
     """dwp: dw1 packed by _pack_depthwise ([84 C] fp32)."""
     B, C, H, W = s.shape
     cp, bh, warps = cfg
@@ -415,7 +428,7 @@ def _launch_inner(s: torch.Tensor, dwp: torch.Tensor, w1, cfg) -> torch.Tensor:
     with device_guard(s):
         _mefc_inner_kernel[(4 * B * n_tiles,)](
             s, dwp, w1p, t, C, H, W, n_tw, n_tiles, *s.stride(),
-            CP=cp, BLOCK_K=BLOCK_K, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
+            CP=cp, BLOCK_K=block_k, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
             num_warps=warps, num_stages=NUM_STAGES, **_OPTIONS,
         )
     return t
@@ -431,8 +444,8 @@ def sep_inner_fwd(s: torch.Tensor, dw1, w1) -> torch.Tensor:
     C = s.shape[1]
     _check_weights("dw1", dw1, SEP_SIZES, C, s.device)
     _check_weights("w1", w1, SEP_SIZES, C, s.device, pointwise=True)
-    cfg = _config(s)
-    return _launch_inner(_prepare_s(s, cfg[1]), _pack_depthwise(dw1, C), w1, cfg)
+    cfg, bk = _config(s), channel_chunk(*s.shape[1:])
+    return _launch_inner(_prepare_s(s, cfg[1], bk), _pack_depthwise(dw1, C), w1, cfg, bk)
 
 
 def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.Tensor:
@@ -454,14 +467,14 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
     check_tensor("m", m, device=s.device, shape=(B, C, NUM_OPS * C))
     if not m.is_floating_point():
         raise TypeError(f"m must be floating point, got {m.dtype}")
-    cfg = _config(s)
-    s = _prepare_s(s, cfg[1])
+    cfg, bk = _config(s), channel_chunk(C, H, W)
+    s = _prepare_s(s, cfg[1], bk)
     out = torch.empty((B, C, H, W), device=s.device, dtype=s.dtype)
     if out.numel() == 0:
         return out
     # every depthwise weight in one vector (one launch): dw1 [84 C], dw2 [84 C], dwd [83 C]
     dwp = _pack_depthwise((*dw1, *dw2, *dwd), C)
-    t = _launch_inner(s, dwp[: 84 * C], w1, cfg)
+    t = _launch_inner(s, dwp[: 84 * C], w1, cfg, bk)
     cp, bh, warps = cfg
     dtype, precision = _compute_dtype(s)
     mc = m.detach().to(dtype)
@@ -470,7 +483,7 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
         _mefc_step_kernel[(B * n_tiles,)](
             s, t, dwp[84 * C: 168 * C], dwp[168 * C:], mc, out, C, H, W, n_tw, n_tiles,
             *s.stride(), *mc.stride(),
-            CP=cp, BLOCK_K=BLOCK_K, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
+            CP=cp, BLOCK_K=bk, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
             num_warps=warps, num_stages=NUM_STAGES, **_OPTIONS,
         )
     return out

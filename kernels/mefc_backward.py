@@ -102,7 +102,7 @@ from ._utils import (
     interpreter_tiles,
     next_pow2,
 )
-from .mefc import DIL_SIZES, MAX_CHANNELS, NUM_OPS, SEP_SIZES, sep_inner_fwd  # noqa: F401 (re-exported)
+from .mefc import DIL_SIZES, MAX_CHANNELS, NUM_OPS, SEP_SIZES, channel_chunk, sep_inner_fwd  # noqa: F401 (re-exported)
 
 TILE = 2048  # elements of a full-channel [BLOCK_C, BLOCK_N] tile (8 fp32 per thread at 8 warps)
 BLOCK_K = 16  # channel chunk of the dots' operands
@@ -124,8 +124,9 @@ DS_BLOCK_C = 1
 DS_BLOCK_N = 2048
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs for the chunked reductions
 # Triton's CPU interpreter pays per executed operation and program, not per element: it runs the same
-# kernels on tiles of up to 1024 pixels, one or two per test image. The GPU's tiles (several per test
-# image: the cross-program reductions) run in the interpreter too, in tests under gpu_tiles().
+# kernels on tiles of up to 1024 pixels, one or two per test image, and channel chunks of up to 64
+# (mefc.channel_chunk). The GPU's tiles (several per test image: the cross-program reductions) run in
+# the interpreter too, in tests under gpu_tiles().
 INTERPRETER_TILE = 32768
 INTERPRETER_DW_BLOCK_C = 32
 INTERPRETER_DW_BLOCK_N = 1024
@@ -636,7 +637,8 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     block_c, wide_n, dz_warps = _wide_tile(C, interp)
     n_wide = triton.cdiv(N, wide_n)
     dw_block_c, dw_block_n = (INTERPRETER_DW_BLOCK_C, INTERPRETER_DW_BLOCK_N) if interp else (DW_BLOCK_C, DW_BLOCK_N)
-    n_kc = triton.cdiv(C, BLOCK_K)
+    bk = channel_chunk(C, H, W)  # BLOCK_K (larger under the interpreter)
+    n_kc = triton.cdiv(C, bk)
     with device_guard(s):
         t = _fit_plane_offsets("t", sep_inner_fwd(s, dw1, w1))
         wsep2 = _pack(dw2)
@@ -650,7 +652,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         # 1. dpre, dz
         _mefc_bwd_dz_kernel[(n_wide, B)](
             g, s, s_out, t, m, wsep2, wdil, dpre, dz, C, N, H, W, *g.stride(), *s.stride(), *s_out.stride(),
-            *t.stride(), *m.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=wide_n,
+            *t.stride(), *m.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=bk, BLOCK_N=wide_n,
             **{**opts, "num_warps": dz_warps},
         )
         # 2. dm: ops 0..3 (z from t) and 4..7 (z from s) into one partial buffer each
@@ -661,7 +663,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
                 dpre, s, t, wsep2 if from_t else wdil, part, C, N, H, W, C, per, *s.stride(), *t.stride(),
                 G_PER_OP=False, FROM_T=from_t, K0=1 if from_t else 3, DIL0=1 if from_t else 2,
-                HAS_POOL=not from_t, PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K, BLOCK_N=wide_n,
+                HAS_POOL=not from_t, PREC=prec, BLOCK_C=block_c, BLOCK_K=bk, BLOCK_N=wide_n,
                 **{**opts, "maxnreg": OUTER_MAXNREG},
             )
             dm_parts.append(part.sum(1))  # fixed-order sum over chunks: deterministic
@@ -670,7 +672,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         dt = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
         du = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
         _mefc_bwd_sep_kernel[(n_wide, 4, B)](
-            dz, t, wsep2, w1d, dt, du, C, N, H, W, *t.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=BLOCK_K,
+            dz, t, wsep2, w1d, dt, du, C, N, H, W, *t.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=bk,
             BLOCK_N=wide_n, **{**tap_opts, "maxnreg": SEP_MAXNREG},
         )
         # 4. dW1_o = sum_p dt_o (dw1_o s)^T
@@ -678,7 +680,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
             dt, s, t, wsep1, part, C, N, H, W, 4 * C, per, *s.stride(), *t.stride(),
             G_PER_OP=True, FROM_T=False, K0=1, DIL0=1, HAS_POOL=False, PREC=prec, BLOCK_C=block_c,
-            BLOCK_K=BLOCK_K, BLOCK_N=wide_n, **{**opts, "maxnreg": OUTER_MAXNREG},
+            BLOCK_K=bk, BLOCK_N=wide_n, **{**opts, "maxnreg": OUTER_MAXNREG},
         )
         dw1_full = part.sum((0, 1))  # [C_out, 4 * C_in]
         d_w1 = tuple(dw1_full[:, o * C:(o + 1) * C].contiguous().view(C, C, 1, 1) for o in range(4))

@@ -1,7 +1,7 @@
 """MEFC forward kernels (kernels/mefc.py) against the original step on random weights: one step
 ``relu(OperationLayer(s, w) + s)`` in float64 (truth) and at the test precision (PyTorch's own error),
 the sep convs' first half on its own, the TF32 policy of the launches, launch configurations at any
-size, the byte model, and input errors.
+size (and the channel chunk of the GPU and of the interpreter), the byte model, and input errors.
 
 Interpreter cost: a step on 11x13 or 9x20 pixels at C = 20 and 48, on the GPU's tiles (BLOCK_H = 1
 and 2: several programs per kernel) and on the interpreter's (one tile per image).
@@ -150,6 +150,24 @@ def test_launch_config_registered_and_within_limits(B, C, H, W, sm):
     assert cp >= C and cp * bh * mefc.BLOCK_W <= mefc.ACC_ELEMENTS
     if sm == 132 and 11 * C * H * W * 4 >= 4 * 2**20:
         assert B * n_tiles >= 119  # a launch touching >= 4 MB fills at least 90% of an H100 wave
+
+
+def test_channel_chunk_of_the_gpu_and_of_the_interpreter():
+    """BLOCK_K, the channels a chunk's taps cover: the GPU's 16 at any size (the registered
+    configurations); under the interpreter the next power of two of C from 16 to 64, and 16 again where
+    the larger chunk's int32 offsets (chunk x H x W) would not fit."""
+    from drsformer_fast.kernels._utils import interpreter_tiles
+
+    with launch_tiles("gpu"):
+        assert {mefc.channel_chunk(C, H, W) for C in (8, 20, 96, 128) for H, W in ((9, 20), (2**13, 2**13))} == {
+            mefc.BLOCK_K}
+    with launch_tiles("interpreter"):
+        if not interpreter_tiles():  # a GPU run: its own tiles whatever the test asks
+            assert mefc.channel_chunk(96, 9, 20) == mefc.BLOCK_K
+            return
+        assert [mefc.channel_chunk(C, 9, 20) for C in (8, 20, 33, 96, 128)] == [16, 32, 64, 64, 64]
+        assert mefc.channel_chunk(96, 4320, 7680) == 64  # 64 x 33 MP < 2**31
+        assert mefc.channel_chunk(96, 2**13, 2**13) == mefc.BLOCK_K  # 64 x 2**26 = 2**32 does not fit
 
 
 def test_every_channel_count_has_a_registered_config():
