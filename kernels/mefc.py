@@ -384,7 +384,7 @@ def _check_s(s: torch.Tensor) -> None:
         raise ValueError(f"MEFC kernels take images of at most 2**27 pixels, got {s.shape[2]}x{s.shape[3]}")
 
 
-def _tile_offsets_fit(t: torch.Tensor, block_h: int, block_k: int = BLOCK_K) -> bool:
+def _tile_offsets_fit(t: torch.Tensor, block_h: int, block_k: int) -> bool:
     """Offsets inside a tile (a chunk of block_k channels x the tile plus a 6-pixel halo) are int32 in
     the kernels."""
     _, sc, sh, sw = (abs(x) for x in t.stride())
