@@ -111,8 +111,31 @@ def _load_file(path: str | os.PathLike, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+        reason = _not_a_torch_file(path)
+        if reason is not None:  # torch's message (often its weights_only advice) would mislead here
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}; torch.save writes a zip "
+                                  f"archive)") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}") from exc
+
+
+def _not_a_torch_file(path: str) -> str | None:
+    """What the file at ``path`` is when its first bytes show that ``torch.save`` did not write it
+    (a zip archive, or a pickle or tar archive in the legacy formats); None when it could have."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80") or head[257:262] == b"ustar":
+        return None
+    if not head:
+        return "the file is empty"
+    text = head.decode("utf-8", errors="replace")
+    if "\ufffd" not in text[:-3] and all(c.isprintable() or c.isspace() for c in text):
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return f"it is text: {first[:40]!r}" + ("..." if len(first) > 40 else "")
+    return f"it begins with the bytes {head[:12]!r}"
 
 
 # --------------------------------------------------------------------------------------------

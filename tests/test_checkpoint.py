@@ -268,8 +268,18 @@ def test_feed_forward_widths_no_factor_explains():
 def test_not_a_checkpoint(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("this is not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint .*notes.pth"):
+    with pytest.raises(CheckpointError, match=r"notes.pth is not a PyTorch checkpoint \(it is text: 'this is not"):
         load_checkpoint(text)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pth is not a PyTorch checkpoint \(the file is empty"):
+        load_checkpoint(tmp_path / "empty.pth")
+    (tmp_path / "bytes.pth").write_bytes(b"\x00\x01 binary")
+    with pytest.raises(CheckpointError, match=r"bytes.pth is not a PyTorch checkpoint \(it begins with the bytes"):
+        load_checkpoint(tmp_path / "bytes.pth")
+    torch.save({"params": {"w": torch.zeros(3)}}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:200])  # a damaged zip: torch's reason
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*cut.pth with torch.load.*zip archive"):
+        load_checkpoint(tmp_path / "cut.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="expected a dict, got list"):
         load_checkpoint(tmp_path / "list.pth")

@@ -93,7 +93,12 @@ def test_derain_user_errors(data, tmp_path, capsys):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00\x01 not a checkpoint")
     code, _, err = run(capsys, "derain", rainy, "--weights", junk, "--output", out)
-    assert_user_error(code, err, "cannot read checkpoint", "junk.pth")
+    assert_user_error(code, err, "junk.pth is not a PyTorch checkpoint")
+    text = tmp_path / "notes.pth"
+    text.write_text("weights are elsewhere\n")
+    code, _, err = run(capsys, "derain", rainy, "--weights", text, "--output", out)
+    assert_user_error(code, err, "notes.pth is not a PyTorch checkpoint (it is text: 'weights are elsewhere'")
+    assert "weights_only" not in err
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
