@@ -151,8 +151,8 @@ def _open_for_matlab(path: Path, read: bool) -> tuple[np.ndarray | None, tuple[i
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
-            if im.format == "PNG" and any(";16" in str(t.args) for t in im.tile):  # Pillow keeps the high byte
-                mode = "RGB;16"
+            if mode in ("RGB", "RGBA") and im.format == "PNG" and any(";16" in str(t.args) for t in im.tile):
+                mode = "RGB;16"  # Pillow opens 16-bit colour PNGs as 8-bit RGB (the high byte)
             if mode in _REFUSED_MODES or mode not in ("RGB", "RGBA"):
                 what = _REFUSED_MODES.get(mode, f"an image of mode {mode!r}")
                 raise ImageError(f"{path} is {what}; the paper's MATLAB scripts score only 3-channel 8-bit RGB "

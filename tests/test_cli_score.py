@@ -178,10 +178,10 @@ def test_score_rgba_drops_alpha_with_a_note_grey_and_palette_are_refused(did_sty
     assert_one_line_error(code, err, "1_DR.png", "palette")
     Image.fromarray(arrays["1_DR.png"][1][..., 0].astype(np.uint16) * 257).save(res / "1_DR.png")  # 16-bit grey
     code, _, err = run(capsys, "score", res, tgt, "--protocol", "matlab-rain200")
-    assert_one_line_error(code, err, "1_DR.png", "16-bit")
+    assert_one_line_error(code, err, "1_DR.png is a 16-bit grayscale image")
     _write_rgb16(res / "1_DR.png", arrays["1_DR.png"][1].astype(np.uint16) * 257)  # Pillow would read it as RGB
     code, _, err = run(capsys, "score", res, tgt, "--protocol", "matlab-rain200")
-    assert_one_line_error(code, err, "1_DR.png", "16-bit RGB")
+    assert_one_line_error(code, err, "1_DR.png is a 16-bit RGB image")
 
 
 def _write_rgb16(path, arr):
