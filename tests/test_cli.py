@@ -223,3 +223,16 @@ def test_selfcheck_and_bench_are_still_there():
     parser = cli.build_parser()
     assert parser.parse_args(["selfcheck"]).command == "selfcheck"
     assert parser.parse_args(["bench"]).command == "bench"
+
+
+def help_text(capsys, *argv) -> str:
+    """The --help of a subcommand, whitespace collapsed (argparse wraps the lines)."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--help"])
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_help(capsys):
+    text = help_text(capsys, "train")
+    assert "--compile train the model compiled with torch.compile" in text

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                         "repeatable")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="fp32 (default), or bf16/fp16 under autocast (fp16 with a GradScaler, CUDA only)")
-    p.add_argument("--compile", action="store_true", help="train the torch.compile d model")
+    p.add_argument("--compile", action="store_true", help="train the model compiled with torch.compile")
     p.add_argument("--original", action="store_true",
                    help="train the reference (original arithmetic) instead of the fast model")
 
