@@ -9,6 +9,8 @@
                                   MATLAB scripts (or BasicSR) compute them; no model, no GPU
     drsformer-fast train          train from an options file of the original (drsformer_fast.training)
 
+``python -m drsformer_fast`` is the same command.
+
 ``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
 (the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
 incompatible checkpoint, an unreadable image, bad settings) end with exit code 2 and a one-line
@@ -306,12 +308,26 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _version() -> str:
+    """The installed distribution's version; without one (a source checkout on ``sys.path``), the
+    package's ``__version__``, a copy of the version in pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("drsformer-fast")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 # the keys of drsformer_fast.metrics.PROTOCOLS (kept here so that building the parser imports no numpy)
 PROTOCOL_CHOICES = ("matlab-rain200", "matlab-did", "basicsr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drsformer-fast", description="Fused Triton kernels for DRSformer.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("selfcheck", help="check every fused kernel against the reference at small shapes")
     p.add_argument("--interpreter", action="store_true", help="use Triton's CPU interpreter even with a GPU")

@@ -1,7 +1,13 @@
-"""`drsformer-fast derain` and `drsformer-fast eval`, end to end on tiny checkpoints and images."""
+"""`drsformer-fast derain` and `drsformer-fast eval`, end to end on tiny checkpoints and images; the
+command's --version, help texts and `python -m drsformer_fast`."""
 
+import importlib.metadata
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +242,39 @@ def help_text(capsys, *argv) -> str:
 def test_train_help(capsys):
     text = help_text(capsys, "train")
     assert "--compile train the model compiled with torch.compile" in text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"drsformer-fast {importlib.metadata.version('drsformer-fast')}\n"
+
+
+def test_version_without_installed_metadata(capsys, monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE).group(1)
+    assert capsys.readouterr().out == f"drsformer-fast {version}\n"
+
+
+def test_python_dash_m_is_the_command(tmp_path):
+    """`python -m drsformer_fast` runs cli.main: its output and exit codes, and --version loads no torch."""
+    code = ("import runpy, sys; sys.argv = ['drsformer-fast', '--version']\n"
+            "try:\n    runpy.run_module('drsformer_fast', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout == f"drsformer-fast {importlib.metadata.version('drsformer-fast')}\n0 False\n", done.stderr
+    done = subprocess.run([sys.executable, "-m", "drsformer_fast", "--version"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("drsformer-fast "), done.stderr
+    done = subprocess.run([sys.executable, "-m", "drsformer_fast", "score", "nowhere", "nowhere"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("drsformer-fast: error: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
