@@ -205,7 +205,7 @@ def _eval(args) -> int:
     check_precision(device, args.precision)
     model = _load(args, device)
     reference = _load(args, device, fast=False) if args.compare_reference else None
-    print(f"drsformer-fast eval: {_describe(model, device, args)}", file=sys.stderr)
+    print(f"drsformer-fast eval: {_describe(model, device, args)}, protocol {args.protocol}", file=sys.stderr)
     if reference is not None and _model_class(True) is _model_class(False):
         print("note: the fast model is not available in this build, so the parity report compares the "
               "reference with itself", file=sys.stderr)
@@ -229,6 +229,7 @@ def _eval(args) -> int:
             "precision": args.precision,
             "tile": args.tile,
             "tile_overlap": args.tile_overlap,
+            "protocol": args.protocol,
             "metrics": f"PSNR and SSIM on the Y channel of the 8-bit output: {PROTOCOLS[args.protocol]}",
             **report,
         }
@@ -367,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-reference", action="store_true",
                    help="also run the reference model and report the largest difference from it")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
-    p.add_argument("--protocol", choices=list(PROTOCOL_CHOICES), default="basicsr",
-                   help="how PSNR/SSIM are computed: basicsr (default), or the paper's MATLAB scripts, "
-                        "matlab-rain200 (Rain200L/H, SPA-Data) or matlab-did (DID-Data, DDN-Data)")
+    p.add_argument("--protocol", choices=list(PROTOCOL_CHOICES), default="matlab-rain200",
+                   help="how PSNR/SSIM are computed, as for score: the paper's MATLAB scripts, matlab-rain200 "
+                        "(default; Rain200L/H, SPA-Data) or matlab-did (DID-Data, DDN-Data), or BasicSR's Python "
+                        "metrics (basicsr)")
     _add_run_options(p)
     p = sub.add_parser(
         "score", help="PSNR/SSIM of existing result images against targets, as the paper's MATLAB scripts "

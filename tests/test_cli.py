@@ -154,10 +154,13 @@ def test_eval_reports_psnr_ssim_and_json(data, tmp_path, capsys):
     root, ckpt, rainy, clean = data
     report_path = tmp_path / "report.json"
     code, out, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", clean, "--json",
-                         report_path, "--device", "cpu")
+                         report_path, "--device", "cpu", "--protocol", "basicsr")  # the helpers compute BasicSR's
     assert code == 0, err
+    first = err.splitlines()[0]
+    assert first.startswith("drsformer-fast eval: ") and first.endswith(", protocol basicsr")
     report = json.loads(report_path.read_text())
     assert report["count"] == 3 and report["config"]["dim"] == 8 and report["precision"] == "fp32"
+    assert report["protocol"] == "basicsr" and "BasicSR" in report["metrics"]
     assert [r["name"] for r in report["images"]] == ["rain-2.png", "Rain-3.BMP", "rain-10.jpg"]  # natural order
     model = load_checkpoint(ckpt)  # what the command builds: the fast model
     for row in report["images"]:
@@ -237,6 +240,11 @@ def help_text(capsys, *argv) -> str:
         cli.main([*argv, "--help"])
     assert exc.value.code == 0
     return " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_help_names_the_default_protocol(capsys):
+    text = help_text(capsys, "eval")
+    assert "matlab-rain200 (default;" in text and "basicsr (default" not in text
 
 
 def test_train_help(capsys):

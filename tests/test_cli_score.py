@@ -273,6 +273,11 @@ def test_eval_protocol(tmp_path, capsys):
         assert report["mean"]["ssim"] == "-inf"
     (clean / "1.png").unlink()
     (rainy / "1.png").unlink()
-    code, out, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", clean, "--device", "cpu")
+    path = tmp_path / "default.json"
+    code, out, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", clean, "--device", "cpu",
+                         "--json", path)
     assert code == 0, err
-    assert out.startswith("protocol: basicsr: ")  # the default is unchanged
+    assert out.startswith("protocol: matlab-rain200: ")  # the paper's protocol, as score's default
+    assert err.splitlines()[0].startswith("drsformer-fast eval: ")
+    assert err.splitlines()[0].endswith(", protocol matlab-rain200")
+    assert json.loads(path.read_text())["protocol"] == "matlab-rain200"
