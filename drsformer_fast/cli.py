@@ -195,12 +195,11 @@ def _eval(args) -> int:
     from .inference import check_precision, check_tiling, resolve_device
     from .metrics import PROTOCOLS
 
+    _check_json_path(args.json)
     check_tiling(args.tile, args.tile_overlap)
     if not os.path.isdir(args.input):
         raise ImageError(f"{args.input}: input folder not found")
     match_targets(find_images([args.input]), args.target)
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise FileNotFoundError(f"folder of --json {args.json} does not exist")
     device = resolve_device(args.device)
     check_precision(device, args.precision)
     model = _load(args, device)
@@ -242,6 +241,16 @@ def _eval(args) -> int:
     return 0
 
 
+def _check_json_path(path: str | None) -> None:
+    """Refuse a ``--json`` path that cannot be written as a file, before any work is done."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--json {path} is a folder; give a file path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"folder of --json {path} does not exist")
+
+
 def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
@@ -254,8 +263,7 @@ def _score(args) -> int:
     from .scoring import format_score_report, json_ready, score_folders
 
     try:
-        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise FileNotFoundError(f"folder of --json {args.json} does not exist")
+        _check_json_path(args.json)
         report = score_folders(args.results, args.targets, protocol=args.protocol, pair_by=args.pair_by, note=_note)
         print(format_score_report(report))
         if args.json:

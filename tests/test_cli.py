@@ -214,6 +214,10 @@ def test_eval_user_errors(data, tmp_path, capsys):
                        tmp_path / "nowhere" / "r.json")
     assert_user_error(code, err, "folder of --json")
 
+    code, out, err = run(capsys, "eval", "--weights", tmp_path / "absent.pth", "--input", rainy, "--target", clean,
+                         "--json", tmp_path)  # refused before the checkpoint is even looked at
+    assert (code, out, err) == (2, "", f"drsformer-fast: error: --json {tmp_path} is a folder; give a file path\n")
+
     code, _, err = run(capsys, "eval", "--weights", ckpt, "--input", rainy, "--target", tmp_path / "nowhere")
     assert_user_error(code, err, "target folder not found")
 

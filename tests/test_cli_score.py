@@ -239,6 +239,8 @@ def test_score_user_errors(did_style, tmp_path, capsys):
 
     code, _, err = run(capsys, "score", res, tgt, "--json", tmp_path / "nowhere" / "s.json")
     assert_one_line_error(code, err, "folder of --json")
+    code, out, err = run(capsys, "score", res, tgt, "--json", tmp_path)
+    assert (code, out, err) == (2, "", f"drsformer-fast: error: --json {tmp_path} is a folder; give a file path\n")
     assert run(capsys, "score", res, tgt)[0] == 0  # everything restored
 
 
