@@ -290,3 +290,18 @@ def test_python_dash_m_is_the_command(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("drsformer-fast: error: "), done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stdout == ""
+
+
+def test_pyproject_license_and_classifiers():
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["license"] == "MIT"  # an SPDX expression (PEP 639); the table form is deprecated
+    assert meta["build-system"]["requires"] == ["setuptools>=77"]  # the first to take the SPDX string
+    assert project["license-files"] == ["LICENSE"]
+    assert (root / "LICENSE").read_text().startswith("MIT License\n\nCopyright (c) the drsformer-fast authors\n")
+    assert not any(c.startswith("License ::") for c in project["classifiers"])  # not with an SPDX license
+    assert {"Programming Language :: Python :: 3.10", "Programming Language :: Python :: 3.12",
+            "Topic :: Scientific/Engineering :: Image Processing"} <= set(project["classifiers"])
+    assert project["urls"] == {"Upstream model": "https://github.com/cschenxiang/DRSformer"}
