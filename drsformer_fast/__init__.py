@@ -2,7 +2,8 @@
 
 Public API (each imported on first use: ``import drsformer_fast`` itself loads neither torch nor
 triton): ``DRSformer`` (the fast model), ``load_checkpoint``, ``save_checkpoint``, ``infer_config``,
-``CheckpointError``, ``patch``, ``saved_tensor_bytes``, ``kernel_path``, the modules
+``CheckpointError``, ``patch``, ``graphed`` / ``GraphedModule`` (CUDA graphs for inference),
+``saved_tensor_bytes``, ``kernel_path``, the modules
 ``ChannelLayerNorm``, ``TopKSparseAttention``, ``MixedScaleFeedForward``, ``FastTransformerBlock``,
 ``FeatureCompensator`` (MEFC),
 and ``reference`` (the original model in plain PyTorch).
@@ -16,6 +17,8 @@ _LAZY = {
     "PatchReport": "patching",
     "saved_tensor_bytes": "memory",
     "kernel_path": "_dispatch",
+    "graphed": "graphs",
+    "GraphedModule": "graphs",
     "ChannelLayerNorm": "modules",
     "TopKSparseAttention": "modules",
     "MixedScaleFeedForward": "modules",
