@@ -2,15 +2,17 @@
 
 With an NVIDIA GPU (:func:`run_gpu`): whole-model inference (batch 1, 256x256 and 512x512) and a
 training step (forward, L1 loss, backward, AdamW step; 4x3x128x128), for the original in eager
-mode, the original under ``torch.compile``, the fast model, and the fast model under
-``torch.compile``, in fp32 and bf16 (``torch.autocast``). Both models hold the same random weights
-(the reference's state dict loaded into the fast one). Each measurement: median of CUDA-event
-timings after warm-up (``benchmarking.cuda_time_ms``), peak memory of one call above what was
-allocated before it (``benchmarking.peak_memory_bytes``: weights, and for training the optimizer
-state, are not included), speed-up over the original in eager mode at the same precision, and the
-largest absolute difference of the output (for training also of any parameter gradient, first
-step) from the original in eager mode at the same precision and input. Out of memory is recorded
-per measurement and the run goes on.
+mode, the original under ``torch.compile``, the fast model, the fast model under ``torch.compile``
+and the fast model through CUDA graphs (``graphs.graphed``; inference only), in fp32 and bf16
+(``torch.autocast``); on request also the original through CUDA graphs and either model under
+``torch.compile(mode="reduce-overhead", fullgraph=True)`` (Inductor's own CUDA graphs). Both models
+hold the same random weights (the reference's state dict loaded into the fast one). Each
+measurement: median of CUDA-event timings after warm-up (``benchmarking.cuda_time_ms``), peak
+memory of one call above what was allocated before it (``benchmarking.peak_memory_bytes``: weights,
+and for training the optimizer state, are not included), speed-up over the original in eager mode
+at the same precision, and the largest absolute difference of the output (for training also of any
+parameter gradient, first step) from the original in eager mode at the same precision and input.
+Out of memory is recorded per measurement and the run goes on.
 
 Without one (:func:`run_figures`, run by the command line in Triton's interpreter): the self-check
 of every fused kernel against the reference, then figures that need no GPU, original vs fast, per
@@ -40,7 +42,12 @@ import torch
 
 from . import benchmarking
 
-IMPLEMENTATIONS = ("original", "original-compiled", "fast", "fast-compiled")
+IMPLEMENTATIONS = ("original", "original-compiled", "original-graphed", "original-reduce-overhead",
+                   "fast", "fast-compiled", "fast-graphed", "fast-reduce-overhead")
+# the command line's default: eager and torch.compile for both models, and the fast one through CUDA
+# graphs (``--no-cuda-graphs`` drops it); the rest on request (scripts/gpu_session.sh asks for them)
+DEFAULT_IMPLEMENTATIONS = "original,original-compiled,fast,fast-compiled,fast-graphed"
+GRAPHS_NOTE = "CUDA graphs (drsformer_fast.graphed) serve inference only: the training step runs eagerly"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODEL_VARIANTS = {"with-mefc": True, "without-mefc": False}
 GPU_SCENARIOS = "infer256,infer512,train4x128"
@@ -255,7 +262,7 @@ def _measure(model: torch.nn.Module, impl: str, scenario: Scenario, dtype: str, 
     gen = torch.Generator().manual_seed(seed + scenario.batch * 1000 + scenario.size)
     x = torch.rand(scenario.shape, generator=gen).to(device)
     target = torch.rand(scenario.shape, generator=gen).to(device)
-    run = torch.compile(model) if impl.endswith("-compiled") else model
+    run = _runner(model, impl)
     row: dict = {}
     if not scenario.training:
         model.eval()
@@ -265,6 +272,8 @@ def _measure(model: torch.nn.Module, impl: str, scenario: Scenario, dtype: str, 
                 return run(x)
 
         out = step()  # first call: compiles when compiled (then warm-up as usual)
+        if impl.endswith("-graphed"):
+            out = step()  # the first call per shape runs eagerly; this one captures and replays
         if reference_values is not None:
             if "output" not in reference_values:
                 reference_values["output"] = out.detach()
@@ -304,6 +313,18 @@ def _measure(model: torch.nn.Module, impl: str, scenario: Scenario, dtype: str, 
     timing = benchmarking.cuda_time_ms(step, warmup=warmup, repeats=repeats)
     row.update(status="ok", **timing, peak_memory_bytes=benchmarking.peak_memory_bytes(step))
     return row
+
+
+def _runner(model: torch.nn.Module, impl: str):
+    if impl.endswith("-compiled"):
+        return torch.compile(model)
+    if impl.endswith("-reduce-overhead"):
+        return torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    if impl.endswith("-graphed"):
+        from .graphs import GraphedModule
+
+        return GraphedModule(model)
+    return model
 
 
 def _free(device: torch.device) -> None:
@@ -354,9 +375,11 @@ def run_gpu(scenarios: list[Scenario], dtypes: list[str], implementations: list[
                 try:
                     if impl.startswith("fast") and result["fast_unavailable"]:
                         row.update(status="unavailable", error=result["fast_unavailable"])
+                    elif impl.endswith("-graphed") and scenario.training:
+                        row.update(status="inference-only", error=GRAPHS_NOTE)
                     else:
                         model = _build(impl, config, state).to(device)
-                        if impl.endswith("-compiled"):
+                        if impl.endswith(("-compiled", "-reduce-overhead")):
                             torch._dynamo.reset()  # a fresh compile per measurement (no cache-limit fallback)
                         refs = reference_values if (impl == "original" or reference_values) else None
                         row.update(_measure(model, impl, scenario, dtype, device, refs, repeats=repeats,
@@ -443,7 +466,8 @@ def format_gpu_markdown(result: dict) -> str:
     for r in result["results"]:
         shape = "x".join(map(str, r["shape"]))
         if r.get("status") != "ok":
-            status = {"oom": "OOM", "unavailable": "not in this build", "error": "error"}.get(r.get("status"), "?")
+            status = {"oom": "OOM", "unavailable": "not in this build", "error": "error",
+                      "inference-only": "inference only"}.get(r.get("status"), "?")
             lines.append(f"| {r['scenario']} | {shape} | {r['dtype']} | {r['implementation']} | {status} | | | |")
             continue
         speed = f"{r['speedup_vs_original']:.2f}x" if r.get("speedup_vs_original") else "n/a"
@@ -451,7 +475,7 @@ def format_gpu_markdown(result: dict) -> str:
             "(reference)" if r["implementation"] == "original" else "n/a")
         lines.append(f"| {r['scenario']} | {shape} | {r['dtype']} | {r['implementation']} | {r['median_ms']:.2f} "
                      f"| {speed} | {_fmt_bytes(r['peak_memory_bytes'])} | {diff} |")
-    errors = [r for r in result["results"] if r.get("status") in ("error", "unavailable")]
+    errors = [r for r in result["results"] if r.get("status") in ("error", "unavailable", "inference-only")]
     if errors:
         lines += ["", "Not measured:"] + [f"* {r['scenario']} {r['dtype']} {r['implementation']}: {r['error']}"
                                           for r in errors]

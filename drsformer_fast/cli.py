@@ -81,6 +81,11 @@ def _bench(args, argv) -> int:
     progress = bench.progress_to_stderr
     if _has_cuda() and not args.interpreter:
         scenarios = args.shapes or bench.parse_scenarios(bench.GPU_SCENARIOS)
+        args.impl = args.impl or bench.parse_implementations(bench.DEFAULT_IMPLEMENTATIONS)
+        if args.no_cuda_graphs:
+            args.impl = [i for i in args.impl if not i.endswith("-graphed")]
+            if not args.impl:
+                return _error("--no-cuda-graphs leaves no implementation to measure")
         print(f"drsformer-fast bench on {_cuda_name()}: {len(scenarios) * len(args.dtype) * len(args.impl)} "
               f"measurements ({', '.join(s.name for s in scenarios)}; {', '.join(args.dtype)}; "
               f"{', '.join(args.impl)})", file=sys.stderr)
@@ -160,7 +165,22 @@ def _load(args, device, *, fast: bool = True):
 def _describe(model, device, args) -> str:
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     tiling = f"tiles of {args.tile} overlapping {args.tile_overlap}" if args.tile else "whole images"
-    return f"{cls} {model.config} on {device}, {args.precision}, {tiling}"
+    graphs = ", CUDA graphs" if _use_graphs(device, args) else ""
+    return f"{cls} {model.config} on {device}, {args.precision}, {tiling}{graphs}"
+
+
+def _use_graphs(device, args) -> bool:
+    return device.type == "cuda" and not args.no_cuda_graphs
+
+
+def _runner(model, device, args):
+    """What derain and eval call: the model through CUDA graphs on a GPU (``drsformer_fast.graphs``),
+    else the model itself."""
+    if not _use_graphs(device, args):
+        return model
+    from .graphs import graphed
+
+    return graphed(model)
 
 
 def _derain(args) -> int:
@@ -180,8 +200,8 @@ def _derain(args) -> int:
     def progress(i, n, src, dst, seconds):
         print(f"[{i}/{n}] {src} -> {dst} ({seconds:.2f} s)", file=sys.stderr, flush=True)
 
-    written = derain_files(model, files, args.output, tile=args.tile, tile_overlap=args.tile_overlap,
-                           precision=args.precision, progress=progress)
+    written = derain_files(_runner(model, device, args), files, args.output, tile=args.tile,
+                           tile_overlap=args.tile_overlap, precision=args.precision, progress=progress)
     print(f"wrote {len(written)} image(s) to {args.output}")
     return 0
 
@@ -212,9 +232,9 @@ def _eval(args) -> int:
     def progress(i, n, row):
         print(f"[{i}/{n}] {format_row(row)} ({row['seconds']:.2f} s)", file=sys.stderr, flush=True)
 
-    report = evaluate(model, args.input, args.target, tile=args.tile, tile_overlap=args.tile_overlap,
-                      precision=args.precision, reference_model=reference, progress=progress,
-                      protocol=args.protocol, note=_note)
+    report = evaluate(_runner(model, device, args), args.input, args.target, tile=args.tile,
+                      tile_overlap=args.tile_overlap, precision=args.precision, reference_model=reference,
+                      progress=progress, protocol=args.protocol, note=_note)
     print(format_report(report))
     if reference is not None:
         print(f"parity: max |fast - reference (fp32)| = {report['parity']['max_abs_diff']:.3e} over "
@@ -286,6 +306,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fp16/bf16 run under autocast (fp16 needs CUDA); default fp32")
     p.add_argument("--device", default="auto", metavar="{cpu,cuda,auto}", help="default: cuda if available")
     p.add_argument("--use-ema", action="store_true", help="load the checkpoint's 'params_ema' (EMA) weights")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, run the model eagerly instead of replaying CUDA graphs (one per image or "
+                        "tile size: the first image of a size runs eagerly, later ones replay)")
 
 
 def _bench_type(parser_name: str):
@@ -354,9 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: infer256,infer512,train4x128 on a GPU; infer256,train2x128,train4x128 without)")
     p.add_argument("--dtype", type=_bench_type("parse_dtypes"), default="fp32,bf16", metavar="LIST",
                    help="GPU timings: fp32,bf16 (bf16 under torch.autocast); default both. The figures are fp32")
-    p.add_argument("--impl", type=_bench_type("parse_implementations"),
-                   default="original,original-compiled,fast,fast-compiled", metavar="LIST",
-                   help="GPU timings: which of original, original-compiled, fast, fast-compiled (default all)")
+    p.add_argument("--impl", type=_bench_type("parse_implementations"), default=None, metavar="LIST",
+                   help="GPU timings: which of original, original-compiled, original-graphed, "
+                        "original-reduce-overhead, fast, fast-compiled, fast-graphed, fast-reduce-overhead "
+                        "(-graphed: CUDA graphs, inference only; -reduce-overhead: torch.compile's mode of that "
+                        "name). Default: original, original-compiled, fast, fast-compiled, fast-graphed")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="GPU timings: leave out the -graphed implementations")
     p.add_argument("--variant", choices=["with-mefc", "without-mefc"], default="with-mefc",
                    help="default DRSformer with MEFC (Rain200H/DID/DDN) or without (Rain200L/SPA)")
     p.add_argument("--repeats", type=_int_at_least(1), default=20, metavar="N", help="timed calls (median; default 20)")

@@ -57,7 +57,38 @@ def test_bench_options_parse():
     assert args.dtype == ["bf16"] and args.impl == ["original", "fast-compiled"]
     assert (args.repeats, args.warmup, args.variant, args.json) == (7, 0, "without-mefc", "x.json")
     defaults = cli.build_parser().parse_args(["bench"])
-    assert defaults.shapes is None and defaults.dtype == ["fp32", "bf16"] and len(defaults.impl) == 4
+    assert defaults.shapes is None and defaults.dtype == ["fp32", "bf16"] and defaults.impl is None
+    assert bench.parse_implementations(bench.DEFAULT_IMPLEMENTATIONS) == [
+        "original", "original-compiled", "fast", "fast-compiled", "fast-graphed"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], ["original", "original-compiled", "fast", "fast-compiled", "fast-graphed"]),
+    (["--no-cuda-graphs"], ["original", "original-compiled", "fast", "fast-compiled"]),
+    (["--impl", "fast,fast-graphed,original-graphed", "--no-cuda-graphs"], ["fast"]),
+    (["--impl", "fast-reduce-overhead,original-graphed"], ["fast-reduce-overhead", "original-graphed"]),
+])
+def test_gpu_bench_implementations_and_no_cuda_graphs(monkeypatch, capsys, extra, expected):
+    """What the GPU path is asked to measure (the measurement itself is stubbed: no GPU here)."""
+    asked = []
+
+    def run_gpu(scenarios, dtypes, impls, **kw):
+        asked.append(impls)
+        return {"results": []}
+
+    monkeypatch.setattr(cli, "_has_cuda", lambda: True)
+    monkeypatch.setattr(cli, "_cuda_name", lambda: "a GPU")
+    monkeypatch.setattr(bench, "run_gpu", run_gpu)
+    monkeypatch.setattr(bench, "format_gpu_markdown", lambda result: "table")
+    assert cli.main(["bench", *extra]) == 0
+    assert asked == [expected]
+
+
+def test_gpu_bench_refuses_no_cuda_graphs_with_only_graphed(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_has_cuda", lambda: True)
+    assert cli.main(["bench", "--impl", "fast-graphed", "--no-cuda-graphs"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "drsformer-fast: error: --no-cuda-graphs leaves no implementation to measure")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -305,7 +336,7 @@ def fake_timers(monkeypatch):
 def test_gpu_path_runs_and_formats(fake_timers, monkeypatch):
     """run_gpu's bookkeeping (reference outputs, diffs, speed-ups, OOM, unavailable fast model,
     JSON after every measurement) with tiny models on the CPU."""
-    impls = ["original", "original-compiled", "fast"]
+    impls = ["original", "original-compiled", "fast", "fast-graphed"]
     real_measure = bench._measure
 
     def measure(model, impl, scenario, dtype, device, refs, **kw):
@@ -317,13 +348,16 @@ def test_gpu_path_runs_and_formats(fake_timers, monkeypatch):
     snapshots = []
     result = bench.run_gpu(bench.parse_scenarios("infer16,train2x16"), ["fp32"], impls, repeats=2, warmup=0,
                            device="cpu", config=TINY, on_result=lambda r: snapshots.append(len(r["results"])))
-    assert snapshots == [1, 2, 3, 4, 5, 6]
+    assert snapshots == [1, 2, 3, 4, 5, 6, 7, 8]
     rows = {(r["scenario"], r["implementation"]): r for r in result["results"]}
     assert rows["infer16", "original"]["status"] == "ok" and rows["infer16", "original"]["speedup_vs_original"] == 1
     compiled = rows["infer16", "original-compiled"]
     assert compiled["status"] == "ok" and compiled["max_abs_diff"] == 0.0 and compiled["speedup_vs_original"] == 2
     assert compiled["peak_memory_bytes"] == 123_456_789
     assert rows["train2x16", "original-compiled"]["status"] == "oom"
+    # CUDA graphs: inference only (on the CPU the graphed model runs eagerly)
+    assert rows["train2x16", "fast-graphed"]["status"] == "inference-only"
+    assert rows["infer16", "fast-graphed"]["status"] == ("ok" if HAVE_FAST_MODEL else "unavailable")
     for sc in ("infer16", "train2x16"):
         fast = rows[sc, "fast"]
         if HAVE_FAST_MODEL:
@@ -336,6 +370,7 @@ def test_gpu_path_runs_and_formats(fake_timers, monkeypatch):
     text = bench.format_gpu_markdown(result)
     assert "| infer16 | 1x3x16x16 | fp32 | original-compiled | " in text and "| 2.00x |" in text
     assert "| train2x16 | 2x3x16x16 | fp32 | original-compiled | OOM |" in text
+    assert "| train2x16 | 2x3x16x16 | fp32 | fast-graphed | inference only |" in text
     assert "123 MB" in text and "(reference)" in text
     assert {"device", "date", "torch", "triton", "cuda", "git_commit"} <= set(result["environment"])
 

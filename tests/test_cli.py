@@ -305,3 +305,42 @@ def test_pyproject_license_and_classifiers():
     assert {"Programming Language :: Python :: 3.10", "Programming Language :: Python :: 3.12",
             "Topic :: Scientific/Engineering :: Image Processing"} <= set(project["classifiers"])
     assert project["urls"] == {"Upstream model": "https://github.com/cschenxiang/DRSformer"}
+
+
+def test_derain_replays_cuda_graphs_where_the_device_has_them(data, tmp_path, capsys, monkeypatch):
+    """On a GPU derain and eval call the model through ``graphs.graphed`` (tiles: one graph for all);
+    here a stand-in capture backend serves the CPU, and the images equal eager mode's."""
+    from test_graphs import StandIn
+
+    from drsformer_fast import graphs
+
+    root, ckpt, rainy, _ = data
+    made = []
+
+    def graphed(model):
+        made.append(graphs.GraphedModule(model.eval(), backend=StandIn()))
+        return made[-1]
+
+    monkeypatch.setattr(cli, "_use_graphs", lambda device, args: not args.no_cuda_graphs)
+    monkeypatch.setattr(graphs, "graphed", graphed)
+    code, _, err = run(capsys, "derain", rainy / "rain-2.png", "--weights", ckpt, "--output", tmp_path / "g",
+                       "--tile", 24, "--tile-overlap", 8)
+    assert code == 0, err
+    assert ", CUDA graphs" in err.splitlines()[0]
+    assert len(made) == 1 and made[0].stats["captures"] == 1 and made[0].stats["replays"] >= 1
+    code, _, err = run(capsys, "derain", rainy / "rain-2.png", "--weights", ckpt, "--output", tmp_path / "e",
+                       "--tile", 24, "--tile-overlap", 8, "--no-cuda-graphs")
+    assert code == 0, err
+    assert "CUDA graphs" not in err and len(made) == 1
+    assert np.array_equal(read_uint8(tmp_path / "g" / "rain-2.png"), read_uint8(tmp_path / "e" / "rain-2.png"))
+
+
+def test_runner_is_graphed_on_cuda_only():
+    from drsformer_fast.graphs import GraphedModule
+
+    model = torch.nn.Conv2d(3, 3, 1)
+    on, off = cli.build_parser().parse_args(["derain", "x", "-o", "y", "--weights", "w"]), \
+        cli.build_parser().parse_args(["derain", "x", "-o", "y", "--weights", "w", "--no-cuda-graphs"])
+    assert isinstance(cli._runner(model, torch.device("cuda"), on), GraphedModule)
+    assert cli._runner(model, torch.device("cuda"), off) is model
+    assert cli._runner(model, torch.device("cpu"), on) is model
