@@ -6,9 +6,11 @@
 # OUT: the results folder (e.g. "$OUT" on the device machine). PHASES, in this order by default:
 #   env             python, torch, triton, CUDA, GPU (nvidia-smi), what is importable  -> env.txt
 #   tests           DRSFORMER_FAST_TEST_GPU=1 pytest tests (kernels compiled on the GPU) -> tests.log, tests.xml
-#   bench           drsformer-fast bench, eager original vs fast, fp32 + bf16           -> bench.json, bench.md
+#   bench           drsformer-fast bench, original vs fast, eager and through CUDA graphs
+#                   (inference; training eager), fp32 + bf16                             -> bench.json, bench.md
 #   micro           pytest benchmarks -k "not compiled" --benchmark-json                -> micro.json
-#   bench-compiled  drsformer-fast bench, both models under torch.compile (+ eager original) -> bench-compiled.json/.md
+#   bench-compiled  drsformer-fast bench, both models under torch.compile, default and
+#                   mode="reduce-overhead" (+ eager original)                            -> bench-compiled.json/.md
 #   micro-compiled  pytest benchmarks -k compiled --benchmark-json                      -> micro-compiled.json
 # Each phase's output is teed to OUT/<phase>.log; OUT/summary.txt says how each phase ended.
 #
@@ -123,7 +125,7 @@ EOF
             else note "tests: skipped (pytest is not installed)"; fi
             ;;
         bench)
-            run bench "${BENCH_S:-150}" "${CLI[@]}" bench --impl original,fast \
+            run bench "${BENCH_S:-150}" "${CLI[@]}" bench --impl original,original-graphed,fast,fast-graphed \
                 --json "$OUT/bench.json" --markdown "$OUT/bench.md"
             ;;
         micro)
@@ -134,7 +136,8 @@ EOF
             ;;
         bench-compiled)
             # the original in eager mode again: speed-ups and differences are taken against it, in the same run
-            run bench-compiled "${BENCH_COMPILED_S:-600}" "${CLI[@]}" bench --impl original,original-compiled,fast-compiled \
+            run bench-compiled "${BENCH_COMPILED_S:-600}" "${CLI[@]}" bench \
+                --impl original,original-compiled,fast-compiled,original-reduce-overhead,fast-reduce-overhead \
                 --json "$OUT/bench-compiled.json" --markdown "$OUT/bench-compiled.md"
             ;;
         micro-compiled)
