@@ -108,6 +108,13 @@ def _bench(args, argv) -> int:
         result = bench.run_figures(scenarios, variant=args.variant, selfcheck=not args.skip_selfcheck,
                                    progress=progress)
         text = bench.format_figures_markdown(result)
+        if args.host_cost_repeats:
+            from . import hostcost
+
+            progress(f"host cost: both models, eager, {args.host_cost_repeats} timed call(s) per scenario "
+                     "(Triton's launch path on a no-op CUDA driver; a fresh process)")
+            result["host_cost"] = hostcost.run_in_subprocess(["--repeats", str(args.host_cost_repeats)])
+            text += "\n\n" + hostcost.format_markdown(result["host_cost"])
         if "selfcheck" in result:
             check = result["selfcheck"]
             print(check["table"])
@@ -390,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed calls first (compilation, autotuning; default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--skip-selfcheck", action="store_true", help="no-GPU path: figures only")
+    p.add_argument("--host-cost-repeats", type=_int_at_least(0), default=10, metavar="N",
+                   help="no-GPU path: timed calls per model and scenario of the host-cost measurement "
+                        "(drsformer_fast.hostcost; default 10, 0 leaves it out)")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON (on a GPU: after every measurement)")
     p.add_argument("--markdown", metavar="PATH", help="write the result table(s) as markdown")
     p = sub.add_parser("derain", help="derain images (files or folders) with a checkpoint; writes PNGs")

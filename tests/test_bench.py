@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -246,7 +247,8 @@ def test_no_gpu_bench_end_to_end(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: bench takes the timing path")
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    code = cli.main(["bench", "--shapes", "infer256,train2x128", "--json", str(out), "--markdown", str(md)])
+    code = cli.main(["bench", "--shapes", "infer256,train2x128", "--json", str(out), "--markdown", str(md),
+                     "--host-cost-repeats", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Timings need an NVIDIA GPU" in captured.out
@@ -259,6 +261,17 @@ def test_no_gpu_bench_end_to_end(tmp_path, capsys):
     assert {"date", "torch", "triton", "cuda", "device", "git_commit"} <= set(env)
     assert result["selfcheck"]["passed"] == result["selfcheck"]["total"] > 0
     assert md.read_text().startswith("### drsformer-fast: device-independent figures")
+    # the host cost of both models (a fresh process: Triton's launch path on a no-op CUDA driver)
+    host = result["host_cost"]
+    if "unavailable" in host:
+        assert shutil.which("cc") is None and shutil.which("gcc") is None, host  # only for want of a compiler
+    else:
+        assert [r["scenario"] for r in host["rows"]] == ["infer", "train2", "train4"]
+        for r in host["rows"]:
+            assert r["original_host_ms"] > 0 and r["fast_host_ms"] > 0
+            assert r["fast_launches"]["triton"] > 0 and r["original_launches"]["triton"] == 0
+            assert 0 < r["fast_launches"]["aten"] < r["original_launches"]["aten"]
+        assert "| infer | 1x3x8x8 | forward |" in md.read_text()
 
     # one row per infer256 block shape and block kind (train2x128 is not a block-shape scenario)
     shapes = [s for s in benchmarking.block_shapes() if s.scenario == "infer256"]
