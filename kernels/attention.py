@@ -137,6 +137,7 @@ from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
+    cdiv,
     conv_fp32_precision,
     device_guard,
     interpreter_tiles,
@@ -1041,10 +1042,10 @@ def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
     words: the units of ``block_n``)."""
     if interpreter_tiles():
         block_n = max(block_n, INTERPRETER_SPLIT_BLOCK_N)
-        n_blocks = triton.cdiv(n_tokens, block_n)
-        iters = triton.cdiv(n_blocks, 2)
-        return block_n, triton.cdiv(n_blocks, iters), iters
-    return (block_n, *_splits(triton.cdiv(n_tokens, block_n), programs_per_split, device))
+        n_blocks = cdiv(n_tokens, block_n)
+        iters = cdiv(n_blocks, 2)
+        return block_n, cdiv(n_blocks, iters), iters
+    return (block_n, *_splits(cdiv(n_tokens, block_n), programs_per_split, device))
 
 
 def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
@@ -1056,13 +1057,13 @@ def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tup
     training latent's dOut V^T). Depends only on shapes and the device: deterministic. The partials
     cost at most C*C+2C floats per range of 2 x 64 x 16 tokens (<= 6% of the tokens' bytes at 8K)."""
     sms = multiprocessor_count(device)
-    splits = triton.cdiv(n_blocks, SPLIT_ITERS[0])
+    splits = cdiv(n_blocks, SPLIT_ITERS[0])
     for target, choices in ((2 * sms, [it for it in SPLIT_ITERS if it >= 16]), (math.ceil(0.9 * sms), SPLIT_ITERS)):
-        fitting = [it for it in choices if triton.cdiv(n_blocks, it) * programs_per_split >= target]
+        fitting = [it for it in choices if cdiv(n_blocks, it) * programs_per_split >= target]
         if fitting:
-            splits = triton.cdiv(n_blocks, max(fitting))
+            splits = cdiv(n_blocks, max(fitting))
             break
-    return splits, min(it for it in SPLIT_ITERS if triton.cdiv(n_blocks, it) == splits)
+    return splits, min(it for it in SPLIT_ITERS if cdiv(n_blocks, it) == splits)
 
 
 def _qk_dwconv(t0: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor | None) -> torch.Tensor:
@@ -1125,8 +1126,8 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         else:
             block_c, block_n, nw, maxnreg = _gram_config(C, path == "words", has_bias)
             # token blocks count words (2 tokens each) or row pairs (kernels/_utils.py): cdiv(H, 2) * W of them
-            n_units = H * (W // 2) if path == "words" else triton.cdiv(H, 2) * W
-        n_cb = triton.cdiv(C, block_c)
+            n_units = H * (W // 2) if path == "words" else cdiv(H, 2) * W
+        n_cb = cdiv(C, block_c)
         block_n, splits, iters = _split_tokens(n_units, block_n, B * heads * n_cb * n_cb, dev)
         part = torch.empty((B * heads, splits, C * C + 2 * C), device=dev, dtype=torch.float32)
         grid = (splits, n_cb * n_cb, B * heads)
@@ -1150,7 +1151,7 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         p = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
         rows, row_block, chunk, row_warps = _row_config(C)
         a1, a2, a3, a4 = (a.float() for a in attn_weights)
-        _attn_topk_softmax_kernel[(triton.cdiv(C, rows), B * heads)](
+        _attn_topk_softmax_kernel[(cdiv(C, rows), B * heads)](
             gsum, temperature.reshape(heads).float(), a1, a2, a3, a4, ghat, norms, p, C, heads, *topk_counts(C),
             L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps, num_stages=NUM_STAGES,
             **LAUNCH_OPTIONS,
@@ -1172,15 +1173,15 @@ def _launch_mix(m, src, out, dw_w, dw_b, out_bias, residual, *, conv, has_bias, 
     H, W = out.shape[2:]
     block_o, block_k, block_n, nw = _mix_config(D)
     # small latents (e.g. 384@32^2, ~5 MB with the residual): smaller token blocks until one wave fills the GPU
-    while block_n > 16 and triton.cdiv(H * W, block_n) * triton.cdiv(D, block_o) * B < multiprocessor_count(out.device):
+    while block_n > 16 and cdiv(H * W, block_n) * cdiv(D, block_o) * B < multiprocessor_count(out.device):
         block_n //= 2
     res = residual if residual is not None else out
-    grid = (triton.cdiv(H * W, block_n), triton.cdiv(D, block_o), B)
+    grid = (cdiv(H * W, block_n), cdiv(D, block_o), B)
     _attn_mix_kernel[grid](
         m, src, dw_w, dw_b, out_bias, res, out, D, H, W, 2 * D, *m.stride(), *src.stride(), *res.stride(),
         *out.stride(), CONV=conv, HAS_BIAS=has_bias, HAS_RESIDUAL=residual is not None, HALF_DOT=half_dot,
         DOT_PRECISION="ieee" if half_dot else conv_fp32_precision(), BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_N=block_n,
-        K_ITERS=triton.cdiv(D, block_k), num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+        K_ITERS=cdiv(D, block_k), num_warps=nw, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
     )
 
 
@@ -1211,7 +1212,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         # G = dOut V^T: everything project_out and P need from the token axis
         words = dout_v_path(dout, t0) == "words"
         block_d, block_n, nw = _dout_v_config(D, words)
-        n_db = triton.cdiv(D, block_d)
+        n_db = cdiv(D, block_d)
         # token blocks of the words kernel count words (2 tokens each)
         block_n, splits, iters = _split_tokens(H * W // 2 if words else H * W, block_n, B * n_db * n_db, dev)
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
@@ -1249,7 +1250,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         a1, a2, a3, a4 = (a.float() for a in attn_weights)
         tau = temperature.reshape(heads).float()
         rows, row_block, chunk, row_warps = _row_config(C)
-        _attn_softmax_bwd_kernel[(triton.cdiv(C, rows), B * heads)](
+        _attn_softmax_bwd_kernel[(cdiv(C, rows), B * heads)](
             ghat, norms, dp, tau, a1, a2, a3, a4, dgram, colterm, alpha, dw_part, dtau_part,
             C, heads, *topk_counts(C), L2_EPS, DGHAT=half, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk,
             num_warps=row_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
@@ -1266,15 +1267,15 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         # 9-tap stencil of all C channels (L1-bound, ~200 registers, 8 warps per SM)
         qk = _qk_dwconv(t0, dw_weight, dw_bias)
         block_c, block_j, block_nq, nwq = _dqk_config(C, half)
-        n_ib = triton.cdiv(C, block_c)
+        n_ib = cdiv(C, block_c)
         # small latents: shorter token blocks until a wave of programs fills the GPU
-        while block_nq > DQK_MIN_BLOCK_N and (triton.cdiv(H * W, block_nq) * n_ib * 2 * B * heads
+        while block_nq > DQK_MIN_BLOCK_N and (cdiv(H * W, block_nq) * n_ib * 2 * B * heads
                                              < math.ceil(0.9 * multiprocessor_count(dev))):
             block_nq //= 2
-        _attn_dqk_kernel[(triton.cdiv(H * W, block_nq) * n_ib * 2, B * heads)](
+        _attn_dqk_kernel[(cdiv(H * W, block_nq) * n_ib * 2, B * heads)](
             qk, dgram, norms, torch.stack((alpha, beta), 1), dt, C, D, heads, H * W, n_ib, qk.stride(0), qk.stride(1),
             dt.stride(0), dt.stride(1), HALF_DOT=half, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq,
-            J_ITERS=triton.cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+            J_ITERS=cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
         m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
         _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
@@ -1356,7 +1357,7 @@ def _compile_configs():
                      "dt_ptr": ptr(dtype),
                      **_ints("C", "D", "HEADS", "N", "n_ib", "stride_qb", "stride_qc", "stride_tb", "stride_tc")},
                     {"HALF_DOT": dtype != "float32", "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
-                     "J_ITERS": triton.cdiv(c, dq_j)},
+                     "J_ITERS": cdiv(c, dq_j)},
                     num_warps=dq_w, tag=dtype, **kw,
                 )
                 dq_n //= 2
@@ -1396,7 +1397,7 @@ def _compile_configs():
                          "ob_ptr": "*fp32", "res_ptr": ptr(out_dtype), "out_ptr": ptr(out_dtype), **mix_ints},
                         {"CONV": conv, "HAS_BIAS": has_bias, "HAS_RESIDUAL": res_dtype is not None,
                          "HALF_DOT": dtype != "float32", "DOT_PRECISION": prec, "BLOCK_O": block_o,
-                         "BLOCK_K": block_k, "BLOCK_N": block_n, "K_ITERS": triton.cdiv(d, block_k)},
+                         "BLOCK_K": block_k, "BLOCK_N": block_n, "K_ITERS": cdiv(d, block_k)},
                         num_warps=nw, tag=f"{dtype}->{out_dtype}", **kw,
                     )
     # kernel 4

@@ -70,7 +70,15 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, interpreter_tiles
+from ._utils import (
+    LAUNCH_OPTIONS,
+    SUPPORTED_DTYPES,
+    cdiv,
+    check_tensor,
+    device_guard,
+    interpreter_tiles,
+    next_pow2,
+)
 
 KERNEL_SIZES = (3, 5, 7)
 # Tiles: few channels x many pixels. With coalesced taps (1 pixel per thread per row, see
@@ -108,7 +116,7 @@ _INT32_LIMIT = 2**31 - 1
 def words_tiles(C: int, backward: bool) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_Q) of the word kernels' launch for C channels (the interpreter's own on CPU)."""
     if interpreter_tiles():
-        return min(INTERPRETER_WORDS_BLOCK_C, triton.next_power_of_2(C)), INTERPRETER_WORDS_BLOCK_Q
+        return min(INTERPRETER_WORDS_BLOCK_C, next_pow2(C)), INTERPRETER_WORDS_BLOCK_Q
     return WORDS_BLOCK_C, WORDS_BWD_BLOCK_Q if backward else WORDS_BLOCK_Q
 
 
@@ -755,7 +763,7 @@ def depthwise_conv_fwd(
     xb = _f32(input_bias) if input_bias is not None else ws[0]
     if forward_path(x, out) == "words":
         block_c, block_q = words_tiles(C, backward=False)
-        grid = (triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q), triton.cdiv(C, block_c), B)
+        grid = (cdiv(cdiv(H, 2) * (W // 2), block_q), cdiv(C, block_c), B)
         with device_guard(x):
             _dw_fwd_words_kernel[grid](
                 x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, H, W, *x.stride()[:3], os_[0].stride(0),
@@ -765,7 +773,7 @@ def depthwise_conv_fwd(
             )
         return list(out)
     block_c, block_q = tiles(backward=False)
-    grid = (triton.cdiv(triton.cdiv(H, 2) * W, block_q), triton.cdiv(C, block_c), B)
+    grid = (cdiv(cdiv(H, 2) * W, block_q), cdiv(C, block_c), B)
     with device_guard(x):
         _dw_fwd_kernel[grid](
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
@@ -821,10 +829,10 @@ def depthwise_conv_bwd(
     words = backward_path(x, gs, need_param) == "words"
     if words:
         block_c, block_q = words_tiles(C, backward=True)
-        n_tiles = triton.cdiv(triton.cdiv(H, 2) * (W // 2), block_q)
+        n_tiles = cdiv(cdiv(H, 2) * (W // 2), block_q)
     else:
         block_c, block_n = tiles(backward=True)
-        n_tiles = triton.cdiv(N, block_n)
+        n_tiles = cdiv(N, block_n)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype) if need_input_grad else None
     parts = [torch.empty((B * n_tiles, k * k + 1, C), device=x.device, dtype=torch.float32) if need_param else None
              for k in ks]
@@ -832,7 +840,7 @@ def depthwise_conv_bwd(
     dummy = ws[0]
     if words:
         with device_guard(x):
-            _dw_bwd_words_kernel[(n_tiles, triton.cdiv(C, block_c), B)](
+            _dw_bwd_words_kernel[(n_tiles, cdiv(C, block_c), B)](
                 gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
                 parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
                 C, H, W, *x.stride()[:3], *gs[0].stride()[:3], *gs[-1].stride()[:3], ks[0], ks[-1],
@@ -841,7 +849,7 @@ def depthwise_conv_bwd(
                 num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
     else:
-        grid = (n_tiles, triton.cdiv(C, block_c), B)
+        grid = (n_tiles, cdiv(C, block_c), B)
         with device_guard(x):
             _dw_bwd_kernel[grid](
                 gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,

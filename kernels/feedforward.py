@@ -163,6 +163,7 @@ from ._registry import COMPILE_ARCHS, CompileConfig, ptr, register_compile_confi
 from ._utils import (
     LAUNCH_OPTIONS,
     SUPPORTED_DTYPES,
+    cdiv,
     check_tensor,
     compute_capability,
     conv_fp32_precision,
@@ -1055,7 +1056,7 @@ def _fwd_split(programs: int, hidden: int, sms: int) -> int:
     The latent of the default model (1x384x32x32) has 24 tiles: 5 splits, 120 programs."""
     if programs >= 0.9 * sms:
         return 1
-    return max(1, min(MAX_SPLIT, triton.cdiv(hidden, FWD_BLOCK_J), triton.cdiv(math.ceil(0.9 * sms), programs)))
+    return max(1, min(MAX_SPLIT, cdiv(hidden, FWD_BLOCK_J), cdiv(math.ceil(0.9 * sms), programs)))
 
 
 def _project_in(x: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
@@ -1101,8 +1102,8 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         res = residual if residual is not None else out
         words = fwd_path(ab, residual) == "words"
         # a tile: block_q row quads (pixels) or 2 x 2 quads (words), 4 * block_q pixels either way
-        quads = triton.cdiv(H, 2) * (W // 2) if words else triton.cdiv(H, 4) * W
-        n_tiles, n_d = triton.cdiv(quads, block_q), triton.cdiv(D, block_d)
+        quads = cdiv(H, 2) * (W // 2) if words else cdiv(H, 4) * W
+        n_tiles, n_d = cdiv(quads, block_q), cdiv(D, block_d)
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
@@ -1118,7 +1119,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
             _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
                 ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride(), *res.stride(), PREC=prec, **launch)
         if split > 1:
-            _ffn_fwd_reduce_kernel[(triton.cdiv(N, REDUCE_BLOCK_N), D, B)](
+            _ffn_fwd_reduce_kernel[(cdiv(N, REDUCE_BLOCK_N), D, B)](
                 dest, bo, res, out, N, W, *res.stride(), D=D, SPLIT=split, HAS_RES=residual is not None,
                 BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
@@ -1146,14 +1147,14 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         ab = _stage1(x, y, params, hidden)
         wo = params["out_weight"].detach().reshape(D, h2).to(x.dtype).contiguous()
         tiles = bwd_tiles()
-        n_tiles = triton.cdiv(N, tiles.block_n)
+        n_tiles = cdiv(N, tiles.block_n)
         duv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         uv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         words = bwd_uv_path(dout, ab) == "words"
-        n_uv_tiles = triton.cdiv(H * (W // 2), tiles.words_block_q) if words else n_tiles
+        n_uv_tiles = cdiv(H * (W // 2), tiles.words_block_q) if words else n_tiles
         pb_uv = torch.empty((B * n_uv_tiles, h2), device=dev, dtype=torch.float32)
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
-        n_j = triton.cdiv(hidden, tiles.block_j)
+        n_j = cdiv(hidden, tiles.block_j)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
         prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
@@ -1174,7 +1175,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
-            _ffn_bwd_x_kernel[(n_tiles, triton.cdiv(hidden, tiles.x_block_j), B)](
+            _ffn_bwd_x_kernel[(n_tiles, cdiv(hidden, tiles.x_block_j), B)](
                 duv, ab, _f32(params[f"{name}_weight"]), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
                 K=k, BLOCK_J=tiles.x_block_j, BLOCK_N=tiles.block_n, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ._registry import CompileConfig, ptr, register_compile_configs
-from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, check_tensor, device_guard, next_pow2
+from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, cdiv, check_tensor, device_guard, next_pow2
 
 EPS = 1e-5
 MAX_CHANNELS = 1024
@@ -188,7 +188,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     w32 = weight.float()
     b32 = bias.float() if bias is not None else w32
     block_c, block_n, num_warps = _config(C)
-    grid = (triton.cdiv(N, block_n), B)
+    grid = (cdiv(N, block_n), B)
     with device_guard(x):
         _ln_fwd_kernel[grid](
             x, w32, b32, y, mean, rstd, C, N, W, *x.stride(), EPS,
@@ -216,7 +216,7 @@ def layer_norm_bwd(
         dy = dy.to(x.dtype)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype)
     block_c, block_n, num_warps = _config(C, backward=True)
-    n_blocks = triton.cdiv(N, block_n)
+    n_blocks = cdiv(N, block_n)
     dw_part = torch.empty((B * n_blocks, C), device=x.device, dtype=torch.float32)
     db_part = torch.empty((B * n_blocks, C), device=x.device, dtype=torch.float32) if has_bias else dw_part
     if dx.numel() == 0:

@@ -96,6 +96,7 @@ from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
     SUPPORTED_DTYPES,
+    cdiv,
     check_tensor,
     conv_fp32_precision,
     device_guard,
@@ -607,9 +608,9 @@ def _wide_tile(C: int, interpreter: bool = False) -> tuple[int, int, int]:
 def _chunks(n_tiles: int, programs_per_chunk: int) -> tuple[int, int]:
     """(n_chunks, tiles_per_chunk) of a chunked reduction: about TARGET_PROGRAMS programs at batch 1,
     a function of the shape only (so the summation order never depends on the GPU)."""
-    want = max(1, min(n_tiles, triton.cdiv(TARGET_PROGRAMS, programs_per_chunk)))
-    per = triton.cdiv(n_tiles, want)
-    return triton.cdiv(n_tiles, per), per
+    want = max(1, min(n_tiles, cdiv(TARGET_PROGRAMS, programs_per_chunk)))
+    per = cdiv(n_tiles, want)
+    return cdiv(n_tiles, per), per
 
 
 def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = True):
@@ -635,10 +636,10 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     prec = conv_fp32_precision()
     interp = interpreter_tiles()
     block_c, wide_n, dz_warps = _wide_tile(C, interp)
-    n_wide = triton.cdiv(N, wide_n)
+    n_wide = cdiv(N, wide_n)
     dw_block_c, dw_block_n = (INTERPRETER_DW_BLOCK_C, INTERPRETER_DW_BLOCK_N) if interp else (DW_BLOCK_C, DW_BLOCK_N)
     bk = channel_chunk(C, H, W)  # BLOCK_K (larger under the interpreter)
-    n_kc = triton.cdiv(C, bk)
+    n_kc = cdiv(C, bk)
     with device_guard(s):
         t = _fit_plane_offsets("t", sep_inner_fwd(s, dw1, w1))
         wsep2 = _pack(dw2)
@@ -686,13 +687,13 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         d_w1 = tuple(dw1_full[:, o * C:(o + 1) * C].contiguous().view(C, C, 1, 1) for o in range(4))
         # 5. ds
         dw_opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
-        n_dw_tiles = triton.cdiv(N, dw_block_n)
-        n_cb = triton.cdiv(C, dw_block_c)
+        n_dw_tiles = cdiv(N, dw_block_n)
+        n_cb = cdiv(C, dw_block_c)
         ds_block_c, ds_block_n = (dw_block_c, dw_block_n) if interp else (DS_BLOCK_C, DS_BLOCK_N)
         ds = None
         if needs_input_grad:
             ds = torch.empty((B, C, H, W), device=dev, dtype=dt_)
-            _mefc_bwd_ds_kernel[(triton.cdiv(N, ds_block_n), triton.cdiv(C, ds_block_c), B)](
+            _mefc_bwd_ds_kernel[(cdiv(N, ds_block_n), cdiv(C, ds_block_c), B)](
                 g, s_out, du, dz, wsep1, wdil, ds, C, N, H, W, *g.stride(), *s_out.stride(),
                 BLOCK_C=ds_block_c, BLOCK_N=ds_block_n, **tap_opts,
             )
