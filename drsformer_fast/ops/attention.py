@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .. import reference
 from .._dispatch import uses_triton
 from .._validation import check_attention_inputs
+from ._eager import call
 
 L2_EPS = 1e-12
 
@@ -90,8 +91,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dt0, _dghat, _dnorms, _dp):
     x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3, a4, proj_weight = (
         ctx.saved_tensors)
-    grads = _attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3, a4,
-                           proj_weight, ctx.num_heads, ctx.needs_input_grad[0])
+    grads = call(_attention_bwd, dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3,
+                 a4, proj_weight, ctx.num_heads, ctx.needs_input_grad[0])
     dx = grads[0] if ctx.needs_input_grad[0] else None
     dqw, dqb, ddw, ddb, dtemp, dattn, dpw, dpb = grads[1:]
     flat = [dqw, dqb, ddw, ddb, dtemp, *dattn.split(1), dpw, dpb]
@@ -153,7 +154,7 @@ def topk_sparse_attention(
     check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
                            proj_bias, num_heads, residual)
     if uses_triton(x):
-        return _attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, *attn_weights, proj_weight,
-                              proj_bias, residual, num_heads)[0]
+        return call(_attention_fwd, x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, *attn_weights,
+                    proj_weight, proj_bias, residual, num_heads)[0]
     return _attention_torch(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
                             proj_bias, num_heads, residual)

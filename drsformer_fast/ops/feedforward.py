@@ -12,6 +12,7 @@ from .. import reference
 from .._dispatch import uses_triton
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES
 from .._validation import check_feed_forward_inputs
+from ._eager import call
 
 
 def _params(*tensors) -> dict[str, torch.Tensor | None]:
@@ -83,7 +84,7 @@ def _backward(ctx, dout):
     x, *saved = ctx.saved_tensors
     it = iter(saved)
     params = [next(it) if present else None for present in ctx.present]
-    outs = _ffn_bwd(dout, x, *params, ctx.needs_input_grad[0])
+    outs = call(_ffn_bwd, dout, x, *params, ctx.needs_input_grad[0])
     dx = outs[0] if ctx.needs_input_grad[0] else None
     grads = [g.to(dt) if (present and need) else None
              for g, present, dt, need in zip(outs[1:], ctx.present, ctx.dtypes, ctx.needs_input_grad[1:13])]
@@ -111,7 +112,7 @@ def mixed_scale_feed_forward(
                      g3_weight, g3_bias, g5_weight, g5_bias, out_weight, out_bias)
     check_feed_forward_inputs(x, params, residual)
     if uses_triton(x):
-        return _ffn_fwd(x, *params.values(), residual)
+        return call(_ffn_fwd, x, *params.values(), residual)
     cast = [p.to(x.dtype) if p is not None else None for p in params.values()]
     out = reference.mixed_scale_feed_forward(x, *cast)
     return out + residual if residual is not None else out

@@ -7,6 +7,7 @@ import torch
 from .. import reference
 from .._dispatch import uses_triton
 from .._validation import SUPPORTED_DTYPES, check_params, check_tensor
+from ._eager import call
 
 
 @torch.library.custom_op("drsformer_fast::layer_norm_fwd", mutates_args=())
@@ -52,7 +53,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_bwd(dy, x, weight, mean, rstd, ctx.has_bias)
+    dx, dw, db = call(_layer_norm_bwd, dy, x, weight, mean, rstd, ctx.has_bias)
     return dx, dw.to(weight.dtype), (db.to(ctx.bias_dtype) if ctx.has_bias else None)
 
 
@@ -65,5 +66,5 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
     check_params(x, weight=weight, bias=bias)
     if uses_triton(x):
-        return _layer_norm_fwd(x, weight, bias)[0]
+        return call(_layer_norm_fwd, x, weight, bias)[0]
     return reference.channel_layer_norm(x, weight, bias)

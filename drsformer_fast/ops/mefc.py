@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .._dispatch import uses_triton
 from .._validation import SUPPORTED_DTYPES, check_tensor
+from ._eager import call
 
 NUM_OPS = 8
 SEP_SIZES = (1, 3, 5, 7)
@@ -206,7 +207,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g):
     s, s_out, m, *ws = ctx.saved_tensors
     need = ctx.needs_input_grad  # (bool, [4], [4], [4], [3], bool)
-    outs = _mefc_step_bwd(g, s, s_out, ws[0:4], ws[4:8], ws[8:12], ws[12:15], m, bool(need[0]))
+    outs = call(_mefc_step_bwd, g, s, s_out, ws[0:4], ws[4:8], ws[8:12], ws[12:15], m, bool(need[0]))
     ds = outs[0] if need[0] else None
     grads = [d.to(p.dtype) for d, p in zip(outs[1:16], ws)]
     dm = outs[16] if need[5] else None
@@ -248,7 +249,7 @@ def mefc_step(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.Tens
     from :func:`mixing_matrices`. Triton on CUDA or under the interpreter, plain PyTorch otherwise
     (both inside the custom op); differentiable in every input."""
     check_step_inputs(s, dw1, w1, dw2, dwd, m)
-    return _mefc_step_fwd(s, list(dw1), list(w1), list(dw2), list(dwd), m)
+    return call(_mefc_step_fwd, s, list(dw1), list(w1), list(dw2), list(dwd), m)
 
 
 def routing_weights(x: torch.Tensor, fc1_weight, fc1_bias, fc2_weight, fc2_bias, steps: int) -> torch.Tensor:

@@ -1,0 +1,98 @@
+"""Custom ops called in eager mode without the dispatcher (``drsformer_fast.ops._eager``): the same
+outputs and gradients, bit for bit, as through ``torch.library``; the dispatcher wherever something
+must see the op (fake tensors, dispatch modes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from drsformer_fast import modules as M
+from drsformer_fast.ops import _eager
+from drsformer_fast.ops import attention as A
+from drsformer_fast.ops import feedforward as FF
+from drsformer_fast.ops import layernorm as LN
+from drsformer_fast.ops import mefc as MEFC
+
+OPS = (A._attention_fwd, A._attention_bwd, LN._layer_norm_fwd, LN._layer_norm_bwd, FF._ffn_fwd, FF._ffn_bwd,
+       MEFC._mefc_step_fwd, MEFC._mefc_step_bwd)
+
+
+def _perturbed(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return module
+
+
+def _run(module, x, grad):
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out = module(x)
+    out.backward(grad)
+    return [out.detach(), x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: M.ChannelLayerNorm(13, "WithBias"),
+    lambda: M.TopKSparseAttention(12, 2, True),
+    lambda: M.MixedScaleFeedForward(10, 2.66, True),
+    lambda: M.FeatureCompensator(8),
+], ids=["layernorm", "attention", "feedforward", "mefc"])
+def test_direct_calls_equal_the_dispatcher_bitwise(make, monkeypatch):
+    module = _perturbed(make(), seed=1)
+    dim = module.dim
+    x = randn(2, dim, 7, 9, seed=2)
+    grad = randn(2, dim, 7, 9, seed=3)
+    direct = _run(module, x, grad)
+    with torch.no_grad():
+        direct_nograd = module(x)
+    monkeypatch.setattr(_eager, "_direct", lambda op, args: False)
+    dispatched = _run(module, x, grad)
+    with torch.no_grad():
+        dispatched_nograd = module(x)
+    assert len(direct) == len(dispatched) > 2
+    for i, (a, b) in enumerate(zip(direct, dispatched)):
+        assert a is not None and torch.equal(a, b), f"tensor {i} differs"
+    assert torch.equal(direct_nograd, dispatched_nograd)
+
+
+def test_plain_eager_goes_direct_everything_else_through_the_dispatcher():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.ones(2)
+    assert all(_eager._direct(op, (x,)) for op in OPS)
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        assert not any(_eager._direct(op, (x,)) for op in OPS)
+    with FakeTensorMode():
+        assert not _eager._direct(OPS[0], (torch.ones(2),))
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not _eager._direct(OPS[0], (x.as_subclass(Sub),))
+
+
+def test_dispatch_modes_still_see_every_custom_op():
+    """What the accounting and the static report rely on: each fused op is one dispatched op."""
+    seen = []
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "drsformer_fast":
+                seen.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    module = _perturbed(M.ChannelLayerNorm(13, "WithBias"), seed=4)
+    x = randn(1, 13, 5, 6, seed=5).requires_grad_()
+    with Mode():
+        module(x).sum().backward()
+    assert seen == ["layer_norm_fwd", "layer_norm_bwd"]
