@@ -157,15 +157,6 @@ def activate_noop_driver(lib: Path) -> None:
     driver.set_active(d)
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _counts(model, shape, training: bool) -> dict:
     from . import accounting
 
@@ -192,22 +183,34 @@ def measure(repeats: int = 20, warmup: int = 2, scenarios=SCENARIOS, variant: st
         shape = (batch, 3, size, size)
         x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
         row = {"scenario": name, "shape": list(shape), "pass": "forward+backward" if training else "forward"}
+        calls = {}
         for label, model in (("original", ref), ("fast", fast)):
             model.train(training)
             inp = x.clone().requires_grad_(training)
 
             def call(model=model, inp=inp, training=training):
                 if training:
+                    model.zero_grad(set_to_none=True)
                     model(inp).abs().mean().backward()
                 else:
                     with torch.no_grad():
                         model(inp)
 
+            calls[label] = call
             with forced_triton_path(90):
                 row[f"{label}_launches"] = _counts(model, shape, training)
                 for _ in range(warmup):  # the first call compiles every specialisation (cached after)
                     call()
-                row[f"{label}_host_ms"] = _median_ms(call, repeats)
+        # the two models' calls interleaved, so that a change in the machine's load weighs on both
+        times = {label: [] for label in calls}
+        with forced_triton_path(90):
+            for _ in range(repeats):
+                for label, call in calls.items():
+                    t0 = time.perf_counter()
+                    call()
+                    times[label].append((time.perf_counter() - t0) * 1e3)
+        for label, model in (("original", ref), ("fast", fast)):
+            row[f"{label}_host_ms"] = statistics.median(times[label])
             model.zero_grad(set_to_none=True)
         row["ratio"] = row["fast_host_ms"] / row["original_host_ms"]
         rows.append(row)
