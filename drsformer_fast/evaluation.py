@@ -22,11 +22,11 @@ from typing import Any
 import torch.nn as nn
 
 from .imageio import ImageError, find_images, is_image_file, read_image, read_image_uint8, to_uint8
-from .inference import InferenceError, check_tiling, derain_tensor
-from .metrics import PROTOCOLS, score_pair, small_image_note
+from .inference import InferenceError, TileFn, check_tiling, derain_tensor, write_png_atomic
+from .metrics import PROTOCOLS, SSIM_WINDOW, score_pair, small_image_note
 from .scoring import json_ready, read_scored_image
 
-__all__ = ["match_targets", "evaluate", "format_report", "json_ready"]
+__all__ = ["match_targets", "check_pair", "evaluate_pair", "summarize", "evaluate", "format_report", "json_ready"]
 
 
 def _by_stem(files: Sequence[Path], what: str) -> dict[str, Path]:
@@ -62,6 +62,90 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)  # infinite when a value is (PSNR of an exact output, SSIM -inf)
 
 
+def check_pair(src: str | os.PathLike, tgt: str | os.PathLike, protocol: str) -> None:
+    """Check an input and its target from their headers, before any model runs: both readable (the
+    target as ``protocol`` reads it), the same size, and (``basicsr``) at least the SSIM window.
+    Raises :class:`ImageError` naming the file and the problem."""
+    from .imageio import probe_image
+    from .scoring import _probe
+
+    h, w = probe_image(src)
+    th, tw = _probe(Path(tgt), protocol)
+    if (h, w) != (th, tw):
+        raise ImageError(f"{src} is {h}x{w} but its target {tgt} is {th}x{tw}")
+    small = small_image_note(h, w, protocol)
+    if small and protocol == "basicsr":
+        raise ImageError(f"{src}: {small} (SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels); the MATLAB "
+                         "protocols score it with SSIM -inf")
+
+
+def evaluate_pair(
+    model: nn.Module,
+    src: Path,
+    tgt: Path,
+    *,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    precision: str = "fp32",
+    reference_model: nn.Module | None = None,
+    protocol: str = "basicsr",
+    note: Callable[[str], None] | None = None,
+    output: str | os.PathLike | None = None,
+    on_tile: TileFn | None = None,
+) -> dict[str, Any]:
+    """Derain ``src``, score it against ``tgt``: the row ``{'name', 'target', 'psnr', 'ssim',
+    'seconds'[, 'max_abs_diff']}`` of :func:`evaluate`. ``output``: also write the derained image
+    there as a PNG, as ``derain`` writes it. ``on_tile(done, total)`` follows each tile."""
+    start = time.perf_counter()
+    src, tgt = Path(src), Path(tgt)
+    img = read_image(src)
+    if protocol == "basicsr":
+        target = read_image_uint8(tgt)
+    else:
+        target, text = read_scored_image(tgt, protocol)
+        if text and note is not None:
+            note(text)
+    if target.shape[:2] != tuple(img.shape[-2:]):
+        raise ImageError(f"{src} is {img.shape[-2]}x{img.shape[-1]} but its target {tgt} is "
+                         f"{target.shape[0]}x{target.shape[1]}")
+    try:
+        restored = derain_tensor(model, img[None], tile=tile, tile_overlap=tile_overlap, precision=precision,
+                                 on_tile=on_tile)
+        ref = None
+        if reference_model is not None:
+            ref = derain_tensor(reference_model, img[None], tile=tile, tile_overlap=tile_overlap, precision="fp32")
+        out = to_uint8(restored[0])
+        if output is not None:
+            write_png_atomic(output, out)
+        small = small_image_note(out.shape[0], out.shape[1], protocol)
+        if small and protocol != "basicsr" and note is not None:
+            note(f"{src.name}: {small}")
+        psnr, ssim = score_pair(out, target, protocol)
+        row = {"name": src.name, "target": tgt.name, "psnr": psnr, "ssim": ssim}
+    except (InferenceError, ValueError) as exc:
+        raise InferenceError(f"{src}: {exc}") from exc
+    if ref is not None:
+        row["max_abs_diff"] = float((restored.float() - ref.float().to(restored.device)).abs().max())
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def summarize(rows: Sequence[dict], protocol: str, parity: bool = False) -> dict[str, Any]:
+    """The report of :func:`evaluate` from its rows; the means are None when there is no row."""
+    report: dict[str, Any] = {
+        "protocol": protocol,
+        "count": len(rows),
+        "images": list(rows),
+        "mean": {"psnr": _mean([r["psnr"] for r in rows]) if rows else None,
+                 "ssim": _mean([r["ssim"] for r in rows]) if rows else None},
+    }
+    if parity:
+        diffs = [r["max_abs_diff"] for r in rows]
+        report["parity"] = {"max_abs_diff": max(diffs) if diffs else None,
+                            "mean_max_abs_diff": sum(diffs) / len(diffs) if diffs else None}
+    return report
+
+
 def evaluate(
     model: nn.Module,
     input_dir: str | os.PathLike,
@@ -83,7 +167,7 @@ def evaluate(
     clamped float outputs). ``protocol``: a key of :data:`drsformer_fast.metrics.PROTOCOLS`; the
     MATLAB ones read targets as ``imread`` does (:func:`drsformer_fast.scoring.read_scored_image`:
     3-channel RGB only) and give SSIM -inf below 11x11, with a ``note(text)``.
-    ``progress(i, n, row)`` is called after each image.
+    ``progress(i, n, row)`` is called after each image (:func:`evaluate_pair`).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -91,46 +175,11 @@ def evaluate(
     pairs = match_targets(find_images([input_dir]), target_dir)
     rows = []
     for i, (src, tgt) in enumerate(pairs, 1):
-        start = time.perf_counter()
-        img = read_image(src)
-        if protocol == "basicsr":
-            target = read_image_uint8(tgt)
-        else:
-            target, text = read_scored_image(tgt, protocol)
-            if text and note is not None:
-                note(text)
-        if target.shape[:2] != tuple(img.shape[-2:]):
-            raise ImageError(f"{src} is {img.shape[-2]}x{img.shape[-1]} but its target {tgt} is "
-                             f"{target.shape[0]}x{target.shape[1]}")
-        try:
-            restored = derain_tensor(model, img[None], tile=tile, tile_overlap=tile_overlap, precision=precision)
-            ref = None
-            if reference_model is not None:
-                ref = derain_tensor(reference_model, img[None], tile=tile, tile_overlap=tile_overlap, precision="fp32")
-            out = to_uint8(restored[0])
-            small = small_image_note(out.shape[0], out.shape[1], protocol)
-            if small and protocol != "basicsr" and note is not None:
-                note(f"{src.name}: {small}")
-            psnr, ssim = score_pair(out, target, protocol)
-            row = {"name": src.name, "target": tgt.name, "psnr": psnr, "ssim": ssim}
-        except (InferenceError, ValueError) as exc:
-            raise InferenceError(f"{src}: {exc}") from exc
-        if ref is not None:
-            row["max_abs_diff"] = float((restored.float() - ref.float().to(restored.device)).abs().max())
-        row["seconds"] = time.perf_counter() - start
-        rows.append(row)
+        rows.append(evaluate_pair(model, src, tgt, tile=tile, tile_overlap=tile_overlap, precision=precision,
+                                  reference_model=reference_model, protocol=protocol, note=note))
         if progress is not None:
-            progress(i, len(pairs), row)
-    report: dict[str, Any] = {
-        "protocol": protocol,
-        "count": len(rows),
-        "images": rows,
-        "mean": {"psnr": _mean([r["psnr"] for r in rows]), "ssim": _mean([r["ssim"] for r in rows])},
-    }
-    if reference_model is not None:
-        diffs = [r["max_abs_diff"] for r in rows]
-        report["parity"] = {"max_abs_diff": max(diffs), "mean_max_abs_diff": sum(diffs) / len(diffs)}
-    return report
+            progress(i, len(pairs), rows[-1])
+    return summarize(rows, protocol, parity=reference_model is not None)
 
 
 def _fmt(v: float, digits: int) -> str:

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from .imageio import ImageError, read_image, write_png
 
 __all__ = ["InferenceError", "PRECISIONS", "PAD_MULTIPLE", "derain_tensor", "pad_to_multiple", "tile_starts",
-           "check_tiling", "check_precision", "resolve_device", "plan_outputs", "derain_files"]
+           "check_tiling", "check_precision", "resolve_device", "plan_outputs", "derain_image", "derain_files",
+           "write_png_atomic"]
 
 PAD_MULTIPLE = 8
+TileFn = Callable[[int, int], None]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -138,6 +140,7 @@ def derain_tensor(
     tile: int | None = None,
     tile_overlap: int = 32,
     precision: str = "fp32",
+    on_tile: TileFn | None = None,
 ) -> torch.Tensor:
     """Derain ``img: [B, 3, H, W]`` (values in [0, 1]) as the original test script does; returns
     ``[B, 3, H, W]`` in [0, 1] on ``img``'s device, in the model's parameter dtype (float32 for a
@@ -146,6 +149,7 @@ def derain_tensor(
     tile: None runs the whole (padded) image at once; else tiles of ``tile`` pixels (a multiple of 8)
         overlapping by ``tile_overlap``, averaged (see the module docstring).
     precision: 'fp32', or 'fp16' / 'bf16' under ``torch.autocast`` (CUDA; the CPU has bf16 only).
+    on_tile: ``on_tile(done, total)`` after each tile, when the image runs in more than one tile.
     """
     check_tiling(tile, tile_overlap)
     if img.dim() != 4 or not img.is_floating_point():
@@ -159,18 +163,20 @@ def derain_tensor(
         if tile is None:
             restored = model(x).to(dtype)
         else:
-            restored = _tiled(model, x, tile, tile_overlap, dtype)
+            restored = _tiled(model, x, tile, tile_overlap, dtype, on_tile)
     restored = torch.clamp(restored, 0, 1)[..., :h, :w]
     return restored.to(img.device)
 
 
-def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, dtype: torch.dtype) -> torch.Tensor:
+def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, dtype: torch.dtype,
+           on_tile: TileFn | None = None) -> torch.Tensor:
     h, w = x.shape[-2:]
     th, tw = min(tile, h), min(tile, w)
     hs, ws = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     if len(hs) == 1 and len(ws) == 1:
         return model(x).to(dtype)
     acc = weight = None
+    done, total = 0, len(hs) * len(ws)
     for i in hs:
         for j in ws:
             out = model(x[..., i:i + th, j:j + tw].contiguous()).to(dtype)
@@ -179,6 +185,9 @@ def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, dtype: to
                 weight = torch.zeros_like(acc)
             acc[..., i:i + th, j:j + tw].add_(out)
             weight[..., i:i + th, j:j + tw].add_(1.0)
+            done += 1
+            if on_tile is not None:
+                on_tile(done, total)
     return acc.div_(weight)
 
 
@@ -204,6 +213,43 @@ def plan_outputs(files: Sequence[Path], output_dir: str | os.PathLike) -> list[t
     return pairs
 
 
+def write_png_atomic(path: str | os.PathLike, img) -> None:
+    """:func:`write_png` of ``img`` (what it takes) through a temporary file in the same folder,
+    renamed over ``path``: ``path`` is either absent or complete (an interrupted run leaves no
+    truncated PNG). Creates the folder (and its parents) when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_png(tmp, img)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def derain_image(
+    model: nn.Module,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    precision: str = "fp32",
+    on_tile: TileFn | None = None,
+) -> Path:
+    """Derain the image at ``src`` and write it as the PNG ``dst`` (:func:`write_png_atomic`);
+    returns ``dst``. Errors of the image name ``src``."""
+    img = read_image(src)
+    try:
+        restored = derain_tensor(model, img[None], tile=tile, tile_overlap=tile_overlap, precision=precision,
+                                 on_tile=on_tile)
+    except InferenceError as exc:
+        raise InferenceError(f"{src}: {exc}") from exc
+    write_png_atomic(dst, restored[0])
+    return Path(dst)
+
+
 ProgressFn = Callable[[int, int, Path, Path, float], None]
 
 
@@ -217,22 +263,16 @@ def derain_files(
     precision: str = "fp32",
     progress: ProgressFn | None = None,
 ) -> list[Path]:
-    """Derain every image in ``files`` and write ``output_dir / (stem + '.png')``; returns the
-    written paths. ``progress(i, n, src, dst, seconds)`` is called after each image."""
+    """Derain every image in ``files`` and write ``output_dir / (stem + '.png')``
+    (:func:`derain_image`); returns the written paths. The folder is created with the first image
+    written. ``progress(i, n, src, dst, seconds)`` is called after each image."""
     check_tiling(tile, tile_overlap)
     check_precision(_model_device_dtype(model, torch.empty(0))[0], precision)
     pairs = plan_outputs(files, output_dir)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     written = []
     for i, (src, dst) in enumerate(pairs, 1):
         start = time.perf_counter()
-        img = read_image(src)
-        try:
-            restored = derain_tensor(model, img[None], tile=tile, tile_overlap=tile_overlap, precision=precision)
-        except InferenceError as exc:
-            raise InferenceError(f"{src}: {exc}") from exc
-        write_png(dst, restored[0])
-        written.append(dst)
+        written.append(derain_image(model, src, dst, tile=tile, tile_overlap=tile_overlap, precision=precision))
         if progress is not None:
             progress(i, len(pairs), src, dst, time.perf_counter() - start)
     return written
