@@ -14,7 +14,14 @@
 ``derain`` and ``eval`` run the model with the fused kernels on a GPU and plain PyTorch on the CPU
 (the library dispatches; they never choose Triton's interpreter). Their user errors (a missing or
 incompatible checkpoint, an unreadable image, bad settings) end with exit code 2 and a one-line
-message; ``DRSFORMER_FAST_DEBUG=1`` shows the traceback instead.
+message; ``DRSFORMER_FAST_DEBUG=1`` shows the traceback instead. Every input, target and output path
+is checked before the model loads. ``--skip-errors`` skips a failing image instead (a "skipped"
+line, a closing "N written, M skipped" line, exit code 1); ``derain --skip-existing`` leaves out the
+outputs that exist. Ctrl-C ends with one line saying what was kept and exit code 130. Output
+folders are created with the first image written (a run that writes nothing leaves none), PNGs and
+eval's ``--json`` (after every image) are replaced atomically. Progress goes to stderr
+(``drsformer_fast.progress``: a bar on a terminal, a line per image in a log; ``--quiet``: none);
+stdout holds only the results.
 
 Without an NVIDIA GPU the self-check runs the Triton kernels in Triton's CPU interpreter: this is
 the only place besides the tests that chooses the interpreter, and it does so before Triton is
@@ -27,6 +34,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 
 def _has_cuda() -> bool:
@@ -157,7 +165,7 @@ def _user_errors(run):
         return run()
     try:
         return run()
-    except (CheckpointError, ImageError, InferenceError, OSError) as exc:
+    except (CheckpointError, ImageError, InferenceError, OSError, _Refused) as exc:
         return _error(exc)
     except torch.cuda.OutOfMemoryError:
         return _error("out of memory; try --tile 512 (or smaller) or --precision fp16", code=1)
@@ -190,82 +198,299 @@ def _runner(model, device, args):
     return graphed(model)
 
 
+class _Batch:
+    """What a derain or eval run did to its images: the failures it skipped (up front or while
+    running), the outputs that already existed, and the folders it may have to remove."""
+
+    def __init__(self, args, output: str | None):
+        self.args = args
+        self.failed: list[tuple[str, str]] = []  # (image name, why)
+        self.existing: list[str] = []
+        self.output = output
+        self.created = _missing_folders(output) if output else []
+
+    def problems(self, items, check) -> list:
+        """``items`` whose ``check(item)`` passes. A failing one is an error line each (raised as
+        :class:`_Refused` once all are checked), or with ``--skip-errors`` a "skipped" line."""
+        from .imageio import ImageError
+
+        kept, errors = [], []
+        for item in items:
+            try:
+                check(item)
+            except (ImageError, OSError) as exc:
+                errors.append((item, exc))
+            else:
+                kept.append(item)
+        if errors and not self.args.skip_errors:
+            for _, exc in errors[:-1]:
+                _error(exc)
+            raise _Refused(errors[-1][1])
+        for item, exc in errors:
+            self.skip(item[0], exc)
+        return kept
+
+    def skip(self, src, exc, progress=None) -> None:
+        why = _one_line(exc)
+        self.failed.append((src.name, why))
+        (progress.write if progress is not None else _stderr)(f"skipped {src.name}: {why}")
+
+    def summary(self, done: int, verb: str) -> int:
+        """The closing line on stderr when anything was skipped; the exit code (1 when an image failed)."""
+        skipped = len(self.failed) + len(self.existing)
+        if skipped:
+            parts = [f"{len(self.failed)} failed"] if self.failed else []
+            parts += [f"{len(self.existing)} already existed"] if self.existing else []
+            _stderr(f"{done} {verb}, {skipped} skipped ({', '.join(parts)})")
+        return 1 if self.failed else 0
+
+    def cleanup(self) -> None:
+        """Remove the output folders this run created and left empty."""
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+class _Refused(Exception):
+    """Up-front checks failed (the other problems are already printed); the message is the last."""
+
+
+def _per_image_errors() -> tuple:
+    """The errors ``--skip-errors`` skips an image for: unreadable or unusable images, failed
+    writes, running out of GPU memory."""
+    import torch
+
+    from .imageio import ImageError
+    from .inference import InferenceError
+
+    return (ImageError, InferenceError, OSError, torch.cuda.OutOfMemoryError)
+
+
+def _one_line(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of memory; try --tile 512 (or smaller) or --precision fp16"
+    return " ".join(str(exc).split())
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _missing_folders(path: str) -> list:
+    """The folders of ``path`` (itself and its parents) that do not exist yet, outermost first."""
+    from pathlib import Path
+
+    missing = []
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _check_output_dir(path: str, option: str = "--output") -> None:
+    """Refuse an output folder that is a file, or that cannot be created or written, before any work."""
+    from pathlib import Path
+
+    folder = Path(path).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file; give a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{option} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == folder else f"cannot be created: {existing} is not writable"
+        raise PermissionError(f"{option} {path} {what}")
+
+
+def _check_destination(dst) -> None:
+    if dst.is_dir():
+        raise IsADirectoryError(f"{dst} is a folder: the output image cannot be written there")
+
+
+def _interrupted(done: int, total: int, kept: str) -> int:
+    _stderr(f"interrupted after {done} of {total} images; {kept}")
+    return 130
+
+
 def _derain(args) -> int:
+    from . import inference
     from .imageio import find_images, probe_image
-    from .inference import check_precision, check_tiling, derain_files, plan_outputs, resolve_device
+    from .inference import check_precision, check_tiling, plan_outputs, resolve_device
+    from .progress import Progress
 
     check_tiling(args.tile, args.tile_overlap)
-    files = find_images(args.inputs)
-    plan_outputs(files, args.output)
-    for f in files:
-        probe_image(f)
+    pairs = plan_outputs(find_images(args.inputs), args.output)
+    _check_output_dir(args.output)
+    batch = _Batch(args, args.output)
+    if args.skip_existing:
+        batch.existing = [src.name for src, dst in pairs if dst.is_file()]
+        pairs = [(src, dst) for src, dst in pairs if not dst.is_file()]
+
+    def check(pair):
+        _check_destination(pair[1])
+        probe_image(pair[0])
+
+    todo = batch.problems(pairs, check)
     device = resolve_device(args.device)
     check_precision(device, args.precision)
-    model = _load(args, device)
-    print(f"drsformer-fast derain: {len(files)} image(s); {_describe(model, device, args)}", file=sys.stderr)
-
-    def progress(i, n, src, dst, seconds):
-        print(f"[{i}/{n}] {src} -> {dst} ({seconds:.2f} s)", file=sys.stderr, flush=True)
-
-    written = derain_files(_runner(model, device, args), files, args.output, tile=args.tile,
-                           tile_overlap=args.tile_overlap, precision=args.precision, progress=progress)
+    written: list = []
+    if todo:
+        model = _load(args, device)
+        if not args.quiet:
+            _stderr(f"drsformer-fast derain: {len(todo)} image(s); {_describe(model, device, args)}")
+        runner = _runner(model, device, args)
+        errors = _per_image_errors()
+        progress = Progress(len(todo), "derain", quiet=args.quiet)
+        try:
+            with progress:
+                for src, dst in todo:
+                    progress.begin(src.name)
+                    start = time.perf_counter()
+                    try:
+                        inference.derain_image(runner, src, dst, tile=args.tile, tile_overlap=args.tile_overlap,
+                                               precision=args.precision, on_tile=progress.tile)
+                    except errors as exc:
+                        if not args.skip_errors:
+                            raise
+                        batch.skip(src, exc, progress)
+                        progress.step(f"{src}: skipped")
+                        continue
+                    written.append(dst)
+                    progress.step(f"{src} -> {dst}", time.perf_counter() - start)
+        except KeyboardInterrupt:
+            return _interrupted(progress.done, len(todo), f"{len(written)} written to {args.output}")
+        finally:
+            batch.cleanup()
     print(f"wrote {len(written)} image(s) to {args.output}")
-    return 0
+    return batch.summary(len(written), "written")
 
 
 def _eval(args) -> int:
-    import json
-
+    from . import evaluation
     from .checkpoint import _model_class
-    from .evaluation import evaluate, format_report, format_row, json_ready, match_targets
+    from .evaluation import check_pair, format_report, format_row, match_targets, summarize
     from .imageio import ImageError, find_images
-    from .inference import check_precision, check_tiling, resolve_device
-    from .metrics import PROTOCOLS
+    from .inference import check_precision, check_tiling, plan_outputs, resolve_device
+    from .progress import Progress
 
     _check_json_path(args.json)
     check_tiling(args.tile, args.tile_overlap)
     if not os.path.isdir(args.input):
         raise ImageError(f"{args.input}: input folder not found")
-    match_targets(find_images([args.input]), args.target)
+    pairs = match_targets(find_images([args.input]), args.target)
+    outputs = {}
+    if args.output:
+        outputs = dict(plan_outputs([src for src, _ in pairs], args.output))
+        _check_output_dir(args.output)
+    batch = _Batch(args, args.output)
+
+    def check(pair):
+        if pair[0] in outputs:
+            _check_destination(outputs[pair[0]])
+        check_pair(pair[0], pair[1], args.protocol)
+
+    todo = batch.problems(pairs, check)
     device = resolve_device(args.device)
     check_precision(device, args.precision)
+    rows: list = []
+    if not todo:
+        _write_eval_json(args, None, None, None, rows, batch, partial=False)
+        return batch.summary(0, "scored")
     model = _load(args, device)
     reference = _load(args, device, fast=False) if args.compare_reference else None
-    print(f"drsformer-fast eval: {_describe(model, device, args)}, protocol {args.protocol}", file=sys.stderr)
+    if not args.quiet:
+        _stderr(f"drsformer-fast eval: {_describe(model, device, args)}, protocol {args.protocol}")
     if reference is not None and _model_class(True) is _model_class(False):
-        print("note: the fast model is not available in this build, so the parity report compares the "
-              "reference with itself", file=sys.stderr)
-
-    def progress(i, n, row):
-        print(f"[{i}/{n}] {format_row(row)} ({row['seconds']:.2f} s)", file=sys.stderr, flush=True)
-
-    report = evaluate(_runner(model, device, args), args.input, args.target, tile=args.tile,
-                      tile_overlap=args.tile_overlap, precision=args.precision, reference_model=reference,
-                      progress=progress, protocol=args.protocol, note=_note)
-    print(format_report(report))
-    if reference is not None:
-        print(f"parity: max |fast - reference (fp32)| = {report['parity']['max_abs_diff']:.3e} over "
-              f"{report['count']} image(s) (outputs in [0, 1])")
-    if args.json:
-        full = {
-            "weights": str(args.weights),
-            "model": f"{type(model).__module__}.{type(model).__qualname__}",
-            "config": model.config,
-            "device": str(device),
-            "precision": args.precision,
-            "tile": args.tile,
-            "tile_overlap": args.tile_overlap,
-            "protocol": args.protocol,
-            "metrics": f"PSNR and SSIM on the Y channel of the 8-bit output: {PROTOCOLS[args.protocol]}",
-            **report,
-        }
+        _stderr("note: the fast model is not available in this build, so the parity report compares the "
+                "reference with itself")
+    runner = _runner(model, device, args)
+    errors = _per_image_errors()
+    progress = Progress(len(todo), "eval", quiet=args.quiet)
+    try:
+        with progress:
+            for src, tgt in todo:
+                progress.begin(src.name)
+                try:
+                    row = evaluation.evaluate_pair(
+                        runner, src, tgt, tile=args.tile, tile_overlap=args.tile_overlap, precision=args.precision,
+                        reference_model=reference, protocol=args.protocol, output=outputs.get(src),
+                        note=lambda text: progress.write(f"note: {text}"), on_tile=progress.tile)
+                except errors as exc:
+                    if not args.skip_errors:
+                        raise
+                    batch.skip(src, exc, progress)
+                    progress.step(f"{src.name}: skipped")
+                    continue
+                rows.append(row)
+                _write_eval_json(args, model, device, reference, rows, batch, partial=(progress.done + 1, len(todo)))
+                progress.step(format_row(row), row["seconds"])
+    except KeyboardInterrupt:
+        kept = [f"{len(rows)} scored"]
+        kept += [f"report so far in {args.json}"] if args.json and rows else []
+        kept += [f"{len(rows)} written to {args.output}"] if args.output else []
+        return _interrupted(progress.done, len(todo), "; ".join(kept))
+    finally:
+        batch.cleanup()
+    report = summarize(rows, args.protocol, parity=reference is not None)
+    if rows:
+        print(format_report(report))
         if reference is not None:
-            full["parity"]["reference_model"] = f"{type(reference).__module__}.{type(reference).__qualname__}"
-            full["parity"]["reference_precision"] = "fp32"
-        with open(args.json, "w") as fh:
-            json.dump(json_ready(full), fh, indent=2)
+            print(f"parity: max |fast - reference (fp32)| = {report['parity']['max_abs_diff']:.3e} over "
+                  f"{report['count']} image(s) (outputs in [0, 1])")
+    _write_eval_json(args, model, device, reference, rows, batch, partial=False)
+    return batch.summary(len(rows), "scored")
+
+
+def _write_eval_json(args, model, device, reference, rows, batch, *, partial) -> None:
+    """eval's ``--json`` report, replaced atomically: after every image (``partial``: (done, total),
+    recorded as ``"partial"``), and complete at the end. ``"skipped"`` lists the skipped images."""
+    if not args.json:
+        return
+    from .evaluation import json_ready, summarize
+    from .metrics import PROTOCOLS
+
+    full = {
+        "weights": str(args.weights),
+        "model": f"{type(model).__module__}.{type(model).__qualname__}" if model is not None else None,
+        "config": model.config if model is not None else None,
+        "device": str(device) if device is not None else None,
+        "precision": args.precision,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "protocol": args.protocol,
+        "metrics": f"PSNR and SSIM on the Y channel of the 8-bit output: {PROTOCOLS[args.protocol]}",
+        **summarize(rows, args.protocol, parity=reference is not None),
+    }
+    if reference is not None:
+        full["parity"]["reference_model"] = f"{type(reference).__module__}.{type(reference).__qualname__}"
+        full["parity"]["reference_precision"] = "fp32"
+    if batch.failed:
+        full["skipped"] = [{"name": name, "error": why} for name, why in batch.failed]
+    if partial:
+        full["partial"] = {"done": partial[0], "total": partial[1]}
+    _write_json_atomic(args.json, json_ready(full))
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    """``obj`` as JSON at ``path`` through a temporary file renamed over it (never half-written)."""
+    import json
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
             fh.write("\n")
-    return 0
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _check_json_path(path: str | None) -> None:
@@ -283,25 +508,47 @@ def _note(text: str) -> None:
 
 
 def _score(args) -> int:
-    """``score``: existing results against targets; numpy and Pillow only (no torch, no model)."""
-    import json
-
+    """``score``: existing results against targets; numpy and Pillow only (no torch, no model). On a
+    terminal a progress bar appears when scoring takes more than a second (not with ``--quiet``)."""
     from .imageio import ImageError
+    from .progress import Progress
     from .scoring import format_score_report, json_ready, score_folders
+
+    bar: list = []
+
+    def progress(i, n, row):
+        if not bar:
+            bar.append(Progress(n, "score", quiet=args.quiet, delay=1.0, lines=False))
+            bar[0].done = i - 1
+        bar[0].step(row["name"])
+
+    def note(text):
+        (bar[0].write if bar else _stderr)(f"note: {text}")
 
     try:
         _check_json_path(args.json)
-        report = score_folders(args.results, args.targets, protocol=args.protocol, pair_by=args.pair_by, note=_note)
+        try:
+            report = score_folders(args.results, args.targets, protocol=args.protocol, pair_by=args.pair_by,
+                                   progress=progress, note=note)
+        finally:
+            if bar:
+                bar[0].close()
         print(format_score_report(report))
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(json_ready(report), fh, indent=2)
-                fh.write("\n")
+            _write_json_atomic(args.json, json_ready(report))
     except (ImageError, OSError) as exc:
         if os.environ.get("DRSFORMER_FAST_DEBUG") == "1":
             raise
         return _error(exc)
     return 0
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-errors", action="store_true",
+                   help="skip an image that cannot be read, run or written (a 'skipped' line says why) and go on; "
+                        "exit code 1 if any was skipped. Default: stop at the first (exit code 2), keeping what "
+                        "was written")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (errors still print)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -404,14 +651,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="PATH", help="write the result table(s) as markdown")
     p = sub.add_parser("derain", help="derain images (files or folders) with a checkpoint; writes PNGs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png, jpg, jpeg, bmp)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the results (<stem>.png)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="folder for the results (<stem>.png), created when the first image is written")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave out the images whose output file already exists")
+    _add_batch_options(p)
     _add_run_options(p)
     p = sub.add_parser("eval", help="PSNR/SSIM (Y channel) of a checkpoint on rainy images against clean targets")
     p.add_argument("--input", required=True, metavar="DIR", help="folder of rainy images")
     p.add_argument("--target", required=True, metavar="DIR", help="folder of clean images with the same names")
     p.add_argument("--compare-reference", action="store_true",
                    help="also run the reference model and report the largest difference from it")
-    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the full report as JSON (replaced after every image; \"partial\" until the end)")
+    p.add_argument("--output", "-o", metavar="DIR", default=None,
+                   help="also keep the derained images in DIR (<stem>.png, as derain writes them)")
+    _add_batch_options(p)
     p.add_argument("--protocol", choices=list(PROTOCOL_CHOICES), default="matlab-rain200",
                    help="how PSNR/SSIM are computed, as for score: the paper's MATLAB scripts, matlab-rain200 "
                         "(default; Rain200L/H, SPA-Data) or matlab-did (DID-Data, DDN-Data), or BasicSR's Python "
@@ -433,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name: same stem, a suffix like _DR/_GT dropped (default); order: sorted as MATLAB's dir "
                         "lists them (.jpg then .png, by character code), as evaluate_PSNR_SSIM.m pairs")
     p.add_argument("--json", metavar="PATH", help="write {protocol, images: [{name, psnr, ssim}], mean} as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (errors still print)")
     from .training import add_parser as add_train_parser
 
     add_train_parser(sub)
@@ -446,12 +702,16 @@ def main(argv: list[str] | None = None) -> int:
         return _selfcheck(args, argv)
     if args.command == "bench":
         return _bench(args, argv)
-    if args.command == "derain":
-        return _user_errors(lambda: _derain(args))
-    if args.command == "eval":
-        return _user_errors(lambda: _eval(args))
-    if args.command == "score":
-        return _score(args)
+    try:
+        if args.command == "derain":
+            return _user_errors(lambda: _derain(args))
+        if args.command == "eval":
+            return _user_errors(lambda: _eval(args))
+        if args.command == "score":
+            return _score(args)
+    except KeyboardInterrupt:
+        _stderr(f"drsformer-fast {args.command}: interrupted")
+        return 130
     if args.command == "train":
         from .training import run as run_train
 
