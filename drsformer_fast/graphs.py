@@ -35,7 +35,8 @@ training mode. When the module's parameters or buffers were replaced by new tens
 the memory it was captured with (``load_state_dict`` copies in place and keeps them).
 
 The capture itself is a :class:`CaptureBackend`; :class:`CudaGraphBackend` (CUDA) is the default,
-and the tests drive the cache with a stand-in that "replays" by running the module eagerly.
+and the tests drive the cache with a stand-in that "replays" by running the module eagerly. The
+training loop captures its whole step with the same backend (``drsformer_fast.training.step``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 __all__ = ["GraphKey", "GraphedModule", "graphed", "graph_key", "precision_state", "CaptureBackend",
            "CudaGraphBackend", "Captured", "DEFAULT_MAX_GRAPHS", "DEFAULT_WARMUP"]
@@ -106,18 +107,22 @@ def graph_key(x: torch.Tensor) -> GraphKey:
 
 @dataclass
 class Captured:
-    """A recorded forward: write the input into ``static_input``, call ``replay()``, read
-    ``static_output`` (a tensor or a pytree of tensors) before the next replay of any graph that
-    shares its memory pool."""
+    """A recorded call: write the input into ``static_input`` (a tensor, or a pytree of tensors
+    shaped as the example), call ``replay()``, read ``static_output`` (a tensor or a pytree of
+    tensors) before the next replay of any graph that shares its memory pool."""
 
-    static_input: torch.Tensor
+    static_input: Any
     static_output: Any
     replay: Callable[[], None]
     release: Callable[[], None]
 
 
 class CaptureBackend(Protocol):
-    def capture(self, fn: Callable[[torch.Tensor], Any], example: torch.Tensor, warmup: int) -> Captured: ...
+    """``capture(fn, example, warmup)``: run ``fn`` ``warmup`` times on a copy of ``example`` (a
+    tensor or a pytree of tensors), then record one call of ``fn`` on that copy, which becomes
+    ``static_input``; ``free()`` lets go of the backend's memory pools."""
+
+    def capture(self, fn: Callable[[Any], Any], example: Any, warmup: int) -> Captured: ...
 
     def free(self) -> None: ...
 
@@ -132,15 +137,19 @@ def _uncached_autocast(device_type: str):
 
 class CudaGraphBackend:
     """Warm-up on a side stream, then ``torch.cuda.graph`` capture; the graphs of one backend share
-    a memory pool (see the module docstring)."""
+    a memory pool (see the module docstring). ``capture_error_mode`` is ``torch.cuda.graph``'s:
+    "global" (the default) fails a capture when any thread makes a call that a capture forbids,
+    "thread_local" only when the capturing thread does (the training loop's choice: a data
+    loader's pin-memory thread may allocate pinned memory during a capture)."""
 
-    def __init__(self):
+    def __init__(self, capture_error_mode: str = "global"):
         self._pools: dict[torch.device, Any] = {}
+        self.capture_error_mode = capture_error_mode
 
     def capture(self, fn, example, warmup):
-        device = example.device
+        device = next(t for t in tree_leaves(example) if isinstance(t, torch.Tensor)).device
         with torch.cuda.device(device):
-            static_input = example.detach().clone()
+            static_input = tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, example)
             current = torch.cuda.current_stream()
             side = torch.cuda.Stream()
             side.wait_stream(current)
@@ -152,7 +161,8 @@ class CudaGraphBackend:
             if pool is None:
                 pool = self._pools[device] = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with _uncached_autocast("cuda"), torch.cuda.graph(graph, pool=pool):
+            with _uncached_autocast("cuda"), torch.cuda.graph(graph, pool=pool,
+                                                               capture_error_mode=self.capture_error_mode):
                 static_output = fn(static_input)
         return Captured(static_input, static_output, graph.replay, graph.reset)
 
