@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from capture_safety import hazards
 from conftest import GPU_MODE
 from helpers import randn
 
@@ -241,53 +242,6 @@ def test_graphed_is_the_public_entry_point():
 # capture safety: what a CUDA graph cannot record, looked for in the real forward
 # --------------------------------------------------------------------------------------------
 
-# ops that read a tensor's value on the host (a sync), build a tensor from Python data (a
-# host-to-device copy on a GPU), or draw random numbers (a capture freezes the RNG state)
-_HOST_SYNC = {"_local_scalar_dense", "item", "equal", "is_nonzero", "allclose"}
-_FROM_HOST = {"lift_fresh", "lift_fresh_copy", "_to_copy_from_host"}
-_RANDOM = {"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "uniform_", "normal_",
-           "bernoulli_", "bernoulli",
-           "native_dropout", "exponential_", "multinomial", "random_"}
-
-
-def _devices(args, kwargs) -> int:
-    """How many devices an op's tensors and ``device`` keyword name."""
-    devices = {t.device for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-    if (kwargs or {}).get("device") is not None:
-        devices.add(torch.device(kwargs["device"]))
-    return len(devices)
-
-
-def _hazards(fn, *args):
-    """Run ``fn(*args)`` under a recorder that also sees inside the custom ops' launchers; returns
-    the capture hazards found, as 'op (why)', and the Triton launches counted. On fake CPU tensors a
-    ``.cpu()`` of a CPU tensor dispatches nothing: device copies show where a forward names another
-    device (``.to("cuda")``, ``torch.tensor(..., device=)``: the latter is a tensor from Python data)."""
-    from drsformer_fast.accounting import OpRecorder, _count_triton_launches
-
-    found = []
-
-    class Hazards(OpRecorder):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            device = (kwargs or {}).get("device")
-            if name in _HOST_SYNC:
-                found.append(f"{name} (reads a value on the host)")
-            elif name in _FROM_HOST:
-                found.append(f"{name} (a tensor from Python data: a host-to-device copy)")
-            elif name in _RANDOM:
-                found.append(f"{name} (random numbers)")
-            elif name in ("_to_copy", "to", "copy_") and _devices(args, kwargs) > 1:
-                found.append(f"{name} to {device} (a copy between devices)")
-            return super().__torch_dispatch__(func, types, args, kwargs)
-
-    recorder = Hazards(run_triton=False)
-    with _count_triton_launches(recorder), recorder:
-        fn(*args)
-    launches = sum(r.kind == "triton" for r in recorder.records)
-    return found, launches
-
-
 @pytest.mark.parametrize("bad, why", [
     (lambda x: x * torch.tensor([2.0]), "host-to-device"),
     (lambda x: x + torch.rand_like(x), "random"),
@@ -296,12 +250,12 @@ def _hazards(fn, *args):
     (lambda x: x * x.sum().item(), "on the host"),
 ], ids=["from-python", "rng", "device-copy", "bool", "item"])
 def test_hazard_recorder_finds_what_a_capture_cannot_hold(bad, why):
-    found, _ = _hazards(bad, torch.ones(2))
+    found, _ = hazards(bad, torch.ones(2))
     assert len(found) == 1 and why in found[0], found
 
 
 def test_hazard_recorder_passes_a_clean_forward():
-    assert _hazards(lambda t: (t * 2 + 1).to(torch.float16), torch.ones(2))[0] == []
+    assert hazards(lambda t: (t * 2 + 1).to(torch.float16), torch.ones(2))[0] == []
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
@@ -317,7 +271,7 @@ def test_inference_forward_is_capture_safe(autocast):
         x = torch.rand(1, 3, 64, 48)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
         with ctx:
-            found, launches = _hazards(model, x)
+            found, launches = hazards(model, x)
     assert found == []
     assert launches > 100  # the Triton launchers ran (on fake tensors)
 
