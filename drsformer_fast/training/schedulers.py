@@ -14,6 +14,14 @@ been stepped ``i - 1`` times, i.e. its ``last_epoch`` is ``i - 1``; during warm-
 - ``TrueCosineAnnealingLR(T_max, eta_min)``: PyTorch's ``CosineAnnealingLR``.
 - ``LinearLR``: ``initial_lr * (1 - last_epoch / total_iter)``.
 - ``VibrateLR``: the original's triangular schedule with a decaying envelope over ``total_iter``.
+
+A learning rate is a Python float in each param group, or, where the training step is captured in
+a CUDA graph (the graph would freeze a float), a 0-d tensor on the device (:func:`lrs_as_tensors`)
+that every update writes in place: PyTorch's ``LRScheduler.step`` fills a tensor rate, so the
+schedules here (which compute floats from the floats ``initial_lr``, or chain from ``group["lr"]``)
+do too, and the warm-up goes through :func:`set_lr`. Rates are read as floats (``float(g["lr"])``)
+only where they are printed or saved: :func:`with_float_lrs` gives the state_dicts that training
+states hold, the same whichever form the run used.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
-__all__ = ["build_scheduler", "warmup_lrs", "cosine_restart_lr"]
+__all__ = ["build_scheduler", "warmup_lrs", "cosine_restart_lr", "set_lr", "lrs_as_tensors",
+           "lrs_as_floats", "with_float_lrs"]
 
 
 def _cycle(last_epoch: int, cumulative: list[int]) -> int:
@@ -139,3 +148,42 @@ def warmup_lrs(optimizer: torch.optim.Optimizer, current_iter: int, warmup_iter:
     if current_iter < warmup_iter:
         return [g["initial_lr"] / warmup_iter * current_iter for g in optimizer.param_groups]
     return None
+
+
+def set_lr(group: dict, value: float) -> None:
+    """``group["lr"] = value``, written in place when the rate is a tensor (as ``LRScheduler.step``
+    does): a captured optimizer step reads the tensor it was captured with."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def lrs_as_tensors(optimizer: torch.optim.Optimizer, device: torch.device, dtype: torch.dtype) -> None:
+    """Every group's rate as a 0-d ``dtype`` tensor on ``device`` (same value, rounded to ``dtype``);
+    ``initial_lr`` stays a float."""
+    for g in optimizer.param_groups:
+        g["lr"] = torch.tensor(float(g["lr"]), dtype=dtype, device=device)
+
+
+def lrs_as_floats(optimizer: torch.optim.Optimizer) -> None:
+    """Every group's rate as a Python float."""
+    for g in optimizer.param_groups:
+        g["lr"] = float(g["lr"])
+
+
+_LR_LISTS = ("base_lrs", "_last_lr")  # a scheduler's state_dict keys that hold one rate per group
+
+
+def with_float_lrs(state: dict) -> dict:
+    """A shallow copy of an optimizer's or a scheduler's ``state_dict()`` with every learning rate
+    (the groups' ``lr`` and ``initial_lr``, a scheduler's ``base_lrs`` and ``_last_lr``) a Python
+    float; the state tensors are shared, not copied."""
+    out = dict(state)
+    if "param_groups" in out:
+        out["param_groups"] = [{k: float(v) if k in ("lr", "initial_lr") else v for k, v in g.items()}
+                               for g in out["param_groups"]]
+    for key in _LR_LISTS:
+        if key in out:
+            out[key] = [float(v) for v in out[key]]
+    return out
