@@ -1,6 +1,7 @@
 """`drsformer-fast train`: the original options file, every user error, a few iterations of a tiny
 model on synthetic rainy images, checkpoints, exact resume (explicit, and after Ctrl-C), the
-learning rates of the original schedules, and two gloo processes under torchrun.
+learning rates of the original schedules, two gloo processes under torchrun, and the loop with CUDA
+graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two).
 
 The model runs its plain-PyTorch path (``torch_path``): the kernels are tested elsewhere; here the
 training plumbing is."""
@@ -23,10 +24,12 @@ import yaml
 from PIL import Image
 
 from drsformer_fast import cli, load_checkpoint, save_checkpoint
+from drsformer_fast.graphs import Captured
 from drsformer_fast.training import data as data_mod
+from drsformer_fast.training import step as step_mod
 from drsformer_fast.training import trainer
 from drsformer_fast.training.options import load_options, validate
-from drsformer_fast.training.schedulers import build_scheduler, warmup_lrs
+from drsformer_fast.training.schedulers import build_scheduler, set_lr, warmup_lrs, with_float_lrs
 
 pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 
@@ -539,3 +542,239 @@ def test_validation_scores_with_the_papers_protocol(data, tmp_path, capsys, monk
     assert vals and [p for p, _ in calls] == ["matlab-did"] * 2 * len(vals)  # the two validation images each time
     for i, val in enumerate(vals):
         assert val["psnr"] == pytest.approx((calls[2 * i][1] + calls[2 * i + 1][1]) / 2, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA graphs: the graphed loop on a stand-in capture backend, on the CPU
+# --------------------------------------------------------------------------------------------
+
+
+class TrainStandIn:
+    """A capture backend for the CPU: the warm-up runs the step on a copy of the batch (a real step,
+    as on a GPU's side stream), the "capture" runs nothing, a replay runs the step on the static
+    buffers. Records the shapes captured and counts warm-ups, replays, releases and frees.
+    (``test_train_step`` checks that the value of the step called during a real capture is not used.)"""
+
+    def __init__(self):
+        self.captured: list[tuple] = []
+        self.warmups = self.replays = self.released = self.freed = 0
+
+    def capture(self, fn, example, warmup):
+        static_input = tuple(t.detach().clone() for t in example)
+        for _ in range(warmup):
+            fn(static_input)
+            self.warmups += 1
+        self.captured.append(tuple(tuple(t.shape) for t in example))
+        static_output = torch.full((), float("nan"))  # what a capture leaves: nothing computed yet
+
+        def replay():
+            self.replays += 1
+            static_output.copy_(fn(static_input))
+
+        def release():
+            self.released += 1
+
+        return Captured(static_input, static_output, replay, release)
+
+    def free(self):
+        self.freed += 1
+
+
+def _graph_options(data: Path, name: str) -> dict:
+    """The tiny configuration over 6 iterations: patch 16 / batch 2 for 3, then patch 8 / batch 1
+    for 3 (per patch size: eager, warm-up and capture, replay), states every 2 iterations."""
+    opt = _tiny_options(data, name, iters=[3, 3])
+    opt["train"]["total_iter"] = 6
+    opt["train"]["scheduler"]["periods"] = [3, 3]
+    opt["val"]["val_freq"] = 6
+    opt["logger"]["save_checkpoint_freq"] = 2
+    return opt
+
+
+def _stand_in_backends(monkeypatch) -> list:
+    """``capture_backend`` replaced: every run gets a fresh stand-in, appended to the list returned."""
+    made = []
+
+    def backend(device):
+        made.append(TrainStandIn())
+        return made[-1]
+
+    monkeypatch.setattr(step_mod, "capture_backend", backend)
+    return made
+
+
+def _log_text(exp: Path) -> str:
+    return "".join(p.read_text() for p in exp.glob("train_*.log"))
+
+
+def _train_records(exp: Path) -> list:
+    return [r for r in map(json.loads, (exp / "train_log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+SHAPES_16 = ((2, 3, 16, 16), (2, 3, 16, 16))
+SHAPES_8 = ((1, 3, 8, 8), (1, 3, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def graph_runs(data, tmp_path_factory):
+    """The 6-iteration configuration trained eagerly (--no-cuda-graphs) and graphed on the stand-in."""
+    root = tmp_path_factory.mktemp("graphs")
+    path = _write(_graph_options(data, "g"), root / "o.yml")
+    from drsformer_fast import _dispatch
+
+    available, _, reason = _dispatch._kernels_state()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_dispatch, "_STATE", (available, False, reason))
+        backends = _stand_in_backends(mp)
+        mp.chdir(root)
+        torch.set_num_threads(1)
+        assert cli.main(["train", str(path), "--set", "name=eager", "--no-cuda-graphs"]) == 0
+        assert backends == []  # --no-cuda-graphs: no backend asked for
+        assert cli.main(["train", str(path), "--set", "name=graphed"]) == 0
+    assert len(backends) == 1
+    return root, path, backends[0]
+
+
+def test_graphed_training_is_eager_training_bit_for_bit(graph_runs):
+    root, _, backend = graph_runs
+    eager, graphed = root / "experiments/eager", root / "experiments/graphed"
+    for it in (2, 4, 6, "latest"):
+        for key in ("params", "params_ema"):
+            _assert_same(_params(eager / f"models/net_g_{it}.pth", key),
+                         _params(graphed / f"models/net_g_{it}.pth", key))
+    # the losses logged (the warm-up iterations' own, the replays' from the static output) and the rates
+    assert [(r["iter"], r["l_pix"], r["lr"]) for r in _train_records(eager)] == \
+        [(r["iter"], r["l_pix"], r["lr"]) for r in _train_records(graphed)]
+    # per patch size: iteration 1 eager, 2 warm-up + capture, 3 replayed; the first graph dropped at iteration 4
+    assert backend.captured == [SHAPES_16, SHAPES_8]
+    assert (backend.warmups, backend.replays, backend.released, backend.freed) == (2, 2, 1, 1)
+    assert "CUDA graphs: on" in _log_text(graphed)
+    assert "CUDA graphs: off (--no-cuda-graphs)" in _log_text(eager)
+
+
+def test_training_states_hold_float_rates(graph_runs):
+    root, _, _ = graph_runs
+    for name in ("eager", "graphed"):
+        state = torch.load(root / f"experiments/{name}/training_states/4.state", weights_only=True)
+        group = state["optimizers"][0]["param_groups"][0]
+        sched = state["schedulers"][0]
+        assert type(group["lr"]) is float and type(group["initial_lr"]) is float
+        assert all(type(v) is float for v in sched["_last_lr"] + sched["base_lrs"])
+    a, b = (torch.load(root / f"experiments/{n}/training_states/4.state", weights_only=True)
+            for n in ("eager", "graphed"))
+    assert a["optimizers"][0]["param_groups"][0]["lr"] == b["optimizers"][0]["param_groups"][0]["lr"]
+    assert a["schedulers"][0]["_last_lr"] == b["schedulers"][0]["_last_lr"]
+
+
+@pytest.mark.parametrize("saved_by, state_iter", [("graphed", 4), ("eager", 2)])
+def test_resume_across_graphed_and_eager_runs_is_exact(graph_runs, tmp_path, capsys, monkeypatch, saved_by, state_iter):
+    """A graphed run's state resumed with --no-cuda-graphs, an eager run's state resumed graphed:
+    both end bitwise where the uninterrupted runs end."""
+    root, path, _ = graph_runs
+    monkeypatch.chdir(tmp_path)
+    backends = _stand_in_backends(monkeypatch)
+    state = root / f"experiments/{saved_by}/training_states/{state_iter}.state"
+    extra = ["--no-cuda-graphs"] if saved_by == "graphed" else []
+    code, out, err = run(capsys, "train", path, "--set", "name=resumed", "--set", f"path.resume_state={state}", *extra)
+    assert code == 0, err
+    assert "Resuming" in out
+    for key in ("params", "params_ema"):
+        _assert_same(_params(root / "experiments/eager/models/net_g_6.pth", key),
+                     _params(tmp_path / "experiments/resumed/models/net_g_6.pth", key))
+    if saved_by == "eager":  # iterations 3 (patch 16) and 4 (patch 8) eager, 5 captured, 6 replayed
+        assert backends[0].captured == [SHAPES_8] and backends[0].replays == 1
+    else:
+        assert backends == []
+
+
+def test_cuda_graphs_option_false_captures_nothing(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    backends = _stand_in_backends(monkeypatch)
+    opt = _tiny_options(data, "off", iters=[2])
+    opt["datasets"]["train"].update(mini_batch_sizes=[2], gt_sizes=[16])
+    opt["train"].update(total_iter=2, cuda_graphs=False)
+    opt["train"]["scheduler"]["periods"] = [1, 1]
+    del opt["val"]
+    code, out, err = run(capsys, "train", _write(opt, tmp_path / "o.yml"))
+    assert code == 0, err
+    assert backends == [] and "CUDA graphs: off (train.cuda_graphs: false)" in out
+
+
+def test_cuda_graphs_option_and_flag(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opt = _tiny_options(data, "err")
+    opt["train"]["cuda_graphs"] = "yes"  # a string (quoted in the file)
+    code, _, err = run(capsys, "train", _write(opt, tmp_path / "o.yml"))
+    assert_user_error(code, err, "train.cuda_graphs", "expected true or false", "'yes'")
+    assert not (tmp_path / "experiments").exists()
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "o.yml"]).cuda_graphs is True
+    assert parser.parse_args(["train", "o.yml", "--no-cuda-graphs"]).cuda_graphs is False
+    assert validate(yaml.safe_load(ORIGINAL_OPTIONS))["train"]["cuda_graphs"] is True  # the default
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("warmup", [-1, 4])
+@pytest.mark.parametrize("sched", [s for s, _ in SCHEDULES], ids=[s["type"] for s, _ in SCHEDULES])
+def test_schedules_write_tensor_rates_in_place(sched, warmup):
+    """With the rates as float64 tensors (a graphed run on the CPU) every schedule and the warm-up
+    give exactly the float rates, written into the same tensor."""
+    opt = yaml.safe_load(ORIGINAL_OPTIONS)
+    opt["train"].update(total_iter=10, warmup_iter=warmup, scheduler=sched)
+    opt = validate(opt)
+    runs = []
+    for tensor in (False, True):
+        optimizer = step_mod.build_optimizer([torch.nn.Parameter(torch.zeros(1))], opt["train"]["optim_g"],
+                                             capturable=False)
+        scheduler = build_scheduler(optimizer, opt["train"]["scheduler"], 10)
+        step_mod.prepare_optimizer(optimizer, capturable=False, lr_device=torch.device("cpu") if tensor else None)
+        rate = optimizer.param_groups[0]["lr"]
+        lrs = []
+        for i in range(1, 11):
+            if i > 1:
+                scheduler.step()
+            warm = warmup_lrs(optimizer, i, warmup)
+            if warm is not None:
+                set_lr(optimizer.param_groups[0], warm[0])
+            if tensor:
+                assert optimizer.param_groups[0]["lr"] is rate
+            lrs.append(float(optimizer.param_groups[0]["lr"]))
+        runs.append(lrs)
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_rate_tensors_round_trip_through_state_dicts(dtype):
+    """Saved (``with_float_lrs``) and loaded into a run with rate tensors, a rate is the same tensor
+    value; loaded into an eager run, the same float; both continue with the same rates."""
+    opt = validate(yaml.safe_load(ORIGINAL_OPTIONS))
+    tr = opt["train"]
+
+    def build(tensor_dtype):
+        optimizer = step_mod.build_optimizer([torch.nn.Parameter(torch.zeros(2))], tr["optim_g"], capturable=False)
+        scheduler = build_scheduler(optimizer, {**tr["scheduler"], "periods": [4, 10]}, 14)
+        return optimizer, scheduler
+
+    optimizer, scheduler = build(dtype)
+    step_mod.prepare_optimizer(optimizer, capturable=False, lr_device=torch.device("cpu"), lr_tensor_dtype=dtype)
+    for _ in range(5):
+        optimizer.param_groups[0]["params"][0].grad = torch.ones(2)
+        optimizer.step()
+        scheduler.step()
+    saved = with_float_lrs(optimizer.state_dict()), with_float_lrs(scheduler.state_dict())
+    rate = optimizer.param_groups[0]["lr"]
+    assert type(saved[0]["param_groups"][0]["lr"]) is float and float(rate) == saved[0]["param_groups"][0]["lr"]
+    again, eager = build(dtype), build(None)
+    for (o, s), device in ((again, torch.device("cpu")), (eager, None)):
+        o.load_state_dict(saved[0])
+        s.load_state_dict(saved[1])
+        step_mod.prepare_optimizer(o, capturable=False, lr_device=device, lr_tensor_dtype=dtype)
+    loaded = again[0].param_groups[0]["lr"]
+    assert isinstance(loaded, torch.Tensor) and loaded is not rate and torch.equal(loaded, rate)
+    assert eager[0].param_groups[0]["lr"] == float(rate)
+    for _ in range(3):
+        for s in (scheduler, again[1], eager[1]):
+            s.step()
+        assert float(optimizer.param_groups[0]["lr"]) == float(again[0].param_groups[0]["lr"]) \
+            == float(torch.tensor(eager[0].param_groups[0]["lr"], dtype=dtype))

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true", help="train the model compiled with torch.compile")
     p.add_argument("--original", action="store_true",
                    help="train the reference (original arithmetic) instead of the fast model")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="train eagerly on a GPU: by default each patch size's training step is captured in a CUDA "
+                        "graph and replayed (also off with train.cuda_graphs: false, under torchrun, --compile and "
+                        "--precision fp16)")
 
 
 def run(args) -> int:
@@ -39,7 +43,7 @@ def run(args) -> int:
     from .trainer import TrainArgs, prepare, train
 
     targs = TrainArgs(options=args.options, overrides=tuple(args.overrides), precision=args.precision,
-                      compile=args.compile, original=args.original)
+                      compile=args.compile, original=args.original, cuda_graphs=args.cuda_graphs)
     debug = os.environ.get("DRSFORMER_FAST_DEBUG") == "1"
     try:
         plan = prepare(targs)

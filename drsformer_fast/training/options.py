@@ -10,7 +10,9 @@ Additions to the original schema, all optional: ``network_g.mefc`` (the original
 variant by editing its architecture file; default ``true``, the full model), ``val.protocol``
 (how validation PSNR/SSIM are computed, the choices of ``drsformer-fast score --protocol``:
 ``basicsr``, the original's own validation and the default, or the paper's MATLAB scripts
-``matlab-rain200`` / ``matlab-did``, Y channel of the whole 8-bit image).
+``matlab-rain200`` / ``matlab-did``, Y channel of the whole 8-bit image), ``train.cuda_graphs``
+(default ``true``: on a GPU the training step is captured in CUDA graphs and replayed, see
+``drsformer_fast.training.step``; ``false``, or ``--no-cuda-graphs``, trains eagerly).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ SCHEMA: dict[str, Any] = {
     "path": {"pretrain_network_g": "str?", "strict_load_g": "bool", "resume_state": "str?", "param_key": "str"},
     "train": {
         "total_iter": "int", "warmup_iter": "int", "use_grad_clip": "bool", "ema_decay": "float",
-        "scheduler": _SCHEDULER,
+        "cuda_graphs": "bool", "scheduler": _SCHEDULER,
         "mixing_augs": {"mixup": "bool", "mixup_beta": "float", "use_identity": "bool"},
         "optim_g": {"type": "str", "lr": "float", "weight_decay": "float", "betas": "float_list", "eps": "float",
                     "amsgrad": "bool"},
@@ -98,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "network_g.heads": [1, 2, 4, 8], "network_g.ffn_expansion_factor": 2.66, "network_g.bias": False,
     "network_g.LayerNorm_type": "WithBias", "network_g.mefc": True,
     "path.pretrain_network_g": None, "path.strict_load_g": True, "path.resume_state": None, "path.param_key": "params",
-    "train.warmup_iter": -1, "train.use_grad_clip": False, "train.ema_decay": 0.0,
+    "train.warmup_iter": -1, "train.use_grad_clip": False, "train.ema_decay": 0.0, "train.cuda_graphs": True,
     "train.mixing_augs": {"mixup": False}, "train.optim_g.weight_decay": 0.0,
     "train.pixel_opt.loss_weight": 1.0, "train.pixel_opt.reduction": "mean",
     "logger.print_freq": 100, "logger.save_checkpoint_freq": 5000, "logger.use_tb_logger": False,

@@ -14,11 +14,24 @@ optimizer step, the EMA update (parameters only). The per-iteration randomness c
 same way); its state, the global RNGs, the data position and the optimizer/scheduler/scaler states
 go into ``training_states/<iter>.state``, so a resumed run continues bitwise as the uninterrupted
 one on the CPU.
+
+The iteration's body (zero_grad to the EMA update) is ``step.TrainStep``. On a GPU it is served
+from CUDA graphs (``step.GraphedStep``: per patch size and batch, the first iteration eager, the
+second a warm-up on a side stream and then a capture, every later one a replay), unless
+``--no-cuda-graphs``, ``train.cuda_graphs: false``, several processes (DDP), ``--compile`` or
+``--precision fp16`` (its GradScaler reads the gradients' finiteness on the host): the log says
+once whether graphs are on and, if not, why. A graphed run builds Adam/AdamW with
+``capturable=True``, keeps the learning rates as 0-d tensors on the device (the schedulers and the
+warm-up write them in place) and copies batches to the GPU through pinned memory; training states
+hold the rates as floats, so a state of either kind of run resumes in the other. Nothing reads the
+device from the host per iteration: the loss at ``print_freq`` only (and for the terminal's
+progress bar at most every 0.5 s), the rate as ``float(g["lr"])`` when printed or saved. Under DDP
+a Ctrl-C is agreed on (an all-reduce read on the host) at print and save points only: every process
+checks at the same iterations, so all stop, and save, at the first such point after it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import json
@@ -34,12 +47,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, _compare, _mismatch_message, extract_state_dict
 from . import data as data_mod
-from .options import GRAD_CLIP_MAX_NORM, OptionsError, apply_overrides, dump_options, load_options, validate
-from .schedulers import build_scheduler, warmup_lrs
+from . import step as step_mod
+from .options import OptionsError, apply_overrides, dump_options, load_options, validate
+from .schedulers import build_scheduler, set_lr, warmup_lrs, with_float_lrs
 
 __all__ = ["TrainArgs", "prepare", "train", "STATE_FORMAT"]
 
@@ -54,6 +67,7 @@ class TrainArgs:
     precision: str = "fp32"
     compile: bool = False
     original: bool = False
+    cuda_graphs: bool = True  # False: --no-cuda-graphs
     root: str = "."  # the folder that holds experiments/ (the working directory)
 
 
@@ -352,6 +366,22 @@ def _save_model(path: Path, net, ema) -> None:
     os.replace(tmp, path)
 
 
+def _graphs_off_reason(plan: Plan, args: TrainArgs, tr: dict) -> str | None:
+    """Why this run's training step is not captured in CUDA graphs, None when nothing stands in the
+    way but the device (``step.capture_backend`` decides that)."""
+    if not args.cuda_graphs:
+        return "--no-cuda-graphs"
+    if not tr["cuda_graphs"]:
+        return "train.cuda_graphs: false"
+    if plan.dist:
+        return "several processes: DistributedDataParallel's gradient all-reduce is not captured"
+    if args.compile:
+        return "--compile: torch.compile's mode='reduce-overhead' has CUDA graphs of its own"
+    if args.precision == "fp16":
+        return "--precision fp16: the GradScaler reads on the host whether the gradients are finite"
+    return None
+
+
 def _phase(current_iter: int, groups: list[int]) -> int:
     for j, g in enumerate(groups):
         if current_iter <= g:
@@ -359,14 +389,22 @@ def _phase(current_iter: int, groups: list[int]) -> int:
     return len(groups) - 1
 
 
-def _mixup(gt, lq, rng: random.Random, beta: float, use_identity: bool):
+def _to_device(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
+    """``t`` on ``device``, the host not waiting for the copy; ``pinned``: through page-locked
+    memory (a copy to the GPU from pageable memory may wait for the GPU's stream)."""
+    if pinned:
+        t = t.contiguous().pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def _mixup(gt, lq, rng: random.Random, beta: float, use_identity: bool, pinned: bool = False):
     """The original's Mixing_Augment with mixup its only augmentation."""
     if use_identity and rng.randint(0, 1) == 1:
         return gt, lq
     lam = rng.betavariate(beta, beta)
     perm = list(range(gt.shape[0]))
     rng.shuffle(perm)
-    idx = torch.tensor(perm, device=gt.device)
+    idx = _to_device(torch.tensor(perm), gt.device, pinned)
     return lam * gt + (1 - lam) * gt[idx], lam * lq + (1 - lam) * lq[idx]
 
 
@@ -498,10 +536,14 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
             p.requires_grad_(False)
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
-    okw = {k: v for k, v in tr["optim_g"].items() if k != "type"}
-    if "betas" in okw:
-        okw["betas"] = tuple(okw["betas"])
-    optimizer = (torch.optim.AdamW if tr["optim_g"]["type"] == "AdamW" else torch.optim.Adam)(params, **okw)
+    backend = None
+    graphs_off = _graphs_off_reason(plan, args, tr)
+    if graphs_off is None:
+        backend = step_mod.capture_backend(device)
+        if backend is None:
+            graphs_off = f"training on the {device.type.upper()}"
+    capturable = backend is not None and device.type == "cuda"
+    optimizer = step_mod.build_optimizer(params, tr["optim_g"], capturable=capturable)
     scheduler = build_scheduler(optimizer, tr["scheduler"], tr["total_iter"])
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
 
@@ -521,6 +563,9 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
             _rng_restore(rngs[0], loop_rng, device)
         how = "automatically (the newest state of the experiment)" if plan.resume_auto else ""
         log.info(f"Resuming {how} from {plan.resume_path}: iter {current_iter}, epoch {epoch}")
+    # capturable, and the rates as tensors on the device for a graphed run; also after a state
+    # saved by the other kind of run
+    step_mod.prepare_optimizer(optimizer, capturable=capturable, lr_device=device if backend is not None else None)
 
     model = net
     if plan.dist:
@@ -537,6 +582,11 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
     log.info(f"drsformer-fast train {opt['name']}: DRSformer {_network_kwargs(opt)} ({n_params:,} parameters; "
              f"{path}) on {device} x {world} process(es), {args.precision}" + (", compiled" if args.compile else ""))
     log.info(f"experiment folder: {plan.exp_root}")
+    if graphs_off is None:
+        log.info("CUDA graphs: on (per patch size and batch: the first iteration eager, the second eager on a side "
+                 "stream and captured, the rest replayed; --no-cuda-graphs trains eagerly)")
+    else:
+        log.info(f"CUDA graphs: off ({graphs_off})")
     bs = t_opt["batch_size_per_gpu"]
     n_pairs = len(plan.train_pairs)
     per_epoch = math.ceil(n_pairs * t_opt["dataset_enlarge_ratio"] / world) // bs
@@ -548,8 +598,14 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
     groups = list(np.cumsum(t_opt["iters"]))
     announced = set()
     amp_dtype = _AMP[args.precision]
-    loss_weight, reduction = tr["pixel_opt"]["loss_weight"], tr["pixel_opt"]["reduction"]
     mix = tr["mixing_augs"]
+    train_step = step_mod.TrainStep(
+        model, net, optimizer, loss_weight=tr["pixel_opt"]["loss_weight"], reduction=tr["pixel_opt"]["reduction"],
+        grad_clip=tr["use_grad_clip"], ema=ema, ema_decay=tr["ema_decay"], amp_dtype=amp_dtype, scaler=scaler,
+        uncached_autocast=backend is not None)
+    run_step = step_mod.GraphedStep(train_step, backend) if backend is not None else train_step
+    pinned = backend is not None and device.type == "cuda"  # a graphed run's copies never wait for the GPU
+    print_freq, save_freq = opt["logger"]["print_freq"], opt["logger"]["save_checkpoint_freq"]
     stop = {"flag": False}
 
     def on_sigint(signum, frame):
@@ -573,7 +629,8 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
             return
         _save_model(plan.exp_root / "models" / f"net_g_{it}.pth", net, ema)
         st = {"format": STATE_FORMAT, "iter": it, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-              "optimizers": [optimizer.state_dict()], "schedulers": [scheduler.state_dict()],
+              "optimizers": [with_float_lrs(optimizer.state_dict())],
+              "schedulers": [with_float_lrs(scheduler.state_dict())],
               "scaler": scaler.state_dict() if scaler is not None else None, "manual_seed": seed,
               "world_size": world, "rng": snaps,
               "data": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "worker_seed_base": seed,
@@ -608,7 +665,7 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
                 warm = warmup_lrs(optimizer, current_iter, tr["warmup_iter"])
                 if warm is not None:
                     for g, lr in zip(optimizer.param_groups, warm):
-                        g["lr"] = lr
+                        set_lr(g, lr)
 
                 j = _phase(current_iter, groups)
                 mini_gt, mini_bs = t_opt["gt_sizes"][j], t_opt["mini_batch_sizes"][j]
@@ -626,59 +683,39 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
                     y0 = int((gs - mini_gt) * loop_rng.random())
                     lq = lq[:, :, x0:x0 + mini_gt, y0:y0 + mini_gt]
                     gt = gt[:, :, x0:x0 + mini_gt, y0:y0 + mini_gt]
-                lq = lq.to(device, non_blocking=True)
-                gt = gt.to(device, non_blocking=True)
+                lq, gt = _to_device(lq, device, pinned), _to_device(gt, device, pinned)
                 if mix["mixup"]:
-                    gt, lq = _mixup(gt, lq, loop_rng, mix["mixup_beta"], mix["use_identity"])
+                    gt, lq = _mixup(gt, lq, loop_rng, mix["mixup_beta"], mix["use_identity"], pinned)
 
-                optimizer.zero_grad(set_to_none=True)
-                ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                with ctx:
-                    out = model(lq)
-                loss = loss_weight * F.l1_loss(out.float(), gt, reduction=reduction)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if tr["use_grad_clip"]:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_MAX_NORM)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if tr["use_grad_clip"]:
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_MAX_NORM)
-                    optimizer.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        ema_params = dict(ema.named_parameters())
-                        for k, p in net.named_parameters():
-                            ema_params[k].mul_(tr["ema_decay"]).add_(p, alpha=1 - tr["ema_decay"])
-                loss_value = loss.detach()
+                loss_value = run_step(lq, gt)  # the loss stays on the device: read at print time only
 
                 now = time.time()
                 rate = (current_iter - start_iter) / max(now - t0, 1e-9)
-                if current_iter % opt["logger"]["print_freq"] == 0:
+                if current_iter % print_freq == 0:
                     lv = loss_value.clone()
                     if plan.dist:
                         import torch.distributed as dist
 
                         dist.all_reduce(lv)
                         lv /= world
-                    lr = optimizer.param_groups[0]["lr"]
+                    lr = float(optimizer.param_groups[0]["lr"])
                     log.info(f"[epoch {epoch} iter {current_iter}/{total}] lr {lr:.3e} l_pix {lv.item():.4e} "
                              f"{rate:.2f} it/s ETA {_fmt_eta((total - current_iter) / rate)}")
                     log.record("train", current_iter, {"epoch": epoch, "lr": lr, "l_pix": lv.item(), "it_per_s": rate})
                 elif log.tty and now - last_print > 0.5:
                     last_print = now
                     log.bar(f"iter {current_iter}/{total} l_pix {loss_value.item():.4e} "
-                            f"lr {optimizer.param_groups[0]['lr']:.3e} {rate:.2f} it/s "
+                            f"lr {float(optimizer.param_groups[0]['lr']):.3e} {rate:.2f} it/s "
                             f"ETA {_fmt_eta((total - current_iter) / rate)}")
-                if current_iter % opt["logger"]["save_checkpoint_freq"] == 0:
+                if current_iter % save_freq == 0:
                     save(current_iter)
                 if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
                     _run_validation(plan, net, ema, log, current_iter)
-                if _stop_requested(stop, plan, device):
-                    if current_iter % opt["logger"]["save_checkpoint_freq"] != 0:
+                # under DDP the processes agree at print and save points only (an all-reduce and a
+                # host read): every process checks at the same iterations, so all stop at the same one
+                checkpoint = current_iter % print_freq == 0 or current_iter % save_freq == 0
+                if (checkpoint or not plan.dist) and _stop_requested(stop, plan, device):
+                    if current_iter % save_freq != 0:
                         save(current_iter)
                     log.info(f"interrupted at iter {current_iter}: resume with --set "
                              f"path.resume_state={plan.exp_root / 'training_states' / f'{current_iter}.state'} "
