@@ -292,3 +292,18 @@ def test_cuda_graphs_give_what_eager_gives(precision):
     out = derain_tensor(g, img, precision=precision, tile=32, tile_overlap=8)
     assert g.stats["captures"] == 1 and g.stats["replays"] > 1
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_replaced_submodule_drops_every_graph():
+    """A submodule swapped in (what ``patch()`` does) brings tensors the graphs never read."""
+    g, model, backend = _graphed()
+    x = randn(1, 3, 8, 8, seed=10)
+    with torch.no_grad():
+        g(x)
+        g(x)
+        assert g.stats["captures"] == 1
+        torch.manual_seed(1)
+        model.conv = nn.Conv2d(3, 3, 3, padding=1)
+        out = g(x)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    assert g.graph_keys == [] and backend.released == 1
