@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -484,3 +485,17 @@ def test_saved_bytes_are_reproducible():
 
     attn = R.Attention(96, 2, False)
     assert len({saved_tensor_bytes(attn, (4, 96, 64, 64)) for _ in range(10)}) == 1
+
+
+
+# --------------------------------------------------------------------------------------------
+# README's tables
+# --------------------------------------------------------------------------------------------
+
+
+def test_readme_figures_tables_are_current():
+    """README's figures tables are what ``python scripts/readme_tables.py`` writes from the code now."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tables = bench.format_readme_tables(bench.readme_figures())
+    assert bench.replace_readme_tables(readme, tables) == readme, (
+        "README.md's figures tables are out of date: run python scripts/readme_tables.py")
