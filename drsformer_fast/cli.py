@@ -8,6 +8,7 @@
     drsformer-fast score          PSNR/SSIM of existing results against targets, as the paper's
                                   MATLAB scripts (or BasicSR) compute them; no model, no GPU
     drsformer-fast train          train from an options file of the original (drsformer_fast.training)
+    drsformer-fast plot           training curves of an experiment (its train_log.jsonl) as a PNG
 
 ``python -m drsformer_fast`` is the same command.
 
@@ -86,6 +87,14 @@ def _bench(args, argv) -> int:
             bench.check_output_path(path, option)
         except bench.BenchError as exc:
             return _error(exc)
+    if args.plots:
+        from . import plots
+
+        try:
+            plots.require()
+            plots.check_folder(args.plots)
+        except plots.PlotError as exc:
+            return _error(exc)
     progress = bench.progress_to_stderr
     if _has_cuda() and not args.interpreter:
         scenarios = args.shapes or bench.parse_scenarios(bench.GPU_SCENARIOS)
@@ -134,6 +143,9 @@ def _bench(args, argv) -> int:
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(text + "\n")
+    if args.plots:
+        written = plots.plot(result, args.plots)
+        print(f"plots: {', '.join(written) if written else 'none (no measurement to draw)'}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -648,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no-GPU path: timed calls per model and scenario of the host-cost measurement "
                         "(drsformer_fast.hostcost; default 10, 0 leaves it out)")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON (on a GPU: after every measurement)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="draw PNGs into DIR (created if needed; needs matplotlib: the 'plots' extra): without a "
+                        "GPU bytes moved, launches, bytes saved for backward and host ms, original vs fast; "
+                        "with one the median ms per implementation and scenario")
     p.add_argument("--markdown", metavar="PATH", help="write the result table(s) as markdown")
     p = sub.add_parser("derain", help="derain images (files or folders) with a checkpoint; writes PNGs")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png, jpg, jpeg, bmp)")
@@ -712,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _stderr(f"drsformer-fast {args.command}: interrupted")
         return 130
-    if args.command == "train":
+    if args.command in ("train", "plot"):
         from .training import run as run_train
 
         return run_train(args)

@@ -487,10 +487,89 @@ def test_saved_bytes_are_reproducible():
     assert len({saved_tensor_bytes(attn, (4, 96, 64, 64)) for _ in range(10)}) == 1
 
 
+# --------------------------------------------------------------------------------------------
+# plots (--plots) and README's tables
+# --------------------------------------------------------------------------------------------
 
-# --------------------------------------------------------------------------------------------
-# README's tables
-# --------------------------------------------------------------------------------------------
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _figures_row(scale: float, training: bool) -> dict:
+    row = {"saved_bytes": int(700e6 * scale) if training else None, "bytes_forward": int(2.3e9 * scale),
+           "launches_forward": int(80 * scale)}
+    if training:
+        row.update(bytes_forward_backward=int(6.8e9 * scale), launches_forward_backward=int(210 * scale))
+    return row
+
+
+def _synthetic_figures_result() -> dict:
+    """A no-GPU result in the shape of ``run_figures``'s (with a host-cost entry), hand-made."""
+    blocks = [{"shape": "infer256-enc1-1x48x256x256", "scenario": "infer256", "level": "enc1", "block": kind,
+               "input": [1, 48, 256, 256], "original": _figures_row(s, True), "fast": _figures_row(s / 5, True)}
+              for kind, s in (("layernorm", 0.05), ("attention", 0.3), ("feedforward", 0.6), ("block", 1.0))]
+    mefc = [{"shape": "infer256-enc0-1x48x256x256", "scenario": "infer256", "level": "enc0", "block": "mefc",
+             "input": [1, 48, 256, 256], "original": _figures_row(2.0, True), "fast": _figures_row(0.3, True)}]
+    whole = [{"scenario": "infer256", "kind": "inference", "input": [1, 3, 256, 256],
+              "original": _figures_row(40, False), "fast": _figures_row(8, False)},
+             {"scenario": "train2x128", "kind": "training", "input": [2, 3, 128, 128],
+              "original": _figures_row(20, True), "fast": None, "fast_unavailable": "not in this build"}]
+    host = {"rows": [{"scenario": "infer", "shape": [1, 3, 8, 8], "pass": "forward", "original_host_ms": 150.0,
+                      "fast_host_ms": 80.0}]}
+    return {"mode": "no-gpu", "model": {"variant": "with-mefc", "config": bench.model_config("with-mefc")},
+            "blocks": blocks, "mefc": mefc, "whole_model": whole, "host_cost": host}
+
+
+def _assert_pngs(paths, names):
+    assert sorted(p.rsplit("/", 1)[-1] for p in paths) == sorted(names)
+    for path in paths:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        assert len(data) > 1000 and data.startswith(PNG_SIGNATURE), path
+
+
+def test_plots_of_the_figures_and_of_gpu_timings(tmp_path):
+    pytest.importorskip("matplotlib")
+    from drsformer_fast import plots
+
+    written = plots.plot(_synthetic_figures_result(), str(tmp_path / "figures"))
+    _assert_pngs(written, ["bytes_moved.png", "launches.png", "saved_for_backward.png", "host_cost.png"])
+
+    rows = [{"scenario": sc, "shape": [1, 3, 256, 256], "dtype": dt, "implementation": impl, "status": "ok",
+             "median_ms": ms, "peak_memory_bytes": 1} for sc in ("infer256", "train4x128") for dt in ("fp32", "bf16")
+            for impl, ms in (("original", 80.0), ("fast", 20.0), ("fast-graphed", 9.0))]
+    rows.append({"scenario": "infer512", "shape": [1, 3, 512, 512], "dtype": "bf16", "implementation": "fast",
+                 "status": "oom", "error": "out of memory"})
+    bench._add_speedups(rows)
+    written = plots.plot({"mode": "gpu", "environment": {"device": "NVIDIA H100"}, "results": rows},
+                         str(tmp_path / "gpu"))
+    _assert_pngs(written, ["gpu_median_ms.png"])
+    assert plots.plot({"mode": "gpu", "results": rows[-1:]}, str(tmp_path / "none")) == []
+
+
+def test_bench_plots_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``--plots DIR`` draws the result the run produced (the figures stubbed: a hand-made result)."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "_has_cuda", lambda: False)
+    monkeypatch.setattr(cli, "_ensure_interpreter", lambda argv: None)
+    result = _synthetic_figures_result()
+    del result["host_cost"]
+    monkeypatch.setattr(bench, "run_figures", lambda *a, **kw: {
+        **result, "note": bench.TIMING_NOTE, "methods": {}, "environment": {"date": "today", "torch": "x"}})
+    folder = tmp_path / "a" / "plots"
+    assert cli.main(["bench", "--skip-selfcheck", "--host-cost-repeats", "0", "--plots", str(folder)]) == 0
+    assert "plots: " in capsys.readouterr().err
+    _assert_pngs([str(p) for p in folder.iterdir()], ["bytes_moved.png", "launches.png", "saved_for_backward.png"])
+
+
+def test_bench_plots_into_a_file_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run_figures", lambda *a, **kw: pytest.fail("work started"))
+    monkeypatch.setattr(bench, "run_gpu", lambda *a, **kw: pytest.fail("work started"))
+    afile = tmp_path / "file.png"
+    afile.write_bytes(b"x")
+    for target in (afile, afile / "plots"):
+        assert cli.main(["bench", "--interpreter", "--plots", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--plots" in err and "Traceback" not in err, err
 
 
 def test_readme_figures_tables_are_current():
