@@ -1,7 +1,8 @@
 """`drsformer-fast train`: the original options file, every user error, a few iterations of a tiny
 model on synthetic rainy images, checkpoints, exact resume (explicit, and after Ctrl-C), the
-learning rates of the original schedules, two gloo processes under torchrun, and the loop with CUDA
-graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two).
+learning rates of the original schedules, two gloo processes under torchrun, the loop with CUDA
+graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two), one
+validation per iteration and a finished run left alone.
 
 The model runs its plain-PyTorch path (``torch_path``): the kernels are tested elsewhere; here the
 training plumbing is."""
@@ -542,6 +543,107 @@ def test_validation_scores_with_the_papers_protocol(data, tmp_path, capsys, monk
     assert vals and [p for p, _ in calls] == ["matlab-did"] * 2 * len(vals)  # the two validation images each time
     for i, val in enumerate(vals):
         assert val["psnr"] == pytest.approx((calls[2 * i][1] + calls[2 * i + 1][1]) / 2, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# What a run shows: validation images, best values, wandb, no repeated work, the curves
+# --------------------------------------------------------------------------------------------
+
+
+class FakeWandb:
+    """A stand-in ``wandb`` module that records its calls."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        return type("Run", (), {"id": kwargs.get("id", "generated-id")})()
+
+    def log(self, data, step=None):
+        self.calls.append(("log", dict(data), step))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def _visible_options(data: Path, name: str) -> dict:
+    """The tiny configuration validated at 3 (and, at the end, 4) with PSNR and SSIM, states at 2
+    and 4, validation images saved, wandb asked for."""
+    opt = _tiny_options(data, name)
+    opt["val"].update(val_freq=3, save_img=True)
+    opt["val"]["metrics"]["ssim"] = {"type": "calculate_ssim", "crop_border": 0, "test_y_channel": True}
+    opt["logger"]["wandb"] = {"project": "derain-runs", "resume_id": "run-7"}
+    return opt
+
+
+@pytest.fixture(scope="module")
+def visible(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("visible")
+    path = _write(_visible_options(data, "vis"), root / "o.yml")
+    from drsformer_fast import _dispatch
+
+    fake = FakeWandb()
+    available, _, reason = _dispatch._kernels_state()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_dispatch, "_STATE", (available, False, reason))
+        mp.setitem(sys.modules, "wandb", fake)
+        mp.chdir(root)
+        torch.set_num_threads(1)
+        assert cli.main(["train", str(path)]) == 0
+    return root, path, fake
+
+
+def _records(exp: Path, kind: str) -> list:
+    return [r for r in map(json.loads, (exp / "train_log.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_validation_runs_once_per_iteration(visible, uninterrupted):
+    root, _, _ = visible
+    assert [r["iter"] for r in _records(root / "experiments/vis", "val")] == [3, 4]  # val_freq 3, then the end
+    root, _ = uninterrupted
+    assert [r["iter"] for r in _records(root / "experiments/tiny", "val")] == [4]  # total_iter a multiple of val_freq
+
+
+def test_running_a_finished_experiment_again_does_nothing(uninterrupted, tmp_path, capsys, monkeypatch):
+    root, path = uninterrupted
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(root / "experiments", tmp_path / "experiments")
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code, out, err = run(capsys, "train", path)
+    assert code == 0, err
+    assert "tiny: already finished at iter 4: nothing to do" in out
+    assert "Validation" not in out and "Resuming" not in out
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written
+
+
+def test_the_state_of_the_last_iteration_is_saved(visible, uninterrupted):
+    """save_checkpoint_freq 2 and total_iter 3: a state at 3 all the same, so running again finds the run finished."""
+    root, _, _ = visible
+    assert sorted(p.name for p in (root / "experiments/vis/training_states").iterdir()) == ["2.state", "4.state"]
+
+
+def test_ctrl_c_at_the_last_iteration_finishes_the_run(uninterrupted, tmp_path, capsys, monkeypatch):
+    root, path = uninterrupted
+    monkeypatch.chdir(tmp_path)
+    real = trainer.warmup_lrs
+
+    def interrupt_at_4(optimizer, current_iter, warmup_iter):
+        if current_iter == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(optimizer, current_iter, warmup_iter)
+
+    monkeypatch.setattr(trainer, "warmup_lrs", interrupt_at_4)
+    exp = tmp_path / "experiments/tiny"
+    (exp / "training_states").mkdir(parents=True)
+    (exp / "models").mkdir()
+    shutil.copy(root / "experiments/tiny/models/net_g_2.pth", exp / "models")
+    shutil.copy(root / "experiments/tiny/training_states/2.state", exp / "training_states")
+    code, out, err = run(capsys, "train", path)
+    assert code == 0, err
+    assert "Ctrl-C at the last iteration (4): finishing the run" in out
+    _assert_same(_params(root / "experiments/tiny/models/net_g_latest.pth"), _params(exp / "models/net_g_latest.pth"))
+    assert [r["iter"] for r in _records(exp, "val")] == [4]
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ device from the host per iteration: the loss at ``print_freq`` only (and for the
 progress bar at most every 0.5 s), the rate as ``float(g["lr"])`` when printed or saved. Under DDP
 a Ctrl-C is agreed on (an all-reduce read on the host) at print and save points only: every process
 checks at the same iterations, so all stop, and save, at the first such point after it.
+
+Validation (``val``) runs every ``val_freq`` iterations and once at the end unless the last
+iteration was just validated. The state of the last iteration is always saved, and a run resumed
+from it (the same command again) says that the experiment is finished and exits 0 without writing
+anything.
 """
 
 from __future__ import annotations
@@ -494,6 +499,11 @@ def _broadcast(obj, plan: Plan):
 def _train(plan: Plan, opt, args, t_opt, tr, device) -> int:
     stamp = _broadcast(datetime.datetime.now().strftime("%Y%m%d_%H%M%S"), plan)
     state = _read_state(plan.resume_path) if plan.resume_path is not None else None
+    if state is not None and state["iter"] >= tr["total_iter"]:
+        if plan.rank == 0:
+            print(f"{opt['name']}: already finished at iter {state['iter']}: nothing to do (train.total_iter "
+                  f"{tr['total_iter']}, state {plan.resume_path})", flush=True)
+        return 0
     seed = opt["manual_seed"]
     if seed is None:
         seed = state["manual_seed"] if state is not None else _broadcast(random.randint(1, 10000), plan)
@@ -644,6 +654,7 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     start_iter, t0 = current_iter, time.time()
     last_print = 0.0
+    validated = saved = None  # the last iterations validated and saved
     loss_value = torch.zeros((), device=device)
     try:
         while current_iter < total:
@@ -709,12 +720,17 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
                             f"ETA {_fmt_eta((total - current_iter) / rate)}")
                 if current_iter % save_freq == 0:
                     save(current_iter)
+                    saved = current_iter
                 if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
                     _run_validation(plan, net, ema, log, current_iter)
+                    validated = current_iter
                 # under DDP the processes agree at print and save points only (an all-reduce and a
                 # host read): every process checks at the same iterations, so all stop at the same one
                 checkpoint = current_iter % print_freq == 0 or current_iter % save_freq == 0
                 if (checkpoint or not plan.dist) and _stop_requested(stop, plan, device):
+                    if current_iter >= total:  # nothing left to interrupt: the run ends as usual
+                        log.info(f"Ctrl-C at the last iteration ({current_iter}): finishing the run")
+                        break
                     if current_iter % save_freq != 0:
                         save(current_iter)
                     log.info(f"interrupted at iter {current_iter}: resume with --set "
@@ -727,8 +743,10 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
         log.info(f"End of training ({elapsed}). Saving models/net_g_latest.pth")
         if rank == 0:
             _save_model(plan.exp_root / "models" / "net_g_latest.pth", net, ema)
-        if opt.get("val") is not None:
+        if opt.get("val") is not None and validated != current_iter:
             _run_validation(plan, net, ema, log, current_iter)
+        if saved != current_iter:  # a state of the last iteration: running again finds the run finished
+            save(current_iter)
         return 0
     finally:
         if previous is not None:
