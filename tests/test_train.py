@@ -1,8 +1,9 @@
 """`drsformer-fast train`: the original options file, every user error, a few iterations of a tiny
 model on synthetic rainy images, checkpoints, exact resume (explicit, and after Ctrl-C), the
 learning rates of the original schedules, two gloo processes under torchrun, the loop with CUDA
-graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two), one
-validation per iteration and a finished run left alone.
+graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two) and what a
+run shows (validation images, best values, wandb on a stand-in module, one validation per iteration,
+a finished run left alone).
 
 The model runs its plain-PyTorch path (``torch_path``): the kernels are tested elsewhere; here the
 training plumbing is."""
@@ -603,6 +604,109 @@ def test_validation_runs_once_per_iteration(visible, uninterrupted):
     assert [r["iter"] for r in _records(root / "experiments/vis", "val")] == [3, 4]  # val_freq 3, then the end
     root, _ = uninterrupted
     assert [r["iter"] for r in _records(root / "experiments/tiny", "val")] == [4]  # total_iter a multiple of val_freq
+
+
+def test_validation_images_are_saved_where_the_original_saves_them(visible, data, uninterrupted):
+    from drsformer_fast.imageio import read_image, to_uint8
+    from drsformer_fast.inference import pad_to_multiple
+
+    root, _, _ = visible
+    vis = root / "experiments/vis/visualization"
+    assert sorted(p.relative_to(vis).as_posix() for p in vis.rglob("*")) == [
+        "rain-0", "rain-0/rain-0_3.png", "rain-0/rain-0_4.png", "rain-1", "rain-1/rain-1_3.png", "rain-1/rain-1_4.png"]
+    model = load_checkpoint(root / "experiments/vis/models/net_g_4.pth", use_ema=True).eval()  # validated with EMA
+    for i, (h, w) in enumerate([(13, 17), (16, 11)]):
+        img = Image.open(vis / f"rain-{i}/rain-{i}_4.png")
+        assert img.mode == "RGB" and img.size == (w, h)
+        with torch.no_grad():
+            out = model(pad_to_multiple(read_image(data / f"val/input/rain-{i}.png")[None], 8))[..., :h, :w]
+        np.testing.assert_array_equal(np.asarray(img), to_uint8(out))
+    assert not (uninterrupted[0] / "experiments/tiny/visualization").exists()  # save_img: false
+
+
+def _best_of(vals: list, metric: str) -> dict:
+    best = None
+    for r in vals:
+        if best is None or r[metric] > best["value"]:
+            best = {"value": r[metric], "iter": r["iter"]}
+    return best
+
+
+def test_best_values_are_logged_saved_in_the_state_and_as_a_model(visible):
+    root, _, _ = visible
+    exp = root / "experiments/vis"
+    vals = _records(exp, "val")
+    expected = {m: _best_of(vals, m) for m in ("psnr", "ssim")}
+    state = torch.load(exp / "training_states/4.state", weights_only=True)  # saved after the last validation
+    assert state["best"] == expected
+    assert torch.load(exp / "training_states/2.state", weights_only=True)["best"] == {}
+    log = _log_text(exp)
+    p, s = expected["psnr"], expected["ssim"]
+    assert f"best PSNR {p['value']:.4f} dB at iter {p['iter']}, best SSIM {s['value']:.4f} at iter {s['iter']}" in log
+    improvements = sum(r["psnr"] > max([v["psnr"] for v in vals[:i]], default=-math.inf) for i, r in enumerate(vals))
+    assert log.count("saved models/net_g_best.pth") == improvements >= 1
+    best = torch.load(exp / "models/net_g_best.pth", weights_only=True)
+    assert set(best) == {"params", "params_ema"}
+    if p["iter"] == 4:
+        _assert_same(best["params_ema"], _params(exp / "models/net_g_4.pth", "params_ema"))
+    load_checkpoint(exp / "models/net_g_best.pth", use_ema=True)
+
+
+def test_resume_keeps_the_best_values(visible, tmp_path, capsys, monkeypatch):
+    """A state whose best PSNR no later validation beats: the resumed run keeps it, its iteration
+    and writes no net_g_best.pth; SSIM, beaten, moves on."""
+    root, path, _ = visible
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    exp = tmp_path / "experiments/vis"
+    (exp / "training_states").mkdir(parents=True)
+    (exp / "models").mkdir()
+    shutil.copy(root / "experiments/vis/models/net_g_2.pth", exp / "models")
+    state = torch.load(root / "experiments/vis/training_states/2.state", weights_only=True)
+    state["best"] = {"psnr": {"value": 99.0, "iter": 2}, "ssim": {"value": -1.0, "iter": 2}}
+    torch.save(state, exp / "training_states/2.state")
+    code, out, err = run(capsys, "train", path)
+    assert code == 0, err
+    assert "Resuming automatically" in out
+    final = torch.load(exp / "training_states/4.state", weights_only=True)["best"]
+    vals = _records(exp, "val")
+    assert final == {"psnr": {"value": 99.0, "iter": 2}, "ssim": _best_of(vals, "ssim")}
+    assert "best PSNR 99.0000 dB at iter 2" in out and not (exp / "models/net_g_best.pth").exists()
+    # wandb asked for but not installed: said once, training goes on
+    assert out.count("logger.wandb is set but wandb is not installed: not logging to wandb") == 1
+
+
+def test_wandb_gets_the_records(visible):
+    root, _, fake = visible
+    (init, kwargs), *logs, finish = fake.calls
+    assert init == "init" and finish == ("finish",)
+    assert kwargs["project"] == "derain-runs" and kwargs["id"] == "run-7" and kwargs["resume"] == "allow"
+    assert kwargs["name"] == "vis" and kwargs["config"]["val"]["save_img"] is True
+    exp = root / "experiments/vis"
+    train = [(c[2], c[1]) for c in logs if "losses/l_pix" in c[1]]
+    assert [(r["iter"], r["l_pix"], r["lr"]) for r in _records(exp, "train")] == \
+        [(step, d["losses/l_pix"], d["losses/lr"]) for step, d in train]
+    val = [(c[2], c[1]) for c in logs if "metrics/psnr" in c[1]]
+    assert [(r["iter"], r["psnr"], r["ssim"]) for r in _records(exp, "val")] == \
+        [(step, d["metrics/psnr"], d["metrics/ssim"]) for step, d in val]
+    assert "logger.wandb: logging to wandb project derain-runs, run id run-7 (resumed)" in _log_text(exp)
+
+
+def test_wandb_without_resume_id_starts_a_new_run(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    opt = _tiny_options(data, "new", iters=[1])
+    opt["datasets"]["train"].update(mini_batch_sizes=[2], gt_sizes=[16])
+    opt["train"].update(total_iter=1)
+    opt["train"]["scheduler"]["periods"] = [1, 1]
+    opt["logger"]["wandb"]["project"] = "p"
+    del opt["val"]
+    code, out, err = run(capsys, "train", _write(opt, tmp_path / "o.yml"))
+    assert code == 0, err
+    assert fake.calls[0] == ("init", {"project": "p", "name": "new", "config": fake.calls[0][1]["config"]})
+    assert "logging to wandb project p, run id generated-id" in out
+    assert [c[0] for c in fake.calls] == ["init", "log", "finish"]
 
 
 def test_running_a_finished_experiment_again_does_nothing(uninterrupted, tmp_path, capsys, monkeypatch):

@@ -29,10 +29,21 @@ progress bar at most every 0.5 s), the rate as ``float(g["lr"])`` when printed o
 a Ctrl-C is agreed on (an all-reduce read on the host) at print and save points only: every process
 checks at the same iterations, so all stop, and save, at the first such point after it.
 
-Validation (``val``) runs every ``val_freq`` iterations and once at the end unless the last
-iteration was just validated. The state of the last iteration is always saved, and a run resumed
-from it (the same command again) says that the experiment is finished and exits 0 without writing
-anything.
+Validation (``val``, every ``val_freq`` iterations and once at the end unless the last iteration
+was just validated) runs on rank 0 with the EMA weights when there are any. It logs the mean of each
+metric and the best value of each so far with its iteration; the best values are kept in the
+training states (a resumed run continues them), and when the first PSNR metric improves the weights
+are written to ``models/net_g_best.pth`` (the format of the other ``net_g`` files). With
+``val.save_img: true`` each derained validation image is written where the original writes it,
+``visualization/<image stem>/<image stem>_<iter>.png`` (8-bit RGB). The state of the last
+iteration is always saved, and a run resumed from it (the same command again) says that the
+experiment is finished and exits 0 without writing anything.
+
+Records (``train_log.jsonl``, and TensorBoard/wandb when asked for and installed): ``train`` at
+``print_freq`` (``lr``, ``l_pix``, ``epoch``, ``it_per_s``), ``val`` per validation (one value per
+metric). ``logger.wandb.project`` logs them to that wandb project (``logger.wandb.resume_id``
+continues a run, as the original); without wandb installed the log says so once and training goes
+on.
 """
 
 from __future__ import annotations
@@ -290,7 +301,8 @@ def _rng_restore(s: dict, loop_rng: random.Random, device: torch.device) -> None
 
 
 class _Log:
-    """Log file + stdout (rank 0), JSON lines, TensorBoard when installed, a progress bar on a terminal."""
+    """Log file + stdout (rank 0), JSON lines, TensorBoard and wandb when installed and asked for, a
+    progress bar on a terminal."""
 
     def __init__(self, plan: Plan, stamp: str):
         self.on = plan.rank == 0
@@ -298,6 +310,7 @@ class _Log:
         self.file = None
         self.jsonl = None
         self.tb = None
+        self.wandb = None
         self._bar = False
         if not self.on:
             return
@@ -313,6 +326,35 @@ class _Log:
             except ImportError:
                 self.info("use_tb_logger: TensorBoard is not installed; the metrics are in "
                           f"{self.jsonl_path} (JSON lines)")
+        if (plan.opt["logger"].get("wandb") or {}).get("project") is not None:
+            self._init_wandb(plan.opt)
+
+    def _init_wandb(self, opt: dict) -> None:
+        """The original's ``init_wandb_logger``: a run in ``logger.wandb.project`` named after the
+        experiment, continuing the run ``logger.wandb.resume_id`` when given; not for experiments
+        named ``*debug*`` (as TensorBoard, and as the original)."""
+        w = opt["logger"]["wandb"]
+        if "debug" in opt["name"]:
+            self.info("logger.wandb: not logging to wandb for a debug experiment (its name contains 'debug')")
+            return
+        try:
+            import wandb
+        except ImportError:
+            self.info("logger.wandb is set but wandb is not installed: not logging to wandb")
+            return
+        kwargs = {"project": w["project"], "name": opt["name"], "config": opt}
+        if w.get("resume_id"):
+            kwargs.update(id=w["resume_id"], resume="allow")
+        try:
+            run = wandb.init(**kwargs)
+        except Exception as exc:  # a login or network problem must not stop the training
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.info(f"logger.wandb: wandb.init failed ({first}): not logging to wandb")
+            return
+        self.wandb = wandb
+        run_id = getattr(run, "id", None) or w.get("resume_id")
+        self.info(f"logger.wandb: logging to wandb project {w['project']}" + (f", run id {run_id}" if run_id else "")
+                  + (" (resumed)" if w.get("resume_id") else ""))
 
     def info(self, msg: str) -> None:
         if not self.on:
@@ -330,10 +372,13 @@ class _Log:
             return
         self.jsonl.write(json.dumps({"kind": kind, "iter": it, **values}) + "\n")
         self.jsonl.flush()
+        scalars = {f"{'losses' if kind == 'train' else 'metrics'}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float))}
         if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{'losses' if kind == 'train' else 'metrics'}/{k}", v, it)
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, it)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=it)
 
     def bar(self, text: str) -> None:
         if self.tty:
@@ -349,6 +394,8 @@ class _Log:
                 f.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -413,8 +460,36 @@ def _mixup(gt, lq, rng: random.Random, beta: float, use_identity: bool, pinned: 
     return lam * gt + (1 - lam) * gt[idx], lam * lq + (1 - lam) * lq[idx]
 
 
+def _selection_metric(metrics: dict) -> str | None:
+    """The metric whose improvement writes ``models/net_g_best.pth``: the first PSNR."""
+    return next((m for m, mopt in metrics.items() if mopt["type"] == "calculate_psnr"), None)
+
+
+def _update_best(plan: Plan, results: dict, best: dict, current_iter: int, net, ema, log: _Log) -> None:
+    """Updates ``best`` ({metric: {"value", "iter"}}, kept in the training states) with a validation's
+    ``results``, logs the best values and writes ``models/net_g_best.pth`` when the PSNR improved."""
+    metrics = plan.opt["val"].get("metrics") or {}
+    for m, v in results.items():
+        if math.isnan(v):
+            continue
+        if m not in best or v > best[m]["value"]:
+            best[m] = {"value": float(v), "iter": current_iter}
+    if not best:
+        return
+    key = _selection_metric(metrics)
+    improved = key is not None and key in best and best[key]["iter"] == current_iter
+    if improved:
+        _save_model(plan.exp_root / "models" / "net_g_best.pth", net, ema)
+    parts = []
+    for m, b in best.items():
+        label = m.upper() if m.lower() in ("psnr", "ssim") else m
+        unit = " dB" if m in metrics and metrics[m]["type"] == "calculate_psnr" else ""
+        parts.append(f"best {label} {b['value']:.4f}{unit} at iter {b['iter']}")
+    log.info(", ".join(parts) + ("; saved models/net_g_best.pth" if improved else ""))
+
+
 def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
-    from ..imageio import to_uint8
+    from ..imageio import to_uint8, write_png
     from ..inference import pad_to_multiple
     from ..metrics import calculate_psnr, calculate_ssim, score_pair
 
@@ -433,6 +508,14 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
             h, w = lq.shape[-2:]
             x = pad_to_multiple(lq, ws) if ws else lq
             out = net(x)[..., :h, :w].float()
+            if vopt["save_img"]:  # the original's path: visualization/<stem>/<stem>_<iter>.png
+                stem = item["name"]
+                folder = plan.exp_root / "visualization" / stem
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{stem}_{current_iter}.png"
+                tmp = path.with_name(f".tmp-{path.name}")
+                write_png(tmp, to_uint8(out))
+                os.replace(tmp, path)
             if vopt["use_image"]:
                 sr, gt = to_uint8(out), to_uint8(item["gt"])
             else:
@@ -558,12 +641,14 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
 
     current_iter, epoch, batch_in_epoch = 0, 0, 0
+    best: dict = {}  # validation metric -> {"value", "iter"} of its best value so far
     if state is not None:
         optimizer.load_state_dict(state["optimizers"][0])
         scheduler.load_state_dict(state["schedulers"][0])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         current_iter, epoch, batch_in_epoch = state["iter"], state["epoch"], state["batch_in_epoch"]
+        best = {m: dict(b) for m, b in (state.get("best") or {}).items()}
         rngs = state["rng"]
         if state["world_size"] == world:
             _rng_restore(rngs[rank], loop_rng, device)
@@ -642,7 +727,7 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
               "optimizers": [with_float_lrs(optimizer.state_dict())],
               "schedulers": [with_float_lrs(scheduler.state_dict())],
               "scaler": scaler.state_dict() if scaler is not None else None, "manual_seed": seed,
-              "world_size": world, "rng": snaps,
+              "world_size": world, "rng": snaps, "best": best,
               "data": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "worker_seed_base": seed,
                        "sample_seed": [seed, "epoch", "position"]}}
         path = plan.exp_root / "training_states" / f"{it}.state"
@@ -718,12 +803,13 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
                     log.bar(f"iter {current_iter}/{total} l_pix {loss_value.item():.4e} "
                             f"lr {float(optimizer.param_groups[0]['lr']):.3e} {rate:.2f} it/s "
                             f"ETA {_fmt_eta((total - current_iter) / rate)}")
+                # validation before the state of the same iteration, so that the state holds its best
+                if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
+                    _run_validation(plan, net, ema, log, current_iter, best)
+                    validated = current_iter
                 if current_iter % save_freq == 0:
                     save(current_iter)
                     saved = current_iter
-                if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
-                    _run_validation(plan, net, ema, log, current_iter)
-                    validated = current_iter
                 # under DDP the processes agree at print and save points only (an all-reduce and a
                 # host read): every process checks at the same iterations, so all stop at the same one
                 checkpoint = current_iter % print_freq == 0 or current_iter % save_freq == 0
@@ -744,7 +830,8 @@ def _loop(plan, opt, args, t_opt, tr, device, seed, state, log: _Log, stamp) -> 
         if rank == 0:
             _save_model(plan.exp_root / "models" / "net_g_latest.pth", net, ema)
         if opt.get("val") is not None and validated != current_iter:
-            _run_validation(plan, net, ema, log, current_iter)
+            _run_validation(plan, net, ema, log, current_iter, best)
+            saved = None  # the state holds the best of this validation too
         if saved != current_iter:  # a state of the last iteration: running again finds the run finished
             save(current_iter)
         return 0
@@ -777,10 +864,11 @@ def _stop_requested(stop: dict, plan: Plan, device) -> bool:
     return bool(flag.item())
 
 
-def _run_validation(plan: Plan, net, ema, log: _Log, current_iter: int) -> Any:
+def _run_validation(plan: Plan, net, ema, log: _Log, current_iter: int, best: dict) -> Any:
     # the original validates on rank 0 only (its dist_validation), with the EMA weights when there are any
     if plan.rank == 0:
-        _validate_model(ema if ema is not None else net, plan, log, current_iter)
+        results = _validate_model(ema if ema is not None else net, plan, log, current_iter)
+        _update_best(plan, results, best, current_iter, net, ema, log)
     if plan.dist:
         import torch.distributed as dist
 
