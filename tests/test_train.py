@@ -1,9 +1,9 @@
 """`drsformer-fast train`: the original options file, every user error, a few iterations of a tiny
 model on synthetic rainy images, checkpoints, exact resume (explicit, and after Ctrl-C), the
 learning rates of the original schedules, two gloo processes under torchrun, the loop with CUDA
-graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two) and what a
-run shows (validation images, best values, wandb on a stand-in module, one validation per iteration,
-a finished run left alone).
+graphs on a stand-in capture backend (bit for bit the eager loop; resume across the two), what a run
+shows (validation images, best values, wandb on a stand-in module, one validation per iteration, a
+finished run left alone) and ``drsformer-fast plot``.
 
 The model runs its plain-PyTorch path (``torch_path``): the kernels are tested elsewhere; here the
 training plumbing is."""
@@ -748,6 +748,57 @@ def test_ctrl_c_at_the_last_iteration_finishes_the_run(uninterrupted, tmp_path, 
     assert "Ctrl-C at the last iteration (4): finishing the run" in out
     _assert_same(_params(root / "experiments/tiny/models/net_g_latest.pth"), _params(exp / "models/net_g_latest.pth"))
     assert [r["iter"] for r in _records(exp, "val")] == [4]
+
+
+# --------------------------------------------------------------------------------------------
+# drsformer-fast plot
+# --------------------------------------------------------------------------------------------
+
+
+def test_plot_draws_the_curves_of_an_experiment(visible, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    root, _, _ = visible
+    exp = tmp_path / "vis"
+    shutil.copytree(root / "experiments/vis", exp)
+    code, out, err = run(capsys, "plot", exp)
+    assert code == 0, err
+    png = exp / "training_curves.png"
+    assert f"wrote {png} (4 training and 2 validation records" in out and "best psnr" in out
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] >= 1000 and img.size[1] > img.size[0] * 0.6
+    code, out, err = run(capsys, "plot", exp / "train_log.jsonl", "--output", tmp_path / "out/curves.png")
+    assert code == 0, err
+    assert (tmp_path / "out/curves.png").is_file()
+
+
+def test_plot_keeps_the_last_record_of_an_iteration_trained_again(tmp_path):
+    from drsformer_fast.training.plot import read_log
+
+    log = tmp_path / "train_log.jsonl"
+    lines = [{"kind": "train", "iter": 1, "lr": 1e-3, "l_pix": 0.5}, {"kind": "train", "iter": 2, "lr": 1e-3,
+                                                                       "l_pix": 0.4},
+             {"kind": "val", "iter": 2, "psnr": 20.0}, {"kind": "train", "iter": 2, "lr": 1e-3, "l_pix": 0.3},
+             {"kind": "val", "iter": 2, "psnr": 21.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "it')  # a cut-off last line
+    got = read_log(log)
+    assert [(r["iter"], r["l_pix"]) for r in got["train"]] == [(1, 0.5), (2, 0.3)]
+    assert [(r["iter"], r["psnr"]) for r in got["val"]] == [(2, 21.0)]
+
+
+def test_plot_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "other.jsonl").write_text('{"a": 1}\nnot json\n')
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    (tmp_path / "no_log").mkdir()
+    for target, needle in [("missing.jsonl", "not found"), ("empty.jsonl", "empty"),
+                           ("other.jsonl", "no training records"), ("binary.jsonl", "cannot read"),
+                           ("no_log", "no train_log.jsonl")]:
+        code, _, err = run(capsys, "plot", tmp_path / target)
+        assert_user_error(code, err, target, needle)
+    (tmp_path / "train_log.jsonl").write_text('{"kind": "train", "iter": 1, "lr": 0.001, "l_pix": 0.5}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # not installed
+    assert_user_error(*run(capsys, "plot", tmp_path)[::2], "needs matplotlib", "pip install")
+    assert not list(tmp_path.rglob("*.png"))
 
 
 # --------------------------------------------------------------------------------------------

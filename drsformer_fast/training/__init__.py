@@ -1,7 +1,8 @@
 """``drsformer-fast train``: the original DRSformer training recipe (BasicSR options files) on the fast model.
 
 ``options`` reads and checks the options, ``data`` pairs the image folders and makes the crops,
-``schedulers`` has the original's learning-rate schedules, ``trainer`` runs the loop.
+``schedulers`` has the original's learning-rate schedules, ``trainer`` runs the loop, ``plot``
+draws an experiment's training curves (``drsformer-fast plot``).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_plot"]
 
 
 def add_parser(sub) -> None:
-    """The ``train`` subcommand on an ``argparse`` subparsers object."""
+    """The ``train`` and ``plot`` subcommands on an ``argparse`` subparsers object."""
     p = sub.add_parser(
         "train", help="train DRSformer from an options file of the original (e.g. Options/Deraining.yml)",
         description="Train with the original's options file (BasicSR schema): the fast model by default. "
@@ -33,10 +34,40 @@ def add_parser(sub) -> None:
                    help="train eagerly on a GPU: by default each patch size's training step is captured in a CUDA "
                         "graph and replayed (also off with train.cuda_graphs: false, under torchrun, --compile and "
                         "--precision fp16)")
+    p = sub.add_parser(
+        "plot", help="draw the training curves of an experiment (loss, learning rate, validation PSNR/SSIM) as a PNG",
+        description="Draw the training loss and learning rate, and the validation metrics with their best value "
+                    "marked, against iterations, from the train_log.jsonl that train writes (needs matplotlib).")
+    p.add_argument("log", metavar="EXPERIMENT_DIR_or_train_log.jsonl",
+                   help="an experiment folder (experiments/<name>/) or its train_log.jsonl")
+    p.add_argument("--output", "-o", metavar="PNG",
+                   help="where to write the PNG (default: training_curves.png next to the log)")
+
+
+def run_plot(args) -> int:
+    """Run ``plot`` for parsed ``args``; a missing, empty or unreadable log ends with exit code 2 and one line."""
+    from pathlib import Path
+
+    from .plot import DEFAULT_OUTPUT, PlotError, find_log, plot_training
+
+    try:
+        log = find_log(args.log)
+        output = Path(args.output) if args.output else log.parent / DEFAULT_OUTPUT
+        summary = plot_training(log, output)
+    except PlotError as exc:
+        if os.environ.get("DRSFORMER_FAST_DEBUG") == "1":
+            raise
+        return _error(exc)
+    best = ", ".join(f"best {m} {v:.4f} at iter {it}" for m, (v, it) in summary["best"].items())
+    print(f"wrote {output} ({summary['train']} training and {summary['val']} validation records"
+          + (f"; {best}" if best else "") + ")")
+    return 0
 
 
 def run(args) -> int:
-    """Run ``train`` for parsed ``args``; user errors end with exit code 2 and one line on stderr."""
+    """Run ``train`` (or ``plot``) for parsed ``args``; user errors end with exit code 2 and one line on stderr."""
+    if args.command == "plot":
+        return run_plot(args)
     from ..checkpoint import CheckpointError
     from ..imageio import ImageError
     from .options import OptionsError

@@ -43,7 +43,7 @@ Records (``train_log.jsonl``, and TensorBoard/wandb when asked for and installed
 ``print_freq`` (``lr``, ``l_pix``, ``epoch``, ``it_per_s``), ``val`` per validation (one value per
 metric). ``logger.wandb.project`` logs them to that wandb project (``logger.wandb.resume_id``
 continues a run, as the original); without wandb installed the log says so once and training goes
-on.
+on. ``drsformer-fast plot`` (``plot``) draws them.
 """
 
 from __future__ import annotations
