@@ -633,7 +633,9 @@ def run_figures(scenarios: list[Scenario], *, variant: str = "with-mefc", selfch
               "dtype": "fp32", "methods": METHODS, "fast_unavailable": fast_unavailable_reason()}
     if selfcheck:
         device = torch.device("cpu")
-        rows = sc.run(device, [torch.float32, torch.float16])
+        progress("self-check: every fused op against the reference in Triton's interpreter (a few minutes on "
+                 "2 cores)")
+        rows = sc.run(device, [torch.float32, torch.float16], progress=progress)
         result["selfcheck"] = {"rows": [{**asdict(r), "ok": r.ok} for r in rows],
                                "passed": sum(r.ok for r in rows), "total": len(rows),
                                "table": sc.format_rows(rows)}

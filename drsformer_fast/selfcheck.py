@@ -210,10 +210,15 @@ CHECKS: dict[str, Callable] = {
 }
 
 
-def run(device: torch.device, dtypes=(torch.float32, torch.float16)) -> list[Row]:
+def run(device: torch.device, dtypes=(torch.float32, torch.float16),
+        progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Every check's rows; ``progress(line)`` after each case (op, shape, precision) with its time."""
     rows: list[Row] = []
     for check in CHECKS.values():
-        rows.extend(check(device, dtypes))
+        for row in check(device, dtypes):
+            if progress is not None and (not rows or (rows[-1].op, rows[-1].case) != (row.op, row.case)):
+                progress(f"self-check {row.op} {row.case}: {row.seconds:.1f} s")
+            rows.append(row)
     return rows
 
 

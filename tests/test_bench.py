@@ -254,6 +254,7 @@ def test_no_gpu_bench_end_to_end(tmp_path, capsys):
     assert code == 0, captured.err
     assert "Timings need an NVIDIA GPU" in captured.out
     assert "checks within bounds" in captured.out and "| infer256-enc1-1x48x256x256 | attention |" in captured.out
+    assert "self-check layer_norm " in captured.err and "self-check mefc " in captured.err  # progress per case
 
     result = json.loads(out.read_text())
     assert {"mode", "note", "environment", "model", "methods", "selfcheck", "blocks", "whole_model"} <= set(result)
@@ -578,3 +579,17 @@ def test_readme_figures_tables_are_current():
     tables = bench.format_readme_tables(bench.readme_figures())
     assert bench.replace_readme_tables(readme, tables) == readme, (
         "README.md's figures tables are out of date: run python scripts/readme_tables.py")
+
+
+def test_selfcheck_reports_each_case_as_it_ends(monkeypatch):
+    from drsformer_fast import selfcheck
+
+    def check(device, dtypes):
+        for case in ("2x8x5x7 fp32", "2x8x5x7 fp32", "1x3x4x4 fp16"):
+            yield selfcheck.Row("op", case, "dx", 0.0, 0.0, 1.0, 0.5)
+
+    monkeypatch.setattr(selfcheck, "CHECKS", {"op": check})
+    lines = []
+    rows = selfcheck.run(torch.device("cpu"), progress=lines.append)
+    assert len(rows) == 3
+    assert lines == ["self-check op 2x8x5x7 fp32: 0.5 s", "self-check op 1x3x4x4 fp16: 0.5 s"]

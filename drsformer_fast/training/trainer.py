@@ -503,6 +503,7 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
     ds = data_mod.ValPairs(plan.val_pairs)
     with torch.no_grad():
         for i in range(len(ds)):
+            log.bar(f"validation at iter {current_iter}: image {i + 1}/{len(ds)}")  # on a terminal only
             item = ds[i]
             lq = item["lq"][None].to(plan.device)
             h, w = lq.shape[-2:]
