@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import benchmarking
+from .progress import Progress
 
 IMPLEMENTATIONS = ("original", "original-compiled", "original-graphed", "original-reduce-overhead",
                    "fast", "fast-compiled", "fast-graphed", "fast-reduce-overhead")
@@ -627,6 +628,7 @@ def run_figures(scenarios: list[Scenario], *, variant: str = "with-mefc", selfch
     """The no-GPU report: self-check (in Triton's interpreter) and device-independent figures, fp32."""
     from . import selfcheck as sc
 
+    quiet = progress is None
     progress = progress or (lambda line: None)
     result = {"mode": "no-gpu", "note": TIMING_NOTE, "environment": environment(),
               "model": {"variant": variant, "config": model_config(variant)},
@@ -635,7 +637,9 @@ def run_figures(scenarios: list[Scenario], *, variant: str = "with-mefc", selfch
         device = torch.device("cpu")
         progress("self-check: every fused op against the reference in Triton's interpreter (a few minutes on "
                  "2 cores)")
-        rows = sc.run(device, [torch.float32, torch.float16], progress=progress)
+        dtypes = [torch.float32, torch.float16]
+        with Progress(sc.count_cases(dtypes), "self-check", unit="case", quiet=quiet) as bar:
+            rows = sc.run(device, dtypes, progress=bar)
         result["selfcheck"] = {"rows": [{**asdict(r), "ok": r.ok} for r in rows],
                                "passed": sum(r.ok for r in rows), "total": len(rows),
                                "table": sc.format_rows(rows)}

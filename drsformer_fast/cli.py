@@ -71,7 +71,10 @@ def _selfcheck(args, argv) -> int:
     if device.type == "cpu":
         print("No NVIDIA GPU in use: kernels run in Triton's CPU interpreter. Timings need an NVIDIA GPU.")
     dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device.type == "cuda" else [])
-    rows = selfcheck.run(device, dtypes, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    from .progress import Progress
+
+    with Progress(selfcheck.count_cases(dtypes), "self-check", unit="case") as bar:
+        rows = selfcheck.run(device, dtypes, progress=bar)
     print(selfcheck.format_rows(rows))
     bad = [r for r in rows if not r.ok]
     print(f"{len(rows) - len(bad)}/{len(rows)} checks within bounds")

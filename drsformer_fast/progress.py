@@ -29,7 +29,7 @@ class Progress:
     has run that many seconds; ``lines``: write the per-image lines when not on a terminal."""
 
     def __init__(self, total: int, desc: str, *, quiet: bool = False, stream: TextIO | None = None,
-                 delay: float = 0.0, lines: bool = True):
+                 delay: float = 0.0, lines: bool = True, unit: str = "image"):
         self.stream = sys.stderr if stream is None else stream
         self.total = total
         self.quiet = quiet
@@ -44,7 +44,7 @@ class Progress:
         if self.tty and not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="image", file=self.stream, delay=delay, leave=True,
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, delay=delay, leave=True,
                             dynamic_ncols=True)
 
     def begin(self, name: str) -> None:

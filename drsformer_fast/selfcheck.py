@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference as R
+from .progress import Progress
 from .tolerance import bound, relative_errors
 
 
@@ -58,11 +59,29 @@ def compare(op: str, case: str, names: list[str], fast: Callable, ref: Callable,
         yield Row(op, case, name, _rel(a, h), terr, bound(terr, dtype, a.numel()), seconds)
 
 
+LAYER_NORM_CASES = (((2, 48, 13, 17), "WithBias"), ((1, 127, 7, 5), "BiasFree"))
+# (B, d, heads, H, W, bias): C = 48 as in level 1, and C = 8 with biases (k = 4, 5, 6, 6)
+ATTENTION_CASES = ((1, 48, 1, 9, 11, False), (2, 24, 3, 7, 5, True))
+# hidden 21 (odd: the middle group straddles a/b) with biases and a residual; hidden 26 without
+FEED_FORWARD_CASES = (((2, 8, 7, 13), True, True), ((1, 10, 9, 5), False, False))
+
+
+def _attention_case_runs(dtype: torch.dtype, d: int, heads: int) -> bool:
+    # half precision: small C keeps the top-k masks those of float64 (see tests)
+    return dtype == torch.float32 or d // heads <= 8
+
+
+def count_cases(dtypes) -> int:
+    """How many cases :func:`run` checks (one progress step each)."""
+    attention = sum(_attention_case_runs(dt, c[1], c[2]) for dt in dtypes for c in ATTENTION_CASES)
+    return len(dtypes) * (len(LAYER_NORM_CASES) + len(FEED_FORWARD_CASES) + 1) + attention
+
+
 def _layer_norm_rows(device, dtypes) -> Iterator[Row]:
     from .ops import layer_norm
 
     for dtype in dtypes:
-        for (B, C, H, W), ln_type in (((2, 48, 13, 17), "WithBias"), ((1, 127, 7, 5), "BiasFree")):
+        for (B, C, H, W), ln_type in LAYER_NORM_CASES:
             gen = torch.Generator().manual_seed(C)
             x = torch.randn(B, C, H, W, generator=gen) * 2 + 0.5
             w, b = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
@@ -80,11 +99,10 @@ def _layer_norm_rows(device, dtypes) -> Iterator[Row]:
 def _attention_rows(device, dtypes) -> Iterator[Row]:
     from .ops import topk_sparse_attention
 
-    # (B, d, heads, H, W, bias): C = 48 as in level 1, and C = 8 with biases (k = 4, 5, 6, 6)
     for dtype in dtypes:
-        for B, d, heads, H, W, bias in ((1, 48, 1, 9, 11, False), (2, 24, 3, 7, 5, True)):
-            if dtype != torch.float32 and d // heads > 8:
-                continue  # half precision: small C keeps the top-k masks those of float64 (see tests)
+        for B, d, heads, H, W, bias in ATTENTION_CASES:
+            if not _attention_case_runs(dtype, d, heads):
+                continue
             gen = torch.Generator().manual_seed(d)
             x = torch.randn(B, d, H, W, generator=gen)
             params = [torch.randn(3 * d, d, 1, 1, generator=gen) * 0.2,
@@ -116,8 +134,7 @@ def _feed_forward_rows(device, dtypes) -> Iterator[Row]:
     from .ops import mixed_scale_feed_forward
 
     for dtype in dtypes:
-        # hidden 21 (odd: the middle group straddles a/b) with biases and a residual; hidden 26 without
-        for (B, d, H, W), bias, res in (((2, 8, 7, 13), True, True), ((1, 10, 9, 5), False, False)):
+        for (B, d, H, W), bias, res in FEED_FORWARD_CASES:
             gen = torch.Generator().manual_seed(d)
             names = [n for n in FFN_PARAM_NAMES if bias or n.endswith("weight")]
             shapes = ffn_param_shapes(d, int(d * 2.66))
@@ -210,14 +227,14 @@ CHECKS: dict[str, Callable] = {
 }
 
 
-def run(device: torch.device, dtypes=(torch.float32, torch.float16),
-        progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Every check's rows; ``progress(line)`` after each case (op, shape, precision) with its time."""
+def run(device: torch.device, dtypes=(torch.float32, torch.float16), progress: Progress | None = None) -> list[Row]:
+    """Every check's rows; ``progress`` (over :func:`count_cases` steps) steps after each case (op,
+    shape, precision) with its time."""
     rows: list[Row] = []
     for check in CHECKS.values():
         for row in check(device, dtypes):
             if progress is not None and (not rows or (rows[-1].op, rows[-1].case) != (row.op, row.case)):
-                progress(f"self-check {row.op} {row.case}: {row.seconds:.1f} s")
+                progress.step(f"self-check {row.op} {row.case}", row.seconds)
             rows.append(row)
     return rows
 

@@ -588,8 +588,30 @@ def test_selfcheck_reports_each_case_as_it_ends(monkeypatch):
         for case in ("2x8x5x7 fp32", "2x8x5x7 fp32", "1x3x4x4 fp16"):
             yield selfcheck.Row("op", case, "dx", 0.0, 0.0, 1.0, 0.5)
 
+    import io
+
+    from drsformer_fast.progress import Progress
+
     monkeypatch.setattr(selfcheck, "CHECKS", {"op": check})
-    lines = []
-    rows = selfcheck.run(torch.device("cpu"), progress=lines.append)
+    log = io.StringIO()  # not a terminal: one line per case, with the ETA until the last
+    with Progress(2, "self-check", unit="case", stream=log) as bar:
+        rows = selfcheck.run(torch.device("cpu"), progress=bar)
     assert len(rows) == 3
-    assert lines == ["self-check op 2x8x5x7 fp32: 0.5 s", "self-check op 1x3x4x4 fp16: 0.5 s"]
+    first, last = log.getvalue().splitlines()
+    assert re.fullmatch(r"\[1/2\] self-check op 2x8x5x7 fp32 \(0\.50 s, ETA 0:00:\d\d\)", first), first
+    assert last == "[2/2] self-check op 1x3x4x4 fp16 (0.50 s)"
+
+
+def test_selfcheck_counts_the_cases_it_runs(monkeypatch):
+    """count_cases (the progress bar's total) is the number of cases run checks, per precision list;
+    the comparisons themselves are stubbed (the cases' loops run, nothing is computed)."""
+    from drsformer_fast import selfcheck
+
+    def compare(op, case, names, *args, **kwargs):
+        yield selfcheck.Row(op, case, names[0], 0.0, 0.0, 1.0, 0.0)
+
+    monkeypatch.setattr(selfcheck, "compare", compare)
+    monkeypatch.setattr(selfcheck, "_grads", lambda fn, inputs, *a: [torch.ones(1)] * (len(inputs) + 1))
+    for dtypes in ([torch.float32], [torch.float32, torch.float16]):
+        rows = selfcheck.run(torch.device("cpu"), dtypes)
+        assert selfcheck.count_cases(dtypes) == len({(r.op, r.case) for r in rows}) > 4
