@@ -339,10 +339,12 @@ def run_gpu(scenarios: list[Scenario], dtypes: list[str], implementations: list[
             progress: Callable[[str], None] | None = None, on_result: Callable[[dict], None] | None = None,
             config: dict | None = None) -> dict:
     """The timing run (see the module docstring). ``on_result(result)`` is called after every
-    measurement with the result so far (the command line rewrites its JSON each time)."""
+    measurement with the result so far (the command line rewrites its JSON each time). With a
+    ``progress`` callable (the command line's), progress over the measurements goes to stderr: a
+    tqdm bar on a terminal, else a line per measurement with the ETA; without one the run is quiet."""
     device = torch.device(device)
     config = config or model_config(variant)
-    progress = progress or (lambda line: None)
+    quiet = progress is None
     ref, fast = build_models(config, seed)
     state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
     del ref, fast
@@ -364,6 +366,15 @@ def run_gpu(scenarios: list[Scenario], dtypes: list[str], implementations: list[
         "results": [],
     }
     total = len(scenarios) * len(dtypes) * len(implementations)
+    # a tqdm bar on a terminal, one line per measurement with the ETA in a log
+    with Progress(total, "bench", unit="measurement", quiet=quiet) as bar:
+        _measure_all(scenarios, dtypes, implementations, config, state, device, result, bar, on_result,
+                     repeats=repeats, warmup=warmup, seed=seed)
+    return result
+
+
+def _measure_all(scenarios, dtypes, implementations, config, state, device, result, bar, on_result, *, repeats,
+                 warmup, seed) -> None:
     for scenario in scenarios:
         for dtype in dtypes:
             reference_values: dict = {}
@@ -394,10 +405,9 @@ def run_gpu(scenarios: list[Scenario], dtypes: list[str], implementations: list[
                     _free(device)
                 result["results"].append(row)
                 _add_speedups(result["results"])
-                progress(f"[{len(result['results'])}/{total}] {_describe_row(row)}")
+                bar.step(_describe_row(row))
                 if on_result is not None:
                     on_result(result)
-    return result
 
 
 def _first_line(exc: BaseException) -> str:

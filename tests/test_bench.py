@@ -348,7 +348,7 @@ def fake_timers(monkeypatch):
     return calls
 
 
-def test_gpu_path_runs_and_formats(fake_timers, monkeypatch):
+def test_gpu_path_runs_and_formats(fake_timers, monkeypatch, capsys):
     """run_gpu's bookkeeping (reference outputs, diffs, speed-ups, OOM, unavailable fast model,
     JSON after every measurement) with tiny models on the CPU."""
     impls = ["original", "original-compiled", "fast", "fast-graphed"]
@@ -362,8 +362,12 @@ def test_gpu_path_runs_and_formats(fake_timers, monkeypatch):
     monkeypatch.setattr(bench, "_measure", measure)
     snapshots = []
     result = bench.run_gpu(bench.parse_scenarios("infer16,train2x16"), ["fp32"], impls, repeats=2, warmup=0,
-                           device="cpu", config=TINY, on_result=lambda r: snapshots.append(len(r["results"])))
+                           device="cpu", config=TINY, on_result=lambda r: snapshots.append(len(r["results"])),
+                           progress=bench.progress_to_stderr)
     assert snapshots == [1, 2, 3, 4, 5, 6, 7, 8]
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: one line per measurement, ETA until the last
+    assert len(lines) == 8 and lines[0].startswith("[1/8] infer16 fp32 original: ") and "ETA" in lines[0]
+    assert lines[-1].startswith("[8/8] train2x16 fp32 fast-graphed: INFERENCE-ONLY")
     rows = {(r["scenario"], r["implementation"]): r for r in result["results"]}
     assert rows["infer16", "original"]["status"] == "ok" and rows["infer16", "original"]["speedup_vs_original"] == 1
     compiled = rows["infer16", "original-compiled"]
