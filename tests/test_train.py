@@ -1035,3 +1035,28 @@ def test_rate_tensors_round_trip_through_state_dicts(dtype):
             s.step()
         assert float(optimizer.param_groups[0]["lr"]) == float(again[0].param_groups[0]["lr"]) \
             == float(torch.tensor(eager[0].param_groups[0]["lr"], dtype=dtype))
+
+
+def test_validation_shows_progress_over_its_images_on_a_terminal(data, tmp_path, capsys, monkeypatch, torch_path):
+    """Where the log is a terminal, validation shows progress over its images (here stderr is not a
+    terminal: a line per image, with the ETA until the last)."""
+    import sys
+
+    from drsformer_fast import progress
+
+    made = []
+
+    class Recording(progress.Progress):
+        def __init__(self, total, desc, **kw):
+            super().__init__(total, desc, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(progress, "Progress", Recording)
+    monkeypatch.chdir(tmp_path)
+    path = _write(_tiny_options(data, "bar"), tmp_path / "o.yml")
+    torch.set_num_threads(1)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, _, err = run(capsys, "train", path)
+    assert code == 0, err
+    assert made and all(not p.quiet and p.done == p.total == 2 for p in made)
+    assert err.count("[2/2] ") == len(made) and "ETA" in err

@@ -492,6 +492,7 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
     from ..imageio import to_uint8, write_png
     from ..inference import pad_to_multiple
     from ..metrics import calculate_psnr, calculate_ssim, score_pair
+    from ..progress import Progress
 
     vopt = plan.opt["val"]
     protocol = vopt["protocol"]
@@ -501,9 +502,10 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
     was_training = net.training
     net.eval()
     ds = data_mod.ValPairs(plan.val_pairs)
-    with torch.no_grad():
+    # a tqdm bar over the images on a terminal (a log gets the result line below)
+    bar = Progress(len(ds), f"validation, iter {current_iter}", unit="image", quiet=not log.tty)
+    with torch.no_grad(), bar:
         for i in range(len(ds)):
-            log.bar(f"validation at iter {current_iter}: image {i + 1}/{len(ds)}")  # on a terminal only
             item = ds[i]
             lq = item["lq"][None].to(plan.device)
             h, w = lq.shape[-2:]
@@ -529,6 +531,7 @@ def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
                     totals[m] += fn(sr, gt, crop_border=mopt["crop_border"], test_y_channel=mopt["test_y_channel"])
                 else:  # the paper's MATLAB scripts: Y channel, whole image (crop_border was checked to be 0)
                     totals[m] += score_pair(sr, gt, protocol)[0 if is_psnr else 1]
+            bar.step(item["name"])
     net.train(was_training)
     results = {m: v / len(ds) for m, v in totals.items()}
     name = plan.opt["datasets"]["val"].get("name") or "val"
