@@ -134,6 +134,7 @@ import triton
 import triton.language as tl
 
 from .._validation import MAX_CHANNELS_PER_HEAD, check_attention_inputs
+from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
@@ -1134,15 +1135,15 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         launch = dict(BLOCK_C=block_c, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
                       **{**LAUNCH_OPTIONS, "maxnreg": maxnreg})
         if path == "dense":
-            _attn_qk_gram_dense_kernel[grid](qk, part, C, D, heads, N, n_cb, qk.stride(0), qk.stride(1),
-                                             HALF_DOT=_half_dot(t0.dtype), **launch)
+            launch_kernel(_attn_qk_gram_dense_kernel, grid, qk, part, C, D, heads, N, n_cb, qk.stride(0),
+                          qk.stride(1), HALF_DOT=_half_dot(t0.dtype), **launch)
             del qk
         elif path == "words":
-            _attn_qk_gram_words_kernel[grid](t0, _weight_row_pairs(dw_w), dw_b, part, C, D, heads, H, W // 2, n_cb,
-                                             *(st // 2 for st in t0.stride()[:3]), HAS_BIAS=has_bias, **launch)
+            launch_kernel(_attn_qk_gram_words_kernel, grid, t0, _weight_row_pairs(dw_w), dw_b, part, C, D, heads, H,
+                          W // 2, n_cb, *(st // 2 for st in t0.stride()[:3]), HAS_BIAS=has_bias, **launch)
         else:
-            _attn_qk_gram_kernel[grid](t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(), HAS_BIAS=has_bias,
-                                       HALF_DOT=_half_dot(t0.dtype), **launch)
+            launch_kernel(_attn_qk_gram_kernel, grid, t0, dw_w, dw_b, part, C, D, heads, H, W, n_cb, *t0.stride(),
+                          HAS_BIAS=has_bias, HALF_DOT=_half_dot(t0.dtype), **launch)
         # the split partials summed by one parallel, deterministic reduction (no atomics)
         gsum = part.sum(1)
 
@@ -1151,7 +1152,7 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
         p = torch.empty((B * heads, C, C), device=dev, dtype=torch.float32)
         rows, row_block, chunk, row_warps = _row_config(C)
         a1, a2, a3, a4 = (a.float() for a in attn_weights)
-        _attn_topk_softmax_kernel[(cdiv(C, rows), B * heads)](
+        launch_kernel(_attn_topk_softmax_kernel, (cdiv(C, rows), B * heads),
             gsum, temperature.reshape(heads).float(), a1, a2, a3, a4, ghat, norms, p, C, heads, *topk_counts(C),
             L2_EPS, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk, num_warps=row_warps, num_stages=NUM_STAGES,
             **LAUNCH_OPTIONS,
@@ -1177,7 +1178,7 @@ def _launch_mix(m, src, out, dw_w, dw_b, out_bias, residual, *, conv, has_bias, 
         block_n //= 2
     res = residual if residual is not None else out
     grid = (cdiv(H * W, block_n), cdiv(D, block_o), B)
-    _attn_mix_kernel[grid](
+    launch_kernel(_attn_mix_kernel, grid,
         m, src, dw_w, dw_b, out_bias, res, out, D, H, W, 2 * D, *m.stride(), *src.stride(), *res.stride(),
         *out.stride(), CONV=conv, HAS_BIAS=has_bias, HAS_RESIDUAL=residual is not None, HALF_DOT=half_dot,
         DOT_PRECISION="ieee" if half_dot else conv_fp32_precision(), BLOCK_O=block_o, BLOCK_K=block_k, BLOCK_N=block_n,
@@ -1218,14 +1219,14 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         g_part = torch.empty((B, splits, D, D), device=dev, dtype=torch.float32)
         rs_part = torch.empty((B, splits, D), device=dev, dtype=torch.float32)
         if words:
-            _attn_dout_v_words_kernel[(splits, n_db * n_db, B)](
+            launch_kernel(_attn_dout_v_words_kernel, (splits, n_db * n_db, B),
                 dout, t0, _weight_row_pairs(dw_w), g_part, rs_part, D, H, W // 2, n_db,
                 *(st // 2 for st in dout.stride()[:3]), *(st // 2 for st in t0.stride()[:3]),
                 BLOCK_D=block_d, BLOCK_N=block_n, ITERS=iters, num_warps=nw,
                 num_stages=NUM_STAGES, **{**LAUNCH_OPTIONS, "maxnreg": DOUT_V_MAXNREG},
             )
         else:
-            _attn_dout_v_kernel[(splits, n_db * n_db, B)](
+            launch_kernel(_attn_dout_v_kernel, (splits, n_db * n_db, B),
                 dout, t0, dw_w, dw_b, g_part, rs_part, D, H, W, n_db, *dout.stride(), *t0.stride(),
                 HAS_BIAS=has_bias, HALF_DOT=half, DOT_PRECISION="ieee" if half else conv_fp32_precision(),
                 BLOCK_D=block_d, BLOCK_N=block_n, ITERS=iters, num_warps=nw, num_stages=NUM_STAGES,
@@ -1250,7 +1251,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         a1, a2, a3, a4 = (a.float() for a in attn_weights)
         tau = temperature.reshape(heads).float()
         rows, row_block, chunk, row_warps = _row_config(C)
-        _attn_softmax_bwd_kernel[(cdiv(C, rows), B * heads)](
+        launch_kernel(_attn_softmax_bwd_kernel, (cdiv(C, rows), B * heads),
             ghat, norms, dp, tau, a1, a2, a3, a4, dgram, colterm, alpha, dw_part, dtau_part,
             C, heads, *topk_counts(C), L2_EPS, DGHAT=half, BLOCK_R=rows, BLOCK_C=row_block, CHUNK=chunk,
             num_warps=row_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
@@ -1272,7 +1273,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         while block_nq > DQK_MIN_BLOCK_N and (cdiv(H * W, block_nq) * n_ib * 2 * B * heads
                                              < math.ceil(0.9 * multiprocessor_count(dev))):
             block_nq //= 2
-        _attn_dqk_kernel[(cdiv(H * W, block_nq) * n_ib * 2, B * heads)](
+        launch_kernel(_attn_dqk_kernel, (cdiv(H * W, block_nq) * n_ib * 2, B * heads),
             qk, dgram, norms, torch.stack((alpha, beta), 1), dt, C, D, heads, H * W, n_ib, qk.stride(0), qk.stride(1),
             dt.stride(0), dt.stride(1), HALF_DOT=half, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq,
             J_ITERS=cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,

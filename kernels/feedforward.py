@@ -159,6 +159,7 @@ import triton.language as tl
 
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES  # noqa: F401 (re-exported)
 from .._validation import check_feed_forward_inputs
+from ._launch import launch_kernel
 from ._registry import COMPILE_ARCHS, CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
@@ -1113,13 +1114,13 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
                       BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q, num_warps=cfg.num_warps, num_stages=NUM_STAGES,
                       **{**LAUNCH_OPTIONS, "maxnreg": cfg.maxnreg})
         if words:
-            _ffn_fwd_words_kernel[(n_tiles, n_d * split, B)](
+            launch_kernel(_ffn_fwd_words_kernel, (n_tiles, n_d * split, B),
                 ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride()[:3], *res.stride()[:3], **launch)
         else:
-            _ffn_fwd_kernel[(n_tiles, n_d * split, B)](
+            launch_kernel(_ffn_fwd_kernel, (n_tiles, n_d * split, B),
                 ab, *weights, res, dest, hidden, D, N, H, W, *ab.stride(), *res.stride(), PREC=prec, **launch)
         if split > 1:
-            _ffn_fwd_reduce_kernel[(cdiv(N, REDUCE_BLOCK_N), D, B)](
+            launch_kernel(_ffn_fwd_reduce_kernel, (cdiv(N, REDUCE_BLOCK_N), D, B),
                 dest, bo, res, out, N, W, *res.stride(), D=D, SPLIT=split, HAS_RES=residual is not None,
                 BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
@@ -1159,7 +1160,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
         prec = dot_precision(x.dtype)
         for name, k, x_off in sides:
             if words:
-                _ffn_bwd_uv_words_kernel[(n_j * n_uv_tiles, B)](
+                launch_kernel(_ffn_bwd_uv_words_kernel, (n_j * n_uv_tiles, B),
                     dout, ab, _weight_pairs(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                     wo, duv, uv, pb_uv, hidden, D, H, W, x_off, *dout.stride()[:3], *ab.stride()[:3],
                     K=k, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=tiles.block_j,
@@ -1167,7 +1168,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
                     **{**LAUNCH_OPTIONS, "maxnreg": BWD_WORDS_MAXNREG},
                 )
                 continue
-            _ffn_bwd_uv_kernel[(n_j * n_tiles, B)](
+            launch_kernel(_ffn_bwd_uv_kernel, (n_j * n_tiles, B),
                 dout, ab, _f32(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
                 wo, duv, uv, pb_uv, hidden, D, N, H, W, x_off, *dout.stride(), *ab.stride(),
                 K=k, PREC=prec, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=tiles.block_j, BLOCK_N=tiles.block_n,
@@ -1175,7 +1176,7 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
             )
         for name, k, x_off in sides:
             pw = torch.empty((B * n_tiles, 2 * k * k, hidden), device=dev, dtype=torch.float32)
-            _ffn_bwd_x_kernel[(n_tiles, cdiv(hidden, tiles.x_block_j), B)](
+            launch_kernel(_ffn_bwd_x_kernel, (n_tiles, cdiv(hidden, tiles.x_block_j), B),
                 duv, ab, _f32(params[f"{name}_weight"]), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
                 K=k, BLOCK_J=tiles.x_block_j, BLOCK_N=tiles.block_n, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, cdiv, check_tensor, device_guard, next_pow2
 
@@ -190,7 +191,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     block_c, block_n, num_warps = _config(C)
     grid = (cdiv(N, block_n), B)
     with device_guard(x):
-        _ln_fwd_kernel[grid](
+        launch_kernel(_ln_fwd_kernel, grid,
             x, w32, b32, y, mean, rstd, C, N, W, *x.stride(), EPS,
             HAS_BIAS=bias is not None, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
@@ -223,7 +224,7 @@ def layer_norm_bwd(
         dw = torch.zeros(C, device=x.device, dtype=torch.float32)
         return dx, dw, (torch.zeros_like(dw) if has_bias else None)
     with device_guard(x):
-        _ln_bwd_kernel[(n_blocks, B)](
+        launch_kernel(_ln_bwd_kernel, (n_blocks, B),
             x, dy, weight.float(), mean, rstd, dx, dw_part, db_part, C, N, W, *x.stride(), *dy.stride(),
             HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=num_warps, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )

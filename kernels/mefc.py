@@ -83,6 +83,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
@@ -426,7 +427,7 @@ def _launch_inner(s: torch.Tensor, dwp: torch.Tensor, w1, cfg, block_k: int) -> 
     w1p = torch.stack([w.detach().reshape(C, C) for w in w1]).to(dtype).contiguous()
     n_tw, n_tiles = _grid_sizes(H, W, bh)
     with device_guard(s):
-        _mefc_inner_kernel[(4 * B * n_tiles,)](
+        launch_kernel(_mefc_inner_kernel, (4 * B * n_tiles,),
             s, dwp, w1p, t, C, H, W, n_tw, n_tiles, *s.stride(),
             CP=cp, BLOCK_K=block_k, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,
             num_warps=warps, num_stages=NUM_STAGES, **_OPTIONS,
@@ -480,7 +481,7 @@ def mefc_step_fwd(s: torch.Tensor, dw1, w1, dw2, dwd, m: torch.Tensor) -> torch.
     mc = m.detach().to(dtype)
     n_tw, n_tiles = _grid_sizes(H, W, bh)
     with device_guard(s):
-        _mefc_step_kernel[(B * n_tiles,)](
+        launch_kernel(_mefc_step_kernel, (B * n_tiles,),
             s, t, dwp[84 * C: 168 * C], dwp[168 * C:], mc, out, C, H, W, n_tw, n_tiles,
             *s.stride(), *mc.stride(),
             CP=cp, BLOCK_K=bk, BLOCK_H=bh, BLOCK_W=BLOCK_W, INPUT_PRECISION=precision,

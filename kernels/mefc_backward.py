@@ -92,6 +92,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
@@ -651,7 +652,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         opts = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         tap_opts = dict(num_warps=TAP_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS)
         # 1. dpre, dz
-        _mefc_bwd_dz_kernel[(n_wide, B)](
+        launch_kernel(_mefc_bwd_dz_kernel, (n_wide, B),
             g, s, s_out, t, m, wsep2, wdil, dpre, dz, C, N, H, W, *g.stride(), *s.stride(), *s_out.stride(),
             *t.stride(), *m.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=bk, BLOCK_N=wide_n,
             **{**opts, "num_warps": dz_warps},
@@ -661,7 +662,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         dm_parts = []
         for from_t in (True, False):
             part = torch.empty((B, n_ch, C, 4 * C), device=dev, dtype=torch.float32)
-            _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
+            launch_kernel(_mefc_bwd_outer_kernel, (n_ch, 4 * n_kc, B),
                 dpre, s, t, wsep2 if from_t else wdil, part, C, N, H, W, C, per, *s.stride(), *t.stride(),
                 G_PER_OP=False, FROM_T=from_t, K0=1 if from_t else 3, DIL0=1 if from_t else 2,
                 HAS_POOL=not from_t, PREC=prec, BLOCK_C=block_c, BLOCK_K=bk, BLOCK_N=wide_n,
@@ -672,13 +673,13 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         # 3. dt, du of the sep ops
         dt = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
         du = torch.empty((B, 4 * C, N), device=dev, dtype=dt_)
-        _mefc_bwd_sep_kernel[(n_wide, 4, B)](
+        launch_kernel(_mefc_bwd_sep_kernel, (n_wide, 4, B),
             dz, t, wsep2, w1d, dt, du, C, N, H, W, *t.stride(), PREC=prec, BLOCK_C=block_c, BLOCK_K=bk,
             BLOCK_N=wide_n, **{**tap_opts, "maxnreg": SEP_MAXNREG},
         )
         # 4. dW1_o = sum_p dt_o (dw1_o s)^T
         part = torch.empty((B, n_ch, C, 4 * C), device=dev, dtype=torch.float32)
-        _mefc_bwd_outer_kernel[(n_ch, 4 * n_kc, B)](
+        launch_kernel(_mefc_bwd_outer_kernel, (n_ch, 4 * n_kc, B),
             dt, s, t, wsep1, part, C, N, H, W, 4 * C, per, *s.stride(), *t.stride(),
             G_PER_OP=True, FROM_T=False, K0=1, DIL0=1, HAS_POOL=False, PREC=prec, BLOCK_C=block_c,
             BLOCK_K=bk, BLOCK_N=wide_n, **{**opts, "maxnreg": OUTER_MAXNREG},
@@ -693,7 +694,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
         ds = None
         if needs_input_grad:
             ds = torch.empty((B, C, H, W), device=dev, dtype=dt_)
-            _mefc_bwd_ds_kernel[(cdiv(N, ds_block_n), cdiv(C, ds_block_c), B)](
+            launch_kernel(_mefc_bwd_ds_kernel, (cdiv(N, ds_block_n), cdiv(C, ds_block_c), B),
                 g, s_out, du, dz, wsep1, wdil, ds, C, N, H, W, *g.stride(), *s_out.stride(),
                 BLOCK_C=ds_block_c, BLOCK_N=ds_block_n, **tap_opts,
             )
@@ -709,7 +710,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
             taps = sum(k * k for k in sizes)
             n_ch2, per2 = _chunks(n_dw_tiles, len(sizes) * n_cb * B)
             part = torch.empty((B * n_ch2, taps, C), device=dev, dtype=torch.float32)
-            _mefc_bwd_dwgrad_kernel[(n_ch2, len(sizes) * n_cb, B)](
+            launch_kernel(_mefc_bwd_dwgrad_kernel, (n_ch2, len(sizes) * n_cb, B),
                 gbuf, x, part, C, N, H, W, g_ch, row0, per2, taps, *xs, K0=k0, DIL=dil,
                 BLOCK_C=dw_block_c, BLOCK_N=dw_block_n, BLOCK_T=next_pow2(sizes[-1] ** 2), **dw_opts,
             )
