@@ -2,7 +2,7 @@
 
     python -m pytest benchmarks --benchmark-json benchmarks/results/<date>-<gpu>-micro.json
 
-Every suite uses the same shapes (``drsformer_fast.benchmarking.block_shapes()`` for the blocks, its
+Every suite uses the same shapes (``drsformer_fast.perf.benchmarking.block_shapes()`` for the blocks, its
 ``SCENARIOS`` for the whole model) and the same timing (:func:`run_cuda`: pytest-benchmark rounds,
 the GPU synchronised inside each round, warm-up rounds excluded). Variants: the original in eager
 mode, the original under ``torch.compile``, and the fused implementation; passes: forward
@@ -11,11 +11,11 @@ used). Each benchmark records in ``extra_info`` the shape, variant, pass and pre
 bytes it must move with the GB/s achieved: for the fused variant the compulsory bytes of its
 kernels (the byte tables of the kernel docstrings), for the original in eager mode its op-by-op
 traffic (each ATen op reading its inputs and writing its outputs once); see
-``drsformer_fast/accounting.py``. Select with ``-k``: e.g. ``-k "not compiled"`` leaves out the
+``drsformer_fast/perf/accounting.py``. Select with ``-k``: e.g. ``-k "not compiled"`` leaves out the
 slow-to-compile variant.
 
 ``DRSFORMER_FAST_BENCH_SMOKE=1`` runs every non-compiled benchmark on the CPU at tiny shapes, in
-Triton's interpreter, for one round: a check that the suites run (``tests/test_bench.py``), not a
+Triton's interpreter, for one round: a check that the suites run (``tests/perf/test_bench.py``), not a
 measurement. It sets ``TRITON_INTERPRET`` before Triton is imported, like
 ``tests/conftest.py`` (the library never does).
 """
@@ -33,7 +33,7 @@ if SMOKE:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from drsformer_fast import accounting, benchmarking  # noqa: E402
+from drsformer_fast.perf import accounting, benchmarking  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available() and not SMOKE
 DEVICE = torch.device("cuda") if HAS_GPU else torch.device("cpu")

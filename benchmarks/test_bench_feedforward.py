@@ -12,8 +12,8 @@ from conftest import DTYPES, PASSES, bench_block, block_shapes, dtypes, requires
 from drsformer_fast.kernels.feedforward import traffic_bytes
 
 from drsformer_fast import reference as R
-from drsformer_fast.benchmarking import ffn_hidden
 from drsformer_fast.modules import MixedScaleFeedForward
+from drsformer_fast.perf.benchmarking import ffn_hidden
 
 
 @requires_gpu

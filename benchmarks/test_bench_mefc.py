@@ -15,9 +15,9 @@ from conftest import DTYPES, SMOKE, bench_block, dtypes, requires_gpu, variants
 from drsformer_fast.kernels.mefc import traffic_bytes as fwd_bytes
 from drsformer_fast.kernels.mefc_backward import traffic_bytes as bwd_bytes
 
-from drsformer_fast import benchmarking
 from drsformer_fast import reference as R
 from drsformer_fast.modules import FeatureCompensator
+from drsformer_fast.perf import benchmarking
 
 PASSES = ("forward", "forward-backward")
 STEPS = 4

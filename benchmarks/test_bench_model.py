@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import DEVICE, SMOKE, Autocast, dtypes, maybe_compile, record, requires_gpu, run_cuda, variants
 
-from drsformer_fast import bench, benchmarking
+from drsformer_fast.perf import bench, benchmarking
 
 SMOKE_CONFIG = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 2, 2, 4]}
 

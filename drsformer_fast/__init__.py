@@ -11,6 +11,10 @@ and ``reference`` (the original model in plain PyTorch).
 
 __version__ = "0.1.0"
 
+from . import _moved  # noqa: E402  (old module paths, e.g. drsformer_fast.static_report, still import)
+
+_moved.install()
+
 _LAZY = {
     "DRSformer": "model",
     "patch": "patching",

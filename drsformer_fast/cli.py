@@ -63,8 +63,8 @@ def _selfcheck(args, argv) -> int:
         code = _ensure_interpreter(argv)
         if code is not None:
             return code
-    from . import selfcheck
     from ._dispatch import kernel_path
+    from .perf import selfcheck
 
     path = kernel_path(device)
     print(f"drsformer-fast self-check on {device} ({path} path)")
@@ -83,7 +83,7 @@ def _selfcheck(args, argv) -> int:
 
 def _bench(args, argv) -> int:
     """``bench``: timings with an NVIDIA GPU; otherwise the self-check and the device-independent figures."""
-    from . import bench
+    from .perf import bench
 
     for path, option in ((args.json, "--json"), (args.markdown, "--markdown")):
         try:
@@ -91,7 +91,7 @@ def _bench(args, argv) -> int:
         except bench.BenchError as exc:
             return _error(exc)
     if args.plots:
-        from . import plots
+        from .perf import plots
 
         try:
             plots.require()
@@ -129,7 +129,7 @@ def _bench(args, argv) -> int:
                                    progress=progress)
         text = bench.format_figures_markdown(result)
         if args.host_cost_repeats:
-            from . import hostcost
+            from .perf import hostcost
 
             progress(f"host cost: both models, eager, {args.host_cost_repeats} timed call(s) per scenario "
                      "(Triton's launch path on a no-op CUDA driver; a fresh process)")
@@ -173,8 +173,8 @@ def _user_errors(run):
     import torch
 
     from .checkpoint import CheckpointError
-    from .imageio import ImageError
-    from .inference import InferenceError
+    from .images.imageio import ImageError
+    from .images.inference import InferenceError
 
     if os.environ.get("DRSFORMER_FAST_DEBUG") == "1":
         return run()
@@ -227,7 +227,7 @@ class _Batch:
     def problems(self, items, check) -> list:
         """``items`` whose ``check(item)`` passes. A failing one is an error line each (raised as
         :class:`_Refused` once all are checked), or with ``--skip-errors`` a "skipped" line."""
-        from .imageio import ImageError
+        from .images.imageio import ImageError
 
         kept, errors = [], []
         for item in items:
@@ -277,8 +277,8 @@ def _per_image_errors() -> tuple:
     writes, running out of GPU memory."""
     import torch
 
-    from .imageio import ImageError
-    from .inference import InferenceError
+    from .images.imageio import ImageError
+    from .images.inference import InferenceError
 
     return (ImageError, InferenceError, OSError, torch.cuda.OutOfMemoryError)
 
@@ -335,9 +335,9 @@ def _interrupted(done: int, total: int, kept: str) -> int:
 
 
 def _derain(args) -> int:
-    from . import inference
-    from .imageio import find_images, probe_image
-    from .inference import check_precision, check_tiling, plan_outputs, resolve_device
+    from .images import inference
+    from .images.imageio import find_images, probe_image
+    from .images.inference import check_precision, check_tiling, plan_outputs, resolve_device
     from .progress import Progress
 
     check_tiling(args.tile, args.tile_overlap)
@@ -388,11 +388,11 @@ def _derain(args) -> int:
 
 
 def _eval(args) -> int:
-    from . import evaluation
     from .checkpoint import _model_class
-    from .evaluation import check_pair, format_report, format_row, match_targets, summarize
-    from .imageio import ImageError, find_images
-    from .inference import check_precision, check_tiling, plan_outputs, resolve_device
+    from .images import evaluation
+    from .images.evaluation import check_pair, format_report, format_row, match_targets, summarize
+    from .images.imageio import ImageError, find_images
+    from .images.inference import check_precision, check_tiling, plan_outputs, resolve_device
     from .progress import Progress
 
     _check_json_path(args.json)
@@ -468,8 +468,8 @@ def _write_eval_json(args, model, device, reference, rows, batch, *, partial) ->
     recorded as ``"partial"``), and complete at the end. ``"skipped"`` lists the skipped images."""
     if not args.json:
         return
-    from .evaluation import json_ready, summarize
-    from .metrics import PROTOCOLS
+    from .images.evaluation import json_ready, summarize
+    from .images.metrics import PROTOCOLS
 
     full = {
         "weights": str(args.weights),
@@ -525,9 +525,9 @@ def _note(text: str) -> None:
 def _score(args) -> int:
     """``score``: existing results against targets; numpy and Pillow only (no torch, no model). On a
     terminal a progress bar appears when scoring takes more than a second (not with ``--quiet``)."""
-    from .imageio import ImageError
+    from .images.imageio import ImageError
+    from .images.scoring import format_score_report, json_ready, score_folders
     from .progress import Progress
-    from .scoring import format_score_report, json_ready, score_folders
 
     bar: list = []
 
@@ -582,7 +582,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _bench_type(parser_name: str):
     def parse(text: str):
-        from . import bench
+        from .perf import bench
 
         try:
             return getattr(bench, parser_name)(text)
@@ -622,7 +622,7 @@ def _version() -> str:
         return __version__
 
 
-# the keys of drsformer_fast.metrics.PROTOCOLS (kept here so that building the parser imports no numpy)
+# the keys of drsformer_fast.images.metrics.PROTOCOLS (kept here so that building the parser imports no numpy)
 PROTOCOL_CHOICES = ("matlab-rain200", "matlab-did", "basicsr")
 
 
@@ -661,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-selfcheck", action="store_true", help="no-GPU path: figures only")
     p.add_argument("--host-cost-repeats", type=_int_at_least(0), default=10, metavar="N",
                    help="no-GPU path: timed calls per model and scenario of the host-cost measurement "
-                        "(drsformer_fast.hostcost; default 10, 0 leaves it out)")
+                        "(drsformer_fast.perf.hostcost; default 10, 0 leaves it out)")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON (on a GPU: after every measurement)")
     p.add_argument("--plots", metavar="DIR",
                    help="draw PNGs into DIR (created if needed; needs matplotlib: the 'plots' extra): without a "

@@ -2,7 +2,7 @@
 
 Each kernel module lists, next to its launcher, the configurations its launcher can choose
 (constexpr values, pointer dtypes, ``num_warps``) in a generator decorated with
-:func:`register_compile_configs`. ``python -m drsformer_fast.kernels.compile_check`` compiles them
+:func:`register_compile_configs`. ``python -m drsformer_fast.perf.compile_check`` compiles them
 all for sm_80 and sm_90 without a GPU and reports registers, shared memory and spills; the test
 suite runs it. A new kernel joins the check by registering its configurations: no new test.
 """

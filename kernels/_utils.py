@@ -39,7 +39,7 @@ def register_cap(num_warps: int, wanted: int = 255) -> int:
 # therefore write their pixel offsets as ``tl.multiple_of(o_n, 1)`` (always true: it only takes
 # back the alignment Triton inferred): every access of the tile gets 1 pixel per thread along W,
 # lanes 4 B apart, coalesced taps (scalar stores, the same wavefronts). The static report
-# (``python -m drsformer_fast.static_report``) shows the effect per load.
+# (``python -m drsformer_fast.perf.static_report``) shows the effect per load.
 
 # Row pairs. Even coalesced, a stencil's taps bound it by L1 wavefronts, not DRAM: a K x K tap
 # window costs K*K row loads per output pixel, plus one broadcast weight load per tap and channel
@@ -136,7 +136,7 @@ def is_interpreter() -> bool:
 
 
 # The static report counts the work of the GPU's own launches by running one program of each in the
-# interpreter (drsformer_fast.static_report): there the launchers must keep their GPU tiles.
+# interpreter (drsformer_fast.perf.static_report): there the launchers must keep their GPU tiles.
 _GPU_TILES_IN_INTERPRETER = [False]
 
 

@@ -14,7 +14,7 @@ constexpr (Triton 3.6's interpreter cannot loop over runtime scalars); the tap l
 unrolled, ptxas hoists every tap's load and the kernels take 255 registers and spill on sm_90.
 
 Launch picture on sm_90 (compiled as launched, 8 warps, num_stages 3; `python -m
-drsformer_fast.static_report`): forward 2 channels x 512 row pairs (kernels/_utils.py: each thread
+drsformer_fast.perf.static_report`): forward 2 channels x 512 row pairs (kernels/_utils.py: each thread
 computes two vertically adjacent pixels from K + 1 row loads per column shift; 1024 pixels per
 program, 8128 programs at level 1, 256x256, C = 2h = 254), 88 registers, 16 resident warps per SM;
 backward 2 channels x 512 pixels, 79-96 registers, 16-24 resident warps. Loads: the taps are

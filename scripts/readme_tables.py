@@ -21,7 +21,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drsformer_fast import bench  # noqa: E402
+from drsformer_fast.perf import bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,11 @@ export DRSFORMER_FAST_TEMP_CACHES=1  # no compiled kernels left behind (_env.sh)
 source "$ROOT/scripts/_env.sh"
 "$PY" -c "import triton, torch; print('triton', triton.__version__, 'torch', torch.__version__)"
 shopt -s nullglob
-FILES=(tests/test_layernorm.py tests/test_attention.py tests/test_feedforward.py tests/test_mefc*.py)
+FILES=(tests/kernels/test_layernorm.py tests/kernels/test_attention.py tests/kernels/test_feedforward.py tests/kernels/test_mefc*.py tests/ops/test_mefc_ops.py)
 WORKERS="${DRSFORMER_FAST_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
 status=0
 "$PY" -m pytest -n "$WORKERS" --dist worksteal -q -p no:cacheprovider \
     -k "golden or half_precision or depthwise_conv or (test_layernorm and fp32_random) or (test_mefc and C20)" "${FILES[@]}" "$@" || status=$?
 # what runs compiles for sm_90 with this Triton too (the GPU machine's), without spills
-env -u TRITON_INTERPRET "$PY" -m drsformer_fast.kernels.compile_check --arch 90 --quiet || status=$?
+env -u TRITON_INTERPRET "$PY" -m drsformer_fast.perf.compile_check --arch 90 --quiet || status=$?
 exit $status

@@ -30,7 +30,7 @@ def hazards(fn, *args, ops: list | None = None):
     receives the name of every ATen op dispatched. On fake CPU tensors a
     ``.cpu()`` of a CPU tensor dispatches nothing: device copies show where a forward names another
     device (``.to("cuda")``, ``torch.tensor(..., device=)``: the latter is a tensor from Python data)."""
-    from drsformer_fast.accounting import OpRecorder, _count_triton_launches
+    from drsformer_fast.perf.accounting import OpRecorder, _count_triton_launches
 
     found = []
 

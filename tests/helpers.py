@@ -1,6 +1,6 @@
 """Shared test helpers: random inputs, the tolerance rule, comparisons that say where and by how much.
 
-The tolerance rule itself lives in ``drsformer_fast.tolerance`` (the self-check uses it too):
+The tolerance rule itself lives in ``drsformer_fast.perf.tolerance`` (the self-check uses it too):
 
     err(kernel, ref64) <= 4 * err(torch at the same precision, ref64) + floor(precision)
 
@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from drsformer_fast.tolerance import (
+from drsformer_fast.perf.tolerance import (
     FLOORS,
     MULT,
     SMALL_TENSOR,
@@ -148,7 +148,7 @@ def golden_bound(fp32_err: float, mult: float = 4.0, floor: float = 1e-6) -> flo
 def assert_golden(name: str, actual: torch.Tensor, golden: torch.Tensor, fp32_err: float, *, mult: float = 4.0,
                   floor: float = 1e-6) -> None:
     err, _ = _errors(actual, golden)
-    if actual.numel() < SMALL_TENSOR:  # one sample of rounding in a long sum: drsformer_fast.tolerance
+    if actual.numel() < SMALL_TENSOR:  # one sample of rounding in a long sum: drsformer_fast.perf.tolerance
         floor *= SMALL_TENSOR_FLOOR_FACTOR
     bound = golden_bound(fp32_err, mult, floor)
     if not err <= bound:

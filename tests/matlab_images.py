@@ -1,5 +1,5 @@
 """Deterministic (result, target) image pairs for checking the MATLAB protocols of
-``drsformer_fast.metrics`` against GNU Octave running the paper's scripts.
+``drsformer_fast.images.metrics`` against GNU Octave running the paper's scripts.
 
 The same function makes the pairs for the tests (in memory) and for the one-off Octave run
 (``scripts/octave_reference.py``, which writes them as PNGs: lossless, so Octave reads exactly these

@@ -15,9 +15,9 @@ import torch
 from imaging import direct_derain, psnr_y, random_image, read_uint8, ssim_direct, tiny_checkpoint
 
 from drsformer_fast import cli, load_checkpoint
-from drsformer_fast.imageio import read_image
-from drsformer_fast.inference import derain_tensor
-from drsformer_fast.metrics import rgb_to_y
+from drsformer_fast.images.imageio import read_image
+from drsformer_fast.images.inference import derain_tensor
+from drsformer_fast.images.metrics import rgb_to_y
 
 pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from imaging import random_image, read_uint8, tiny_checkpoint
 
-from drsformer_fast import cli, evaluation, inference, progress
+from drsformer_fast import cli, progress
+from drsformer_fast.images import evaluation, inference
 
 pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 
@@ -261,7 +262,7 @@ def test_derain_ctrl_c_in_a_subprocess(batch, ckpt, tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from drsformer_fast import cli, inference\n"
+        "from drsformer_fast import cli\nfrom drsformer_fast.images import inference\n"
         "real = inference.derain_image\n"
         "def slow(model, src, *a, **k):\n"
         "    if Path(src).name == '2.png':\n"

@@ -218,7 +218,7 @@ def test_bad_settings_are_refused():
 
 
 def test_tiled_derain_captures_one_graph_for_every_tile():
-    from drsformer_fast.inference import derain_tensor
+    from drsformer_fast.images.inference import derain_tensor
 
     g, model, backend = _graphed()
     img = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(9))
@@ -264,7 +264,7 @@ def test_inference_forward_is_capture_safe(autocast):
     configuration: no host sync, no tensor from Python data, no device copy, no RNG."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from drsformer_fast.launches import build_module, forced_triton_path
+    from drsformer_fast.perf.launches import build_module, forced_triton_path
 
     model = build_module("model", 48, 1).eval()
     with FakeTensorMode(allow_non_fake_inputs=True), forced_triton_path(90), torch.no_grad():
@@ -281,7 +281,7 @@ def test_inference_forward_is_capture_safe(autocast):
 def test_cuda_graphs_give_what_eager_gives(precision):
     from imaging import TINY
 
-    from drsformer_fast.inference import derain_tensor
+    from drsformer_fast.images.inference import derain_tensor
     from drsformer_fast.model import DRSformer
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ implementation, under a ``torch.autograd.Function`` built from the op's register
 ``setup_context`` and ``backward`` when autograd records (the same functions, so the same saved
 tensors and gradients), or directly when it does not. Everything that must see the op as one
 operator keeps the dispatcher: ``torch.compile`` (Dynamo, fake tensors), any ``TorchDispatchMode``
-(fake tensors, ``drsformer_fast.accounting``'s op recorder, ``opcheck``), functorch transforms,
+(fake tensors, ``drsformer_fast.perf.accounting``'s op recorder, ``opcheck``), functorch transforms,
 tensor subclasses, ops with a device-specific kernel or autocast registration, and ops whose
 tensor-list arguments need autograd (``autograd.Function`` tracks tensors, not lists of them).
 """

@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.command == "plot":
         return run_plot(args)
     from ..checkpoint import CheckpointError
-    from ..imageio import ImageError
+    from ..images.imageio import ImageError
     from .options import OptionsError
     from .trainer import TrainArgs, prepare, train
 

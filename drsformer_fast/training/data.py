@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..imageio import IMAGE_EXTENSIONS, ImageError, find_images, probe_image, read_image
+from ..images.imageio import IMAGE_EXTENSIONS, ImageError, find_images, probe_image, read_image
 from .options import OptionsError
 
 __all__ = ["pair_files", "check_dataset", "epoch_positions", "TrainPairs", "augment", "ValPairs"]

@@ -445,7 +445,7 @@ def validate(raw: Mapping) -> dict:
             raise _err("val.val_freq", "required when val is given")
         _positive(opt, "val.val_freq")
         _positive(opt, "val.window_size", 0)
-        from ..metrics import PROTOCOLS
+        from ..images.metrics import PROTOCOLS
 
         if v["protocol"] not in PROTOCOLS:
             raise _err("val.protocol", f"choose one of {', '.join(PROTOCOLS)} (basicsr: the original's "

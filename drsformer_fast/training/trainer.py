@@ -203,7 +203,7 @@ def prepare(args: TrainArgs) -> Plan:
         data_mod.check_dataset(val_pairs, "datasets.val")
         ws = opt["val"]["window_size"]
         if ws:
-            from ..imageio import probe_image
+            from ..images.imageio import probe_image
 
             for lq, _ in val_pairs:
                 h, w = probe_image(lq)
@@ -489,9 +489,9 @@ def _update_best(plan: Plan, results: dict, best: dict, current_iter: int, net, 
 
 
 def _validate_model(net, plan: Plan, log: _Log, current_iter: int) -> dict:
-    from ..imageio import to_uint8, write_png
-    from ..inference import pad_to_multiple
-    from ..metrics import calculate_psnr, calculate_ssim, score_pair
+    from ..images.imageio import to_uint8, write_png
+    from ..images.inference import pad_to_multiple
+    from ..images.metrics import calculate_psnr, calculate_ssim, score_pair
     from ..progress import Progress
 
     vopt = plan.opt["val"]

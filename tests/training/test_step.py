@@ -195,9 +195,9 @@ def test_training_step_is_capture_safe(autocast, monkeypatch):
     takes the multi-tensor ones: the next test records those)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from drsformer_fast.bench import model_config
-    from drsformer_fast.launches import forced_triton_path
     from drsformer_fast.model import DRSformer
+    from drsformer_fast.perf.bench import model_config
+    from drsformer_fast.perf.launches import forced_triton_path
 
     adam_mod = importlib.import_module("torch.optim.adam")  # AdamW steps with its functions
     monkeypatch.setattr(adam_mod, "_get_capturable_supported_devices", lambda *a, **k: ["cuda", "cpu"])

@@ -18,7 +18,7 @@ Reading: the MATLAB protocols read like ``imread``: 8-bit RGB as stored (no EXIF
 grayscale, palette and 16-bit images are refused, since the scripts score only 3-channel images
 (``evaluate_PSNR_SSIM.m`` would take grey levels for Y, ``statistic.m`` stops on them). ``basicsr``
 reads like BasicSR's ``cv2.imread``: EXIF rotation applied, grey repeated into RGB, alpha dropped
-(:func:`drsformer_fast.imageio.read_image_uint8`). PNG decodes exactly everywhere; JPEG decoders
+(:func:`drsformer_fast.images.imageio.read_image_uint8`). PNG decodes exactly everywhere; JPEG decoders
 (Pillow's libjpeg-turbo, MATLAB's libjpeg) may differ by a level on some pixels.
 """
 

@@ -2,7 +2,7 @@
 specialisation Triton would compile for a given GPU.
 
 Used by the static performance report (``static_report``), the compile check
-(``kernels/compile_check.py``) and the size-limit test (``tests/test_grid_limits.py``). The modules
+(``drsformer_fast/perf/compile_check.py``) and the size-limit test (``tests/kernels/test_grid_limits.py``). The modules
 run under ``accounting.profile(..., fake=True, keep_calls=True)``: real shapes, no memory, no
 compute; each ``JITFunction.run`` is recorded (kernel, arguments, keywords, grid), not executed
 (the launchers never read data back to the host, so what they launch does not depend on the data).
@@ -97,11 +97,11 @@ def forced_triton_path(arch: int = 90):
     """Fake CPU tensors take the Triton path (as CUDA tensors would), and the launchers see sm_<arch>:
     ``SMS[arch]`` multiprocessors, compute capability ``arch`` and the GPU's tiles (``gpu_tiles``: under
     Triton's interpreter the launchers would otherwise take the interpreter's larger ones)."""
-    from . import (
+    from .. import (
         _dispatch,
         kernels,  # noqa: F401 (imports every kernel module, whose device queries are patched below)
     )
-    from .kernels._utils import gpu_tiles
+    from ..kernels._utils import gpu_tiles
 
     if arch not in SMS:
         raise ValueError(f"unknown target sm_{arch}: choose from {', '.join(f'sm_{a}' for a in SMS)}")
@@ -169,7 +169,7 @@ KINDS = ("layernorm", "attention", "feedforward", "block")
 
 def build_module(kind: str, dim: int, heads: int, dtype: torch.dtype = torch.float32, seed: int = 0):
     """A fast module of one kind at one width (random weights, parameters in ``dtype``)."""
-    from . import modules as M
+    from .. import modules as M
 
     torch.manual_seed(seed)
     if kind == "layernorm":
@@ -181,8 +181,8 @@ def build_module(kind: str, dim: int, heads: int, dtype: torch.dtype = torch.flo
     elif kind == "block":
         m = M.FastTransformerBlock(dim, heads, 2.66, False, "WithBias")
     elif kind == "model":
+        from ..model import DRSformer
         from .bench import model_config
-        from .model import DRSformer
 
         m = DRSformer(**model_config("with-mefc"))
     else:

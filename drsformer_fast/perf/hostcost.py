@@ -21,7 +21,7 @@ host's CPU is usually faster than a CI runner's). The *ratio* fast / original on
 what the numbers are for. Launch counts come from the same forward on fake tensors
 (``accounting.profile``): Triton launches, ATen kernels, custom-op calls.
 
-Run ``python -m drsformer_fast.hostcost [--json PATH] [--repeats N]``: it must run in a process
+Run ``python -m drsformer_fast.perf.hostcost [--json PATH] [--repeats N]``: it must run in a process
 without ``TRITON_INTERPRET`` (Triton's interpreter replaces the launch path being measured), which
 :func:`run_in_subprocess` arranges (``drsformer-fast bench`` uses it on machines without a GPU).
 """
@@ -260,7 +260,7 @@ def run_in_subprocess(args: list[str] | None = None, timeout: float = 1800) -> d
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "hostcost.json"
-        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.hostcost", "--json", str(out), *(args or [])],
+        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.perf.hostcost", "--json", str(out), *(args or [])],
                               env=env, capture_output=True, text=True, timeout=timeout)
         if out.exists():
             return json.loads(out.read_text())
@@ -269,7 +269,7 @@ def run_in_subprocess(args: list[str] | None = None, timeout: float = 1800) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m drsformer_fast.hostcost", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drsformer_fast.perf.hostcost", description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=20, help="timed calls per model and scenario (median; default 20)")
     p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS),
                    help=f"comma-separated, of {', '.join(s[0] for s in SCENARIOS)}")

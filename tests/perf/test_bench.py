@@ -16,10 +16,11 @@ import pytest
 import torch
 from conftest import GPU_MODE
 
-from drsformer_fast import _dispatch, accounting, bench, benchmarking, cli
+from drsformer_fast import _dispatch, cli
 from drsformer_fast import kernels as K
 from drsformer_fast import reference as R
 from drsformer_fast.modules import ChannelLayerNorm, TopKSparseAttention
+from drsformer_fast.perf import accounting, bench, benchmarking
 
 HAVE_FAST_MODEL = bench.fast_unavailable_reason() is None
 TINY = {"inp_channels": 3, "out_channels": 3, "dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 2, 2, 4],
@@ -170,7 +171,7 @@ def test_layer_norm_bytes_match_the_kernel_docstring():
 def test_feedforward_bytes_match_the_kernel_module():
     """Level 1 at 256x256 (d = 48, h = 127, fp32): fused forward 2d + 12h = 1620 planes = 0.42 GB, as
     ``kernels/feedforward.py`` writes it; the backward as its ``traffic_bytes`` computes it."""
-    from drsformer_fast.benchmarking import ffn_hidden
+    from drsformer_fast.perf.benchmarking import ffn_hidden
 
     doc = K.feedforward.__doc__
     shape, h = (1, 48, 256, 256), ffn_hidden(48)
@@ -449,7 +450,7 @@ def test_microbenchmark_suites_run_in_smoke_mode(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "micro.json"
     env = dict(os.environ, DRSFORMER_FAST_BENCH_SMOKE="1", OMP_NUM_THREADS="1")
     env = {k: v for k, v in env.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
@@ -486,7 +487,7 @@ def test_commit_from_the_environment_without_git(monkeypatch):
 def test_saved_bytes_are_reproducible():
     """Saved-for-backward figures do not depend on the allocator: the original attention saves tensors
     in nodes freed during the forward (its discarded topk values), whose addresses get reused."""
-    from drsformer_fast.memory import saved_tensor_bytes
+    from drsformer_fast.perf.memory import saved_tensor_bytes
 
     attn = R.Attention(96, 2, False)
     assert len({saved_tensor_bytes(attn, (4, 96, 64, 64)) for _ in range(10)}) == 1
@@ -534,7 +535,7 @@ def _assert_pngs(paths, names):
 
 def test_plots_of_the_figures_and_of_gpu_timings(tmp_path):
     pytest.importorskip("matplotlib")
-    from drsformer_fast import plots
+    from drsformer_fast.perf import plots
 
     written = plots.plot(_synthetic_figures_result(), str(tmp_path / "figures"))
     _assert_pngs(written, ["bytes_moved.png", "launches.png", "saved_for_backward.png", "host_cost.png"])
@@ -579,14 +580,14 @@ def test_bench_plots_into_a_file_is_a_one_line_error(tmp_path, monkeypatch, caps
 
 def test_readme_figures_tables_are_current():
     """README's figures tables are what ``python scripts/readme_tables.py`` writes from the code now."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     tables = bench.format_readme_tables(bench.readme_figures())
     assert bench.replace_readme_tables(readme, tables) == readme, (
         "README.md's figures tables are out of date: run python scripts/readme_tables.py")
 
 
 def test_selfcheck_reports_each_case_as_it_ends(monkeypatch):
-    from drsformer_fast import selfcheck
+    from drsformer_fast.perf import selfcheck
 
     def check(device, dtypes):
         for case in ("2x8x5x7 fp32", "2x8x5x7 fp32", "1x3x4x4 fp16"):
@@ -609,7 +610,7 @@ def test_selfcheck_reports_each_case_as_it_ends(monkeypatch):
 def test_selfcheck_counts_the_cases_it_runs(monkeypatch):
     """count_cases (the progress bar's total) is the number of cases run checks, per precision list;
     the comparisons themselves are stubbed (the cases' loops run, nothing is computed)."""
-    from drsformer_fast import selfcheck
+    from drsformer_fast.perf import selfcheck
 
     def compare(op, case, names, *args, **kwargs):
         yield selfcheck.Row(op, case, names[0], 0.0, 0.0, 1.0, 0.0)

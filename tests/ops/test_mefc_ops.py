@@ -18,13 +18,13 @@ from original_arch import perturb_
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import drsformer_fast
-from drsformer_fast import accounting
 from drsformer_fast import reference as R
-from drsformer_fast.memory import saved_tensor_bytes
 from drsformer_fast.model import DRSformer
 from drsformer_fast.modules import FeatureCompensator
 from drsformer_fast.ops import mefc_step
 from drsformer_fast.ops.mefc import DIL_SIZES, SEP_SIZES
+from drsformer_fast.perf import accounting
+from drsformer_fast.perf.memory import saved_tensor_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The host-cost measurement's parts (``drsformer_fast.hostcost``); the measurement itself runs in
+"""The host-cost measurement's parts (``drsformer_fast.perf.hostcost``); the measurement itself runs in
 ``test_bench.py::test_no_gpu_bench_end_to_end`` (a fresh process: it needs Triton's real launch path,
 which this process, under Triton's interpreter, does not have)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from drsformer_fast import hostcost
+from drsformer_fast.perf import hostcost
 
 
 def _driver_calls() -> set[str]:

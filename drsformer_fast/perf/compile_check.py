@@ -1,13 +1,13 @@
 """Compile what runs, for real GPUs, with no GPU present: fail on spills or too much shared memory.
 
-    python -m drsformer_fast.kernels.compile_check [--arch 80 90] [--json PATH] [--jobs N] [--quiet]
+    python -m drsformer_fast.perf.compile_check [--arch 80 90] [--json PATH] [--jobs N] [--quiet]
                                                   [--registered] [--filter TEXT]
 
 The fast model and its blocks run on fake tensors at a few small shapes chosen to reach every
 configuration the launchers choose (``CHECK_CASES``: every level's channel and head count, fp32
 with TF32 on and off, bf16 under autocast, fp16, batch 1 and 2, sizes whose H*W and W are and are not
 multiples of 16, inference and training), and every Triton launch is captured with Triton's own
-specialisation of its arguments (``drsformer_fast.launches``). Each distinct specialisation is
+specialisation of its arguments (``drsformer_fast.perf.launches``). Each distinct specialisation is
 compiled for ``GPUTarget("cuda", arch, 32)`` with the launch's own options (``num_warps``,
 ``num_stages`` (Triton's default 3 where the launcher passes none), ``LAUNCH_OPTIONS``), and the
 cubin's resource usage is read with the ``cuobjdump`` shipped in the Triton wheel: registers, shared
@@ -48,7 +48,7 @@ def captured_launches(arch: int) -> list:
     ``tags`` saying where it was captured."""
     import torch
 
-    from .. import launches as L
+    from . import launches as L
 
     out = []
     for kind, dtype, autocast, shape, training, tf32 in CHECK_CASES:
@@ -57,7 +57,8 @@ def captured_launches(arch: int) -> list:
         m = L.build_module(kind, shape[1] if kind != "model" else 48, heads, dt)
         tags = {"case": f"{kind} {dtype}{'/autocast ' + autocast if autocast else ''} {'x'.join(map(str, shape))}"
                         f"{' train' if training else ''}{'' if tf32 else ' no-tf32'}"}
-        ctx = torch.autocast("cpu", dtype=getattr(torch, autocast)) if autocast else torch.autocast("cpu", enabled=False)
+        ctx = (torch.autocast("cpu", dtype=getattr(torch, autocast)) if autocast
+               else torch.autocast("cpu", enabled=False))
         with ctx:
             fwd, bwd = L.capture(m, shape, backward=training, arch=arch, tags=tags, tf32=tf32)
         out += fwd + bwd
@@ -66,9 +67,9 @@ def captured_launches(arch: int) -> list:
 
 def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
     """The registered configurations (of ``only_kernels`` when given), compiled as registered."""
-    from .. import launches as L
-    from .. import static_report as S
-    from ._registry import all_compile_configs
+    from ..kernels._registry import all_compile_configs
+    from . import launches as L
+    from . import static_report as S
 
     specs = []
     for cfg in all_compile_configs():
@@ -79,7 +80,7 @@ def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
         names = [p.name for p in fn.params]
         constexprs = tuple(((names.index(k),), v) for k, v in cfg.constexprs.items())
         signature = tuple((n, cfg.signature.get(n, "constexpr")) for n in names)
-        from ._utils import LAUNCH_OPTIONS
+        from ..kernels._utils import LAUNCH_OPTIONS
 
         options = tuple(sorted({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **LAUNCH_OPTIONS,
                                 **getattr(cfg, "extra", {})}.items()))
@@ -95,10 +96,10 @@ def _registered_rows(archs, jobs, only_kernels=None) -> list[dict]:
 
 
 def run(archs=(80, 90), jobs: int | None = None, registered: bool = False, name_filter: str = "") -> list[dict]:
-    from .. import launches as L
-    from .. import static_report as S
-    from . import KERNEL_MODULES
-    from ._utils import is_interpreter
+    from ..kernels import KERNEL_MODULES
+    from ..kernels._utils import is_interpreter
+    from . import launches as L
+    from . import static_report as S
 
     if is_interpreter():
         raise RuntimeError("compile_check needs real Triton JIT functions: unset TRITON_INTERPRET")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drsformer_fast.imageio import ImageError, find_images, read_image, read_image_uint8, to_uint8, write_png
+from drsformer_fast.images.imageio import ImageError, find_images, read_image, read_image_uint8, to_uint8, write_png
 
 
 def test_modes_become_8_bit_rgb(tmp_path):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference as R
-from .progress import Progress
+from .. import reference as R
+from ..progress import Progress
 from .tolerance import bound, relative_errors
 
 
@@ -78,7 +78,7 @@ def count_cases(dtypes) -> int:
 
 
 def _layer_norm_rows(device, dtypes) -> Iterator[Row]:
-    from .ops import layer_norm
+    from ..ops import layer_norm
 
     for dtype in dtypes:
         for (B, C, H, W), ln_type in LAYER_NORM_CASES:
@@ -97,7 +97,7 @@ def _layer_norm_rows(device, dtypes) -> Iterator[Row]:
 
 
 def _attention_rows(device, dtypes) -> Iterator[Row]:
-    from .ops import topk_sparse_attention
+    from ..ops import topk_sparse_attention
 
     for dtype in dtypes:
         for B, d, heads, H, W, bias in ATTENTION_CASES:
@@ -130,8 +130,8 @@ def _attention_rows(device, dtypes) -> Iterator[Row]:
 
 
 def _feed_forward_rows(device, dtypes) -> Iterator[Row]:
-    from ._validation import FFN_PARAM_NAMES, ffn_param_shapes
-    from .ops import mixed_scale_feed_forward
+    from .._validation import FFN_PARAM_NAMES, ffn_param_shapes
+    from ..ops import mixed_scale_feed_forward
 
     for dtype in dtypes:
         for (B, d, H, W), bias, res in FEED_FORWARD_CASES:
@@ -183,7 +183,7 @@ def _mefc_rows(device, dtypes) -> Iterator[Row]:
     ~100 parameter gradients reported per group (relative error of the group's concatenation)."""
     import math
 
-    from .modules import FeatureCompensator
+    from ..modules import FeatureCompensator
 
     B, C, H, W = 2, 12, 7, 9
     gen = torch.Generator().manual_seed(C)

@@ -1,6 +1,6 @@
 """What runs compiles for sm_80 and sm_90, without spills and within shared memory.
 
-Runs ``python -m drsformer_fast.kernels.compile_check`` in a fresh process without TRITON_INTERPRET
+Runs ``python -m drsformer_fast.perf.compile_check`` in a fresh process without TRITON_INTERPRET
 (the interpreter compiles nothing): the fast model and blocks run on fake tensors at a few small
 shapes (``compile_check.CHECK_CASES``), every Triton launch is captured with Triton's own
 specialisation and options, and each distinct one is compiled. Also checks that every
@@ -21,7 +21,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, "-m", "drsformer_fast.kernels.compile_check", "--json", str(out)],
+        [sys.executable, "-m", "drsformer_fast.perf.compile_check", "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=1800,
     )
     print(proc.stdout[-20000:])  # the full table (registers, shared memory, spills) in the test log

@@ -764,7 +764,7 @@ def test_forward_launch_config_per_arch(arch):
     from drsformer_fast.kernels._registry import all_compile_configs
     from drsformer_fast.kernels._utils import REGISTERS_PER_SM
 
-    from drsformer_fast import launches as L
+    from drsformer_fast.perf import launches as L
 
     for dim in range(1, 400):
         for exact in (False, True):

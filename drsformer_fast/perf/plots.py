@@ -1,6 +1,6 @@
 """``drsformer-fast bench --plots DIR``: where the time and the bytes go, as PNGs (matplotlib).
 
-From a no-GPU result (:func:`drsformer_fast.bench.run_figures`), :func:`plot_figures` writes one
+From a no-GPU result (:func:`drsformer_fast.perf.bench.run_figures`), :func:`plot_figures` writes one
 figure per topic, original vs fast, as horizontal bars on a logarithmic axis with the ratio
 original / fast beside each pair: the block kinds at the result's first block shape (level 1 at
 256x256 by default), every MEFC shape and every whole-model scenario:
@@ -9,9 +9,9 @@ original / fast beside each pair: the block kinds at the result's first block sh
 * ``launches.png``: kernel launches per forward and per forward+backward;
 * ``saved_for_backward.png``: bytes autograd keeps for backward (training rows only);
 * ``host_cost.png``: host milliseconds per call, where the result has a ``host_cost`` entry
-  (:mod:`drsformer_fast.hostcost`) with rows.
+  (:mod:`drsformer_fast.perf.hostcost`) with rows.
 
-From a GPU result (:func:`drsformer_fast.bench.run_gpu`), :func:`plot_gpu` writes
+From a GPU result (:func:`drsformer_fast.perf.bench.run_gpu`), :func:`plot_gpu` writes
 ``gpu_median_ms.png``: the median milliseconds per call of every implementation, one panel per
 precision, grouped by scenario (missing measurements are left out).
 

@@ -12,8 +12,8 @@ from imaging import direct_derain, random_image, tiny_checkpoint
 from PIL import Image
 
 from drsformer_fast import cli, load_checkpoint
-from drsformer_fast.imageio import read_image
-from drsformer_fast.metrics import PROTOCOLS, score_pair
+from drsformer_fast.images.imageio import read_image
+from drsformer_fast.images.metrics import PROTOCOLS, score_pair
 
 
 def run(capsys, *argv):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from imaging import psnr_y, ssim_direct, y_channel
 
-from drsformer_fast.metrics import calculate_psnr, calculate_ssim, gaussian_window, rgb_to_y
+from drsformer_fast.images.metrics import calculate_psnr, calculate_ssim, gaussian_window, rgb_to_y
 
 
 def rand_img(h, w, seed):

@@ -13,9 +13,9 @@ import pytest
 from matlab_images import reference_pairs, tie_colours
 from PIL import Image
 
-from drsformer_fast import metrics as M
+from drsformer_fast.images import metrics as M
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = json.loads((ROOT / "tests" / "data" / "matlab_reference.json").read_text())
 PSNR_TOL, SSIM_TOL = 1e-4, 1e-5  # dB; SSIM units
 MATLAB = ("matlab-rain200", "matlab-did")

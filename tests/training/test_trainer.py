@@ -524,7 +524,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(data, tmp_path):
 
 def test_validation_scores_with_the_papers_protocol(data, tmp_path, capsys, monkeypatch, torch_path):
     """val.protocol: validation PSNR is the MATLAB protocol's (the same function `score` uses)."""
-    from drsformer_fast import metrics
+    from drsformer_fast.images import metrics
 
     calls = []
 
@@ -607,8 +607,8 @@ def test_validation_runs_once_per_iteration(visible, uninterrupted):
 
 
 def test_validation_images_are_saved_where_the_original_saves_them(visible, data, uninterrupted):
-    from drsformer_fast.imageio import read_image, to_uint8
-    from drsformer_fast.inference import pad_to_multiple
+    from drsformer_fast.images.imageio import read_image, to_uint8
+    from drsformer_fast.images.inference import pad_to_multiple
 
     root, _, _ = visible
     vis = root / "experiments/vis/visualization"

@@ -1,14 +1,14 @@
 """The static performance report's own arithmetic: SASS parsing, occupancy, grid efficiency, and the
 work/bytes of one small launch counted in the interpreter (the compilation path is exercised by
-tests/test_compile_targets.py, which compiles every captured launch through the same code)."""
+tests/perf/test_compile_check.py, which compiles every captured launch through the same code)."""
 
 import json
 
 import pytest
 import torch
 
-from drsformer_fast import launches as L
-from drsformer_fast import static_report as S
+from drsformer_fast.perf import launches as L
+from drsformer_fast.perf import static_report as S
 
 # sm_90 SASS of a kernel computing y[i] = x[i] * x[i + 1] + x[i] with 4 fp32 per thread: the aligned
 # load is one LDG.E.128, the shifted one four scalar LDG.E (lanes 16 bytes apart)
@@ -157,7 +157,7 @@ def _stencil_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, BLOCK_C: tl.constexpr, BLOCK_
 _COMPILE_STENCILS = '''
 import json, sys
 from types import SimpleNamespace
-from drsformer_fast import static_report as S
+from drsformer_fast.perf import static_report as S
 
 rows = {}
 for hint in (False, True):
@@ -260,7 +260,7 @@ def _wide_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr, EXTRA: tl.constexpr):
 _COMPILE_WIDE = '''
 import json, sys
 from types import SimpleNamespace
-from drsformer_fast import static_report as S
+from drsformer_fast.perf import static_report as S
 from drsformer_fast.kernels._utils import register_cap
 
 rows = {}

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..progress import Progress
 from . import benchmarking
-from .progress import Progress
 
 IMPLEMENTATIONS = ("original", "original-compiled", "original-graphed", "original-reduce-overhead",
                    "fast", "fast-compiled", "fast-graphed", "fast-reduce-overhead")
@@ -143,7 +143,7 @@ def model_config(variant: str) -> dict:
 
 def fast_unavailable_reason() -> str | None:
     """Why the fast model cannot be built in this build (None when it can)."""
-    from . import modules
+    from .. import modules
 
     if not hasattr(modules, "MixedScaleFeedForward"):
         return ("the fused feed-forward (drsformer_fast.modules.MixedScaleFeedForward) is not part of this "
@@ -154,13 +154,13 @@ def fast_unavailable_reason() -> str | None:
 def build_models(config: dict, seed: int = 0):
     """``(reference, fast)`` with the same random weights, on the CPU; ``fast`` is None (with
     :func:`fast_unavailable_reason`) when this build has no fast model."""
-    from . import reference
+    from .. import reference
 
     torch.manual_seed(seed)
     ref = reference.DRSformer(**config)
     if fast_unavailable_reason() is not None:
         return ref, None
-    from .model import DRSformer
+    from ..model import DRSformer
 
     fast = DRSformer(**config)
     fast.load_state_dict(ref.state_dict())
@@ -188,7 +188,7 @@ def _git_commit() -> dict:
 
 def environment(device: torch.device | None = None) -> dict:
     """Device, date and versions, for the JSON."""
-    from . import __version__
+    from .. import __version__
 
     try:
         import triton
@@ -322,7 +322,7 @@ def _runner(model: torch.nn.Module, impl: str):
     if impl.endswith("-reduce-overhead"):
         return torch.compile(model, mode="reduce-overhead", fullgraph=True)
     if impl.endswith("-graphed"):
-        from .graphs import GraphedModule
+        from ..graphs import GraphedModule
 
         return GraphedModule(model)
     return model
@@ -416,12 +416,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _build(impl: str, config: dict, state: dict) -> torch.nn.Module:
-    from . import reference
+    from .. import reference
 
     if impl.startswith("original"):
         model = reference.DRSformer(**config)
     else:
-        from .model import DRSformer
+        from ..model import DRSformer
 
         model = DRSformer(**config)
     model.load_state_dict(state)
@@ -500,8 +500,8 @@ def format_gpu_markdown(result: dict) -> str:
 
 def _block_modules(kind: str, dim: int, heads: int):
     """(original, fast or None) for one block kind at one width; the fast one shares the parameters."""
-    from . import modules as M
-    from . import reference as R
+    from .. import modules as M
+    from .. import reference as R
 
     ffn_factor = 2.66
     if kind == "layernorm":
@@ -542,7 +542,7 @@ def _figures(module: torch.nn.Module, shape, *, training: bool) -> dict:
 
 
 def _check_fast_path() -> None:
-    from ._dispatch import INTERPRETER, TRITON, kernel_path
+    from .._dispatch import INTERPRETER, TRITON, kernel_path
 
     if kernel_path("cpu") not in (INTERPRETER, TRITON):
         raise BenchError("the device-independent figures follow the fast path's Triton launchers, which the "
@@ -576,8 +576,8 @@ def block_figures(shapes=None, blocks=BLOCKS, progress: Callable[[str], None] | 
 def mefc_figures(shapes=None, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Per MEFC shape (``benchmarking.mefc_shapes()``): the original ``subnet`` vs ``FeatureCompensator``
     (sharing its parameters), forward and backward."""
-    from . import reference as R
-    from .modules import FeatureCompensator
+    from .. import reference as R
+    from ..modules import FeatureCompensator
 
     _check_fast_path()
     progress = progress or (lambda line: None)
@@ -625,7 +625,7 @@ METHODS = {
                 "than one kernel: the ATen part is a lower bound, the same for both models",
     "bytes": "bytes moved per pass: each ATen op charged its tensor inputs and outputs once (broadcast inputs "
              "at their real size; the original's kernels, and the unfused parts of the fast model), each fused "
-             "op its compulsory bytes from the byte tables of its kernel docstrings (drsformer_fast.accounting: "
+             "op its compulsory bytes from the byte tables of its kernel docstrings (drsformer_fast.perf.accounting: "
              "large tensors only; C x C matrices, partial sums and halo re-reads left out)",
     "training": "forward+backward: one forward, then the gradients of the input and every parameter from a "
                 "ones upstream gradient (torch.autograd.grad: no accumulation into .grad, as after "

@@ -3,7 +3,7 @@
 The fast modules (LayerNorm, attention, feed-forward, a transformer block, the whole model at a
 3-channel input of the same size, which adds every level, the decoder's 96-channel level 1 and
 whatever else the model launches) and the depthwise-convolution and MEFC-step launchers run on fake
-tensors (``drsformer_fast.launches``: real shapes, no memory, no compute) at 1x48x2304x4096 and
+tensors (``drsformer_fast.perf.launches``: real shapes, no memory, no compute) at 1x48x2304x4096 and
 1x48x4320x7680. Every captured Triton launch must have a grid within CUDA's limits (x < 2**31, y and
 z <= 65535), and no launcher may refuse the size. This is the acceptance test of issue 9, item 3.
 """
@@ -11,7 +11,7 @@ z <= 65535), and no launcher may refuse the size. This is the acceptance test of
 import pytest
 import torch
 
-from drsformer_fast import launches as L
+from drsformer_fast.perf import launches as L
 
 SIZES = {"4096x2304": (2304, 4096), "8K": (4320, 7680)}
 KINDS = ("layernorm", "attention", "feedforward", "block", "model")

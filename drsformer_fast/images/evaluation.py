@@ -1,8 +1,8 @@
 """Evaluating a checkpoint on a folder of rainy images against their clean targets.
 
-Each input is derained (:func:`drsformer_fast.inference.derain_tensor`), quantised to 8 bits as the
+Each input is derained (:func:`drsformer_fast.images.inference.derain_tensor`), quantised to 8 bits as the
 original test script saves it, and scored against the target with the same stem: PSNR and SSIM on
-the Y channel under a protocol of :data:`drsformer_fast.metrics.PROTOCOLS`: BasicSR's conventions
+the Y channel under a protocol of :data:`drsformer_fast.images.metrics.PROTOCOLS`: BasicSR's conventions
 by default, or one of the paper's two MATLAB scripts. The reported means are means of the
 per-image values, as BasicSR and the scripts report them.
 
@@ -164,8 +164,8 @@ def evaluate(
     Returns ``{'protocol', 'images': [{'name', 'target', 'psnr', 'ssim', 'seconds'[, 'max_abs_diff']}],
     'mean': {'psnr', 'ssim'}, 'count'}``, plus ``'parity': {'max_abs_diff', 'mean_max_abs_diff'}``
     when a ``reference_model`` is given (run in fp32 with the same tiling; differences of the
-    clamped float outputs). ``protocol``: a key of :data:`drsformer_fast.metrics.PROTOCOLS`; the
-    MATLAB ones read targets as ``imread`` does (:func:`drsformer_fast.scoring.read_scored_image`:
+    clamped float outputs). ``protocol``: a key of :data:`drsformer_fast.images.metrics.PROTOCOLS`; the
+    MATLAB ones read targets as ``imread`` does (:func:`drsformer_fast.images.scoring.read_scored_image`:
     3-channel RGB only) and give SSIM -inf below 11x11, with a ``note(text)``.
     ``progress(i, n, row)`` is called after each image (:func:`evaluate_pair`).
     """

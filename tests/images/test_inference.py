@@ -8,7 +8,7 @@ from helpers import make_generator, rel_err
 from imaging import direct_derain, tiny_model
 
 from drsformer_fast import load_checkpoint
-from drsformer_fast.inference import InferenceError, derain_tensor, pad_to_multiple, tile_starts
+from drsformer_fast.images.inference import InferenceError, derain_tensor, pad_to_multiple, tile_starts
 
 pytestmark = pytest.mark.usefixtures("one_thread", "torch_path")
 

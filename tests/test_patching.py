@@ -84,7 +84,7 @@ def test_patch_of_single_modules_and_of_the_reference_model(device):
     assert isinstance(model.encoder_level1[0], FastTransformerBlock)
     assert isinstance(model.encoder_level1[0].attn, TopKSparseAttention)
     assert isinstance(model.encoder_level1[0].ffn, MixedScaleFeedForward)
-    # the MEFC compensators are swapped too (tests/test_mefc.py checks them numerically)
+    # the MEFC compensators are swapped too (tests/ops/test_mefc_ops.py checks them numerically)
     assert isinstance(model.encoder_level0, FeatureCompensator) and isinstance(model.refinement, FeatureCompensator)
 
 

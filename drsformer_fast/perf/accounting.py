@@ -198,12 +198,12 @@ def mefc_step_bytes(shape, element_size: int = 4, *, backward: bool = False,
     Per-sample [C, 8C] matrices and weight gradients are small and left out, as for the other ops."""
     B, C, H, W = shape
     if not backward:
-        from .kernels.mefc import traffic_bytes
+        from ..kernels.mefc import traffic_bytes
 
         total = traffic_bytes(B, C, H, W, element_size)
         out = B * C * H * W * element_size
         return [KernelBytes("mefc step forward (kernels.mefc.traffic_bytes; written: s_out only)", total - out, out)]
-    from .kernels.mefc_backward import traffic_bytes
+    from ..kernels.mefc_backward import traffic_bytes
 
     total = traffic_bytes(B, C, H, W, element_size)
     out = B * C * H * W * element_size if input_grad else 0
@@ -251,7 +251,7 @@ class OpRecord:
     inside: str | None = None
     parts: list[KernelBytes] = field(default_factory=list)
     # a Triton launch as called (with ``OpRecorder(keep_calls=True)``): the JIT function, its
-    # positional arguments, keywords (constexprs, num_warps, ...) and grid (``drsformer_fast.launches``)
+    # positional arguments, keywords (constexprs, num_warps, ...) and grid (``drsformer_fast.perf.launches``)
     call: tuple | None = None
 
     @property
@@ -312,7 +312,7 @@ class OpRecorder(TorchDispatchMode):
         model = FUSED_OP_BYTES.get(name)
         if model is None:
             raise KeyError(f"no byte model for the custom op {NAMESPACE}::{name}; add one to "
-                           "drsformer_fast.accounting.FUSED_OP_BYTES")
+                           "drsformer_fast.perf.accounting.FUSED_OP_BYTES")
         record = OpRecord(f"{NAMESPACE}::{name}", "fused")
         self.records.append(record)
         device = next((t.device for t in _tensors((args, kwargs))), torch.device("cpu"))

@@ -1,0 +1,9 @@
+"""Performance and correctness tooling: nothing the model needs at run time imports from here.
+
+What lives here: byte and launch accounting (``accounting``), launch capture (``launches``), the
+static sm_90 report (``static_report``) and the compile check (``compile_check``), saved-tensor
+memory (``memory``), the host-cost measurement against a no-op CUDA driver (``hostcost``), the
+benchmark driver and its figures (``bench``, ``benchmarking``, ``plots``), and the self-check with its
+error bounds (``selfcheck``, ``tolerance``). These modules may import anything below them (the model,
+the modules, the ops, the kernels); the model side never imports them (``tests/test_layering.py``).
+"""
