@@ -1,7 +1,8 @@
 """A static performance picture of the fused kernels on an H100 (sm_90), with no GPU.
 
     python -m drsformer_fast.perf.static_report [--arch 90] [--shapes infer256-enc1,...] [--dtypes fp32,bf16]
-                                           [--markdown PATH] [--json PATH] [--jobs N] [--no-tf32]
+                                           [--markdown PATH] [--json PATH] [--launches-json PATH]
+                                           [--jobs N] [--no-tf32]
 
 For each of the default model's transformer-block shapes (``benchmarking.block_shapes()``: batch-1
 256x256 inference levels and 4x128x128 training levels), forward and backward, fp32 and bf16:
@@ -31,9 +32,8 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
    * compute = FFMA-class ops / 33.5 T/s (fp32 elementwise and ``input_precision="ieee"`` dots) +
      TF32 dot MACs / 247 T/s + fp16/bf16 dot MACs / 495 T/s (dense tensor-core peaks). Elementwise
      adds, subtracts, multiplies and divisions count one each, less one per multiply that finds an
-     add (launches compile with fp fusion on: ``acc += w * x`` is one FFMA; until 2026-11-28 each
-     counted two, which doubled the stencils' compute); reductions, exp and comparisons are not
-     counted.
+     add (launches compile with fp fusion on: ``acc += w * x`` is one FFMA); reductions, exp and
+     comparisons are not counted.
    * L1 = wavefronts / (1 per clock per SM x 132 SMs x 1.98 GHz). Each global load instruction of
      ``w`` bytes per lane is taken to have its lanes ``max(w, s)`` bytes apart: 32 lanes x ``max(w, s)``
      / 128 wavefronts for 32 x ``w`` useful bytes. The spacing ``s`` comes from the load's own Triton
@@ -41,11 +41,11 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
      (``nvdisasm -g``, through the PTX's ``.loc`` lines) to the ttgir load(s) on that line
      (``tt.load``, ``ttg.async_copy_global_to_local``), and
      ``s = sizePerThread x element bytes`` along the layout's contiguous dim when lanes step along it
-     (a scalar fp32 tap load in a 4-per-thread layout: 16 B apart, 4x the wavefronts: the stencil of
-     issue 9; the same taps in a 1-per-thread layout: 4 B, 1x). A load whose lanes all read one address
+     (a scalar fp32 tap load in a 4-per-thread layout: 16 B apart, 4x the wavefronts; the
+     same taps in a 1-per-thread layout: 4 B, 1x). A load whose lanes all read one address
      (a scalar, a slice whose sliced dim carries the lanes, a tensor too small to span them) counts 1x;
      a line with several loads takes the largest spacing. A load that maps to no line or to a layout
-     not modelled here (lanes only across rows, MMA and linear layouts) falls back to the older rule,
+     not modelled here (lanes only across rows, MMA and linear layouts) falls back to the widest-access rule,
      ``s = V`` the widest global access of the kernel, and the row says how many did (``l1_rule``,
      ``fell_back``). The kernel's factor ``sum(max(w, s)) / sum(w)`` over its static SASS load
      instructions (LDG and LDGSTS, as counted in the table) is ``l1_factor``. The prediction uses
@@ -973,6 +973,38 @@ def _row_from_json(d: dict) -> Row:
     return Row(**d)
 
 
+LAUNCH_FIELDS = ("shape", "level", "dtype", "pass", "index", "kernel", "config", "grid", "programs", "num_warps",
+                 "regs", "shared", "spill", "warps_per_sm", "compulsory_mb", "roofline_us", "predicted_us", "bound")
+
+
+def launch_data(rows: list[Row], arch: int, meta: dict) -> dict:
+    """Every launch of the report as compact data (``--launches-json``): per launch its place (shape,
+    level, dtype, pass, index), kernel and configuration, grid, warps, registers, shared memory and
+    spilled bytes, resident warps per SM, compulsory MB, HBM roofline and predicted microseconds and
+    the bound, one list per launch in the order of ``fields``. ``scripts/kernel_tables.py`` writes the
+    kernel modules' launch tables from it."""
+    out = []
+    for r in rows:
+        c, m = r.compile, r.model
+        d = {"shape": r.shape, "level": r.level, "dtype": r.dtype, "pass": r.pass_, "index": r.index,
+             "kernel": r.kernel, "config": _config_cell(r.config), "grid": list(r.grid), "programs": r.programs,
+             "num_warps": r.num_warps, "regs": c.get("regs"), "shared": c.get("shared"),
+             "spill": c.get("local", 0) + c.get("stack", 0) if "regs" in c else None,
+             "warps_per_sm": m.get("warps_per_sm"), "compulsory_mb": round(m["compulsory_bytes"] / 1e6, 3),
+             "roofline_us": round(m["hbm_us"], 3), "predicted_us": round(m["predicted_us"], 3),
+             "bound": m["bound"]}
+        out.append([d[k] for k in LAUNCH_FIELDS])
+    return {"arch": arch, "meta": meta, "fields": list(LAUNCH_FIELDS), "rows": out}
+
+
+def write_launch_data(path: str, data: dict) -> None:
+    """The launch data as JSON, one launch per line (a regenerated file diffs by launch)."""
+    head = json.dumps({k: v for k, v in data.items() if k != "rows"}, indent=1)[:-2]
+    lines = [json.dumps(r, separators=(",", ":")) for r in data["rows"]]
+    with open(path, "w") as f:
+        f.write(head + ',\n "rows": [\n' + ",\n".join(lines) + "\n ]\n}\n")
+
+
 def parse_shapes(text: str | None) -> list[str]:
     from .benchmarking import block_shapes
     from .launches import MODEL_CASES
@@ -1008,6 +1040,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 (default both)")
     parser.add_argument("--markdown", help="write the report here (else print it)")
     parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--launches-json", metavar="PATH",
+                        help="write every launch as compact data here (what scripts/kernel_tables.py reads)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile processes (default 2)")
     parser.add_argument("--from-json", metavar="PATH", nargs="+",
                         help="render the markdown of earlier runs' --json outputs, their rows in order (nothing "
@@ -1030,6 +1064,8 @@ def main(argv=None) -> int:
                 f.write(md)
         else:
             print(md)
+        if args.launches_json:
+            write_launch_data(args.launches_json, launch_data(rows, args.arch, meta))
         return 0
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in ("fp32", "bf16", "fp16")]
@@ -1060,6 +1096,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": [_row_json(r) for r in rows]}, f, indent=1, default=str)
+    if args.launches_json:
+        write_launch_data(args.launches_json, launch_data(rows, args.arch, meta))
     failed = [r for r in rows if "error" in r.compile]
     return 1 if failed else 0
 
