@@ -25,9 +25,9 @@ shapes are integers passed at launch, never baked into a key's kernel beyond wha
 The direct path is taken only where it is exactly ``JITFunction.run``'s launch: a plain
 ``JITFunction`` whose ``run`` nobody wraps (the launch-capture tooling and tests that wrap
 ``JITFunction.run`` or a kernel's ``run`` see every launch), no pre-run hooks, no launch enter/exit hook
-set, no stage-inspection hook, a grid given as a tuple, and tensors passed positionally. Anything else,
-Triton's interpreter included, goes through ``JITFunction.run``. Nothing here reads the GPU's state or
-synchronises with it.
+set, no stage-inspection hook, a grid given as a tuple, and tensors passed positionally. Anything
+else, Triton's interpreter and stand-ins for kernels included, is launched as
+``kernel[grid](*args, **kwargs)``. Nothing here reads the GPU's state or synchronises with it.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def launch_kernel(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, through the compiled kernel's launcher once the launch key
     (module docstring) has been seen. Returns what ``JITFunction.run`` returns (the CompiledKernel)."""
     if not _direct(kernel, grid):
-        return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        return kernel[grid](*args, **kwargs)
     drv = driver.active
     device = drv.get_current_device()
     key = [id(kernel), device, _runtime.debug, kernel.debug, _compilation.instrumentation_mode]

@@ -91,6 +91,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
@@ -570,6 +571,24 @@ def check_inputs(g, s, s_out, dw1, w1, dw2, dwd, m) -> None:
         raise ValueError(f"the fused MEFC backward supports at most {MAX_CHANNELS} channels, got {C}")
 
 
+# torch.ones(9 * C) per (C, device): the dilated taps' packed weights end with the unit weights of the
+# identity (a read-only operand of torch.cat, never written). Built anew, not kept, under a dispatch
+# mode (fake tensors, op recorders), in inference mode and during a CUDA graph capture (whose
+# allocations belong to the graph's memory pool).
+_UNIT_TAPS: dict = {}
+
+
+def _unit_taps(C: int, device: torch.device) -> torch.Tensor:
+    if is_in_torch_dispatch_mode() or torch.is_inference_mode_enabled() or (
+            device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return torch.ones(9 * C, device=device)
+    key = (C, device)
+    ones = _UNIT_TAPS.get(key)
+    if ones is None:
+        ones = _UNIT_TAPS[key] = torch.ones(9 * C, device=device)
+    return ones
+
+
 def _pack(ws, extra: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise weights [C, 1, k, k] packed into one fp32 vector (op after op, c * k * k + tap)."""
     parts = [w.detach().to(torch.float32).reshape(-1) for w in ws]
@@ -644,7 +663,7 @@ def mefc_step_bwd(g, s, s_out, dw1, w1, dw2, dwd, m, needs_input_grad: bool = Tr
     with device_guard(s):
         t = _fit_plane_offsets("t", sep_inner_fwd(s, dw1, w1))
         wsep2 = _pack(dw2)
-        wdil = _pack(dwd, torch.ones(9 * C, device=dev))
+        wdil = _pack(dwd, _unit_taps(C, dev))
         wsep1 = _pack(dw1)
         w1d = torch.stack([w.detach().to(torch.float32).reshape(C, C) for w in w1])
         dpre = torch.empty((B, C, N), device=dev, dtype=dt_)
