@@ -430,7 +430,7 @@ def test_configs_chosen_for_a_large_gpu(device, monkeypatch):
 def test_token_splits_fill_the_gpu(name, n_blocks, per_split, iters, monkeypatch):
     """The split-N kernels (Gram, dOut V^T) cut the tokens into ranges of SPLIT_ITERS blocks: 16 or
     more where that still gives two programs per SM, else the longest ranges that give 90% of a wave
-    of an H100 (132 SMs): the small images' launches (>= 4 MB) no longer run 32-72 programs."""
+    of an H100 (132 SMs), so the small images' launches (>= 4 MB) fill at least 90% of a wave."""
     from drsformer_fast.kernels import attention as A
 
     monkeypatch.setattr(A, "multiprocessor_count", lambda dev: 132)

@@ -5,7 +5,7 @@ The fast modules (LayerNorm, attention, feed-forward, a transformer block, the w
 whatever else the model launches) and the depthwise-convolution and MEFC-step launchers run on fake
 tensors (``drsformer_fast.perf.launches``: real shapes, no memory, no compute) at 1x48x2304x4096 and
 1x48x4320x7680. Every captured Triton launch must have a grid within CUDA's limits (x < 2**31, y and
-z <= 65535), and no launcher may refuse the size. This is the acceptance test of issue 9, item 3.
+z <= 65535), and no launcher may refuse the size.
 """
 
 import pytest

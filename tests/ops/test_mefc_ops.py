@@ -330,7 +330,7 @@ def test_saves_at_most_a_fifth_of_the_original(dim):
 @pytest.mark.parametrize("dim, target", [(48, 1.04e9), (96, 2.08e9)])
 def test_forward_bytes_and_launches(dim, target):
     """At 1 x dim x 256 x 256 (encoder_level0, refinement): forward bytes <= 1/5 of the original's
-    (issue 10's targets) and <= 40 launches per forward (the original: 167)."""
+    and <= 40 launches per forward (the original: 167)."""
     torch.manual_seed(0)
     orig = R.subnet(dim)
     fast = FeatureCompensator.from_original(orig)
