@@ -69,6 +69,7 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensor
 
+from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
     LAUNCH_OPTIONS,
@@ -765,7 +766,7 @@ def depthwise_conv_fwd(
         block_c, block_q = words_tiles(C, backward=False)
         grid = (cdiv(cdiv(H, 2) * (W // 2), block_q), cdiv(C, block_c), B)
         with device_guard(x):
-            _dw_fwd_words_kernel[grid](
+            launch_kernel(_dw_fwd_words_kernel, grid,
                 x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, H, W, *x.stride()[:3], os_[0].stride(0),
                 sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
                 HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=NUM_WARPS,
@@ -775,7 +776,7 @@ def depthwise_conv_fwd(
     block_c, block_q = tiles(backward=False)
     grid = (cdiv(cdiv(H, 2) * W, block_q), cdiv(C, block_c), B)
     with device_guard(x):
-        _dw_fwd_kernel[grid](
+        launch_kernel(_dw_fwd_kernel, grid,
             x, ws[0], bs[0], ws[-1], bs[-1], xb, os_[0], os_[-1], C, N, H, W, *x.stride(), os_[0].stride(0),
             sizes[order[0]], sizes[order[-1]], TWO=two, RELU=bool(relu),
             HAS_XBIAS=input_bias is not None, BLOCK_C=block_c, BLOCK_Q=block_q, num_warps=NUM_WARPS,
@@ -840,7 +841,7 @@ def depthwise_conv_bwd(
     dummy = ws[0]
     if words:
         with device_guard(x):
-            _dw_bwd_words_kernel[(n_tiles, cdiv(C, block_c), B)](
+            launch_kernel(_dw_bwd_words_kernel, (n_tiles, cdiv(C, block_c), B),
                 gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
                 parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
                 C, H, W, *x.stride()[:3], *gs[0].stride()[:3], *gs[-1].stride()[:3], ks[0], ks[-1],
@@ -851,7 +852,7 @@ def depthwise_conv_bwd(
     else:
         grid = (n_tiles, cdiv(C, block_c), B)
         with device_guard(x):
-            _dw_bwd_kernel[grid](
+            launch_kernel(_dw_bwd_kernel, grid,
                 gs[0], gs[-1], x, ws[0], ws[-1], xb, dx if dx is not None else dummy,
                 parts[0] if need_param else dummy, parts[-1] if need_param else dummy,
                 C, N, H, W, *x.stride(), *gs[0].stride(), *gs[-1].stride(), ks[0], ks[-1],
