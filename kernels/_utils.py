@@ -1,4 +1,12 @@
-"""Small helpers shared by the launchers (no kernels here)."""
+"""Helpers shared by the launchers (no kernels here), and the notes the kernel modules refer to.
+
+The compile options every launch passes (``LAUNCH_OPTIONS``) and the register cap a CTA can launch
+with (:func:`register_cap`); the layouts of the stencil kernels, each with its reason: coalesced taps
+(1 pixel per thread along W), row pairs and quads (vertically adjacent outputs per thread) and words
+(two fp16/bf16 pixels per 4-byte load); the TF32 rule of the dots that stand for convolutions
+(:func:`conv_fp32_precision`); device queries (SM count, compute capability) and the interpreter's
+own tile sizes.
+"""
 
 from __future__ import annotations
 
