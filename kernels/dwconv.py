@@ -1,65 +1,50 @@
 """Depthwise 2-D convolution ('same' padding, odd K in {3, 5, 7}), one or two branches: forward and
 backward. Used by the mixed-scale feed-forward (the 3x3 and 5x5 of stage 1 read ``y`` once) and by
-the attention's 3x3 ``qkv_dwconv`` backward.
+the attention (Q and K written once; the 3x3 ``qkv_dwconv`` backward).
 
-Layout: a program owns ``BLOCK_C`` channels x ``BLOCK_N`` pixels of one image, pixels flattened
-(n = h * W + w, the contiguous axis of NCHW, so loads coalesce along n). A pixel index is split into
-(n // W, n % W) once per tile; every tap (dh, dw) is then a load at a scalar offset
-``dh * stride_h + dw * stride_w`` with the out-of-image pixels masked to zero (the zero padding).
-The neighbouring rows a tap reads belong to the next/previous tiles and come from L1/L2.
-Any strides are accepted for every input; outputs are written with a dense [C, H, W] per image.
-Element offsets are int64 (an image of the feed-forward's 2h-channel y or 4h-channel ab spans more
-than 2**31 elements from ~4 MP on); pixel indices are int32 (H*W <= MAX_PIXELS). Kernel sizes are
-constexpr (Triton 3.6's interpreter cannot loop over runtime scalars); the tap loops stay loops:
-unrolled, ptxas hoists every tap's load and the kernels take 255 registers and spill on sm_90.
-
-Launch picture on sm_90 (compiled as launched, 8 warps, num_stages 3; `python -m
-drsformer_fast.perf.static_report`): forward 2 channels x 512 row pairs (kernels/_utils.py: each thread
-computes two vertically adjacent pixels from K + 1 row loads per column shift; 1024 pixels per
-program, 8128 programs at level 1, 256x256, C = 2h = 254), 88 registers, 16 resident warps per SM;
-backward 2 channels x 512 pixels, 79-96 registers, 16-24 resident warps. Loads: the taps are
-coalesced (1 pixel per thread along W: ``tl.multiple_of``, see kernels/_utils.py), so their L1
-wavefronts equal their bytes / 128; each tap also loads one weight per channel row a thread holds (a
-broadcast: one wavefront per warp), which 4 pixels per thread and channel row amortise (forward: 2
-row pairs; backward: 4 pixels of a row). By the static model the forward is HBM-bound in fp32 at level 1
-(79 -> 60 us with the row pairs, its roofline); the backward is L1-bound (per-warp L1 factor 1.3
-fp32, 2.5 bf16). FMA bound (2h * 34 FMA per pixel, ~33.5 T FMA/s fp32 on CUDA cores): 17 us at level 1.
-
-Words (fp16/bf16, forward and backward). A 2-byte tap load of one pixel per lane fills half an L1 wavefront, so in
-bf16 the forward above stays L1-bound (57 us against a 30 us roofline at level 1). When x's rows are
-whole 4-byte words (W even, unit W stride, even strides, 4-byte-aligned x and outputs:
-``forward_path``), ``_dw_fwd_words_kernel`` runs instead: one channel per program on the GPU (its
-weights are loaded once, uniform across the CTA; the interpreter takes up to 64 channels), each
-thread on 2 x 2 pixel quads, taps read as aligned words of two pixels and
-split in registers (the words t - 1 .. t + 1 around a quad's own word t hold every column shift of
-both its columns for K <= 5), outputs written as words. Per 4 output pixels of the 5x5 + 3x3 pair:
-6 rows x 3 full-wavefront word loads, against 6 x 5 half-filled loads per 2 pixels. Static model
-(sm_90, level 1, bf16): 57 -> 30 us, its HBM roofline; 96 registers, 16 resident warps per SM.
-The backward has the same twin (``_dw_bwd_words_kernel``, ``backward_path``: every gradient, and x
-where the parameter gradients read it, in whole words): g's rows are loaded once per branch as words
-and feed both rows of the quads (row i gives tap 2R - i of the upper row and, with row i + 1, of the
-lower one), x and dx are words, the weight and bias partials are per-tap sums over the program's
-quads. Static model (level 1, bf16, two branches): 95 -> 41 us (HBM-bound; 256 quads, 117 registers,
-16 resident warps per SM). Anything else (odd W, fp32, odd offsets) takes ``_dw_fwd_kernel`` /
-``_dw_bwd_kernel``.
-
-Two branches share the read of x: the taps of the smaller kernel are a subset of the larger one's,
-so one loop over the larger window loads each shifted tile once and feeds both accumulators.
-
-Backward (out = sum_t w_t * x(p + t)):
+Forward, per channel c and branch i: out_i(p) = sum_t w_i,t * x(p + t) (+ bias, optional ReLU).
+Backward:
   dx(p)   = sum_i sum_t w_i,t * g_i(p - t)           (the transposed convolution, written once)
   dw_i,t  = sum_p g_i(p - t) * x(p)                   (x loaded once, unshifted; g shifted per tap)
   db_i    = sum_p g_i(p)
-The weight and bias gradients are reduced deterministically: each program writes its per-channel
-sums for every tap to its own row of a [programs, K*K + 1, C] fp32 buffer, summed afterwards over
-programs in a fixed order (no atomics).
 
-Bytes (per element of x = B*C*H*W, element size s; halo re-reads hit the cache):
-  forward,  1 or 2 branches : read x once, write each output      -> (1 + branches) * s
-  backward                  : read every g_i and x, write dx       -> (2 + branches) * s
-                              + (K_i^2 + 1) * 4 / BLOCK_N bytes per element and branch of partials
-PyTorch runs one cuDNN depthwise kernel per branch (reading x once per branch) and, in backward,
-separate input- and weight-gradient kernels per branch (reading g_i twice and x once per branch).
+Kernels: ``_dw_fwd_kernel`` / ``_dw_bwd_kernel`` (pixels, any dtype and strides) and their word
+twins ``_dw_fwd_words_kernel`` / ``_dw_bwd_words_kernel`` (fp16/bf16 in whole 4-byte words:
+``forward_path``, ``backward_path``). A program owns ``BLOCK_C`` channels x a block of pixels of one
+image; the grid is (pixel blocks, channel blocks, B).
+
+[launch table: generated by scripts/kernel_tables.py from the static report; do not edit]
+[end of launch table]
+
+Design:
+- Pixels flattened (n = h * W + w, the contiguous axis of NCHW): a pixel index is split into
+  (n // W, n % W) once per tile, every tap (dh, dw) is then a load at a scalar offset with the
+  out-of-image pixels masked to zero (the zero padding); neighbouring rows come from L1/L2.
+- Coalesced taps: 1 pixel per thread along W (``tl.multiple_of``, ``kernels/_utils.py``), so a tap's
+  L1 wavefronts equal its bytes / 128; the forward computes two vertically adjacent pixels per
+  thread (row pairs: K + 1 row loads per column shift), the backward 4 pixels of a row, so that a
+  tap's broadcast weight load (one wavefront per warp) serves several tap loads.
+- Two branches share the read of x: the smaller kernel's taps are a subset of the larger one's, so
+  one loop over the larger window loads each shifted tile once and feeds both accumulators.
+- Words (fp16/bf16): a 2-byte tap per lane fills half a wavefront; on whole words (W even, unit W
+  stride, even strides, 4-byte-aligned tensors) each thread takes 2 x 2 pixel quads, the words
+  t - 1 .. t + 1 around a quad's word t hold every column shift of both columns (K <= 5), and
+  outputs are words. One channel per program on the GPU: its weights load once, uniform across the CTA.
+- The tap loops stay loops: unrolled, ptxas hoists every tap's load (255 registers and spills on
+  sm_90). Kernel sizes are constexpr (Triton 3.6's interpreter cannot loop over runtime scalars).
+- Weight and bias gradients are deterministic: each program writes its per-channel sums for every
+  tap to its own row of a [programs, K*K + 1, C] fp32 buffer, summed over programs in a fixed order.
+- Any input strides; outputs dense [C, H, W] per image. Element offsets are int64 (the feed-forward's
+  2h-channel y or 4h-channel ab spans more than 2**31 elements from ~4 MP on); pixel indices int32
+  (H*W <= MAX_PIXELS).
+
+Bytes per element of x (element size s; halo re-reads hit the cache): forward (1 + branches) * s;
+backward (2 + branches) * s plus (K_i^2 + 1) * 4 / pixels-per-program bytes of partials per branch.
+PyTorch runs one cuDNN depthwise kernel per branch (x read once per branch) and, in backward,
+separate input- and weight-gradient kernels per branch.
+
+Precision: fp32 accumulation of every tap for every input dtype; outputs rounded once to x's dtype;
+weight and bias gradients summed in fp32.
 """
 
 from __future__ import annotations
