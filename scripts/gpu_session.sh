@@ -8,6 +8,10 @@
 #   tests           DRSFORMER_FAST_TEST_GPU=1 pytest tests (kernels compiled on the GPU) -> tests.log, tests.xml
 #   bench           drsformer-fast bench, original vs fast, eager and through CUDA graphs
 #                   (inference; training eager), fp32 + bf16                             -> bench.json, bench.md
+#   kernels         every kernel of the fast model's inference forward (1x3x256x256, fp32 + bf16):
+#                   measured GPU time (torch.profiler) beside the calibrated static model's
+#                   prediction, per kernel, to re-fit the model on this project's kernels
+#                   (copy both files to benchmarks/results/)      -> kernels-vs-model.json, kernels-vs-model.md
 #   micro           pytest benchmarks -k "not compiled" --benchmark-json                -> micro.json
 #   bench-compiled  drsformer-fast bench, both models under torch.compile, default and
 #                   mode="reduce-overhead" (+ eager original)                            -> bench-compiled.json/.md
@@ -15,7 +19,7 @@
 # Each phase's output is teed to OUT/<phase>.log; OUT/summary.txt says how each phase ended.
 #
 # Time: the device gives one command 600 s. BUDGET_S (default 570) is shared out in order: a phase
-# gets at most its cap (TESTS_S 200, BENCH_S 150, MICRO_S 150, the compiled phases what is left) and
+# gets at most its cap (TESTS_S 200, BENCH_S 150, KERNELS_S 60, MICRO_S 150, the compiled phases what is left) and
 # never more than what is left; when its time is up it gets SIGINT (then SIGKILL 15 s later). What it
 # wrote stays: bench rewrites its JSON after every measurement; pytest writes its JSON when
 # interrupted. A phase that fails or times out does not stop the next one.
@@ -26,14 +30,14 @@ set -o pipefail
 set -u
 
 if [ $# -lt 1 ]; then
-    echo "usage: bash scripts/gpu_session.sh OUT [env tests bench micro bench-compiled micro-compiled]" >&2
+    echo "usage: bash scripts/gpu_session.sh OUT [env tests bench kernels micro bench-compiled micro-compiled]" >&2
     exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$1"
 shift
 PHASES=("$@")
-[ ${#PHASES[@]} -eq 0 ] && PHASES=(env tests bench micro bench-compiled micro-compiled)
+[ ${#PHASES[@]} -eq 0 ] && PHASES=(env tests bench kernels micro bench-compiled micro-compiled)
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT"
@@ -128,6 +132,10 @@ EOF
             run bench "${BENCH_S:-150}" "${CLI[@]}" bench --impl original,original-graphed,fast,fast-graphed \
                 --json "$OUT/bench.json" --markdown "$OUT/bench.md"
             ;;
+        kernels)
+            run kernels "${KERNELS_S:-60}" "$PY" -m drsformer_fast.perf.kernel_times --dtypes fp32,bf16 --size 256 \
+                --json "$OUT/kernels-vs-model.json" --markdown "$OUT/kernels-vs-model.md"
+            ;;
         micro)
             if has pytest_benchmark; then
                 run micro "${MICRO_S:-150}" "$PY" -m pytest -q -p no:cacheprovider benchmarks -k "not compiled" \
@@ -147,7 +155,7 @@ EOF
             else note "micro-compiled: skipped (pytest-benchmark is not installed)"; fi
             ;;
         *)
-            note "unknown phase '$phase' (env tests bench micro bench-compiled micro-compiled)"
+            note "unknown phase '$phase' (env tests bench kernels micro bench-compiled micro-compiled)"
             FAILED=$(( FAILED + 1 ))
             ;;
     esac

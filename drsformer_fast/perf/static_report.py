@@ -68,6 +68,13 @@ For each of the default model's transformer-block shapes (``benchmarking.block_s
 Occupancy (resident warps per SM): registers rounded up to 8 per thread (256 per warp) from 65536
 per SM, at most 64 warps and 32 CTAs per SM, 228 KB of shared memory per SM with 1 KB reserved per
 CTA (227 KB at most per CTA).
+
+Any Triton launch, not only this package's: :func:`predict_launch` (``kernel, grid, *args, **kwargs``;
+fake or meta tensors are enough) and :func:`predict_launches` (many at once) apply the same steps 2-4
+(``compile_spec``, ``count_work``, ``predict``) to one launch as called and return the prediction with
+its terms, ``trips`` included (the most times one load instruction ran in the counted program: the
+trips of its longest loop). ``drsformer_fast.perf.calibrate`` turns those terms into a time calibrated
+on measured H100 kernels (an achievable bandwidth, a floor per launch, a latency per exposed loop trip).
 """
 
 from __future__ import annotations
@@ -518,6 +525,19 @@ class _Counter:
         self.fadd = 0  # adds and subtracts
         self.fother = 0  # divisions, explicit fma
         self.dot = Counter()  # precision class -> multiply-adds
+        self.load_sites = Counter()  # the kernel's source line of each load executed -> times
+
+    def load_site(self, kernel_name: str):
+        """Count a load at its line of the kernel's source (the innermost frame of the kernel)."""
+        f = sys._getframe(2)
+        while f is not None and f.f_code.co_name != kernel_name:
+            f = f.f_back
+        self.load_sites[f.f_lineno if f is not None else None] += 1
+
+    @property
+    def trips(self) -> int:
+        """The most times one load instruction ran in the program: its longest loop's trips."""
+        return max(self.load_sites.values(), default=1)
 
     def access(self, ptrs, mask, store: bool):
         import numpy as np
@@ -612,6 +632,7 @@ def count_work(launch) -> dict:
 
     def masked_load(ptrs, mask, other, cache, vol):
         c.access(ptrs, mask, False)
+        c.load_site(launch.name)
         return cls.create_masked_load(b, ptrs, mask, other, cache, vol)
 
     def masked_store(ptrs, value, mask, cache):
@@ -666,7 +687,8 @@ def count_work(launch) -> dict:
             per_tensor[name] = {"program_bytes": inside, "extent_bytes": tensor_bytes(t)}
     del args, kwargs
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return {"program": {"load_bytes": c.load_bytes, "store_bytes": c.store_bytes, "ffma": c.ffma, "dot": dict(c.dot)},
+    return {"program": {"load_bytes": c.load_bytes, "store_bytes": c.store_bytes, "ffma": c.ffma, "dot": dict(c.dot),
+                        "trips": c.trips},
             "tensors": per_tensor}
 
 
@@ -804,7 +826,7 @@ def predict(programs: int, num_warps: int, comp: dict, work: dict) -> dict:
         "l1_us": l1_us, "l1_factor": l1_factor, "l1_rule": l1["l1_rule"], "l1_fell_back": l1.get("fell_back", 0),
         "efficiency": efficiency, "bound": bound, "predicted_us": predicted,
         "ratio": predicted / hbm_us if hbm_us else float("inf"),
-        "waves": programs / slots, **(occ or {}),
+        "waves": programs / slots, "programs": programs, "trips": p.get("trips", 1), **(occ or {}),
     }
 
 
@@ -842,6 +864,142 @@ def build_rows(shape_ids: list[str], dtypes: list[str], arch: int, jobs: int | N
         row.model = predict(launch.programs, spec.num_warps, comp, w)
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# any Triton launch: predict_launch
+# --------------------------------------------------------------------------------------------
+
+
+def _portable(v, storages: dict):
+    """A launch argument as JSON: a tensor by its storage, dtype, shape, strides and offset (its data is
+    never read), anything else as itself (numbers, strings, None)."""
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        st = v.untyped_storage()
+        key = storages.setdefault(st._cdata, len(storages))
+        return {"tensor": [str(v.dtype).split(".")[-1], list(v.shape), list(v.stride()), v.storage_offset(), key,
+                           st.nbytes()]}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return {"value": v}
+    raise TypeError(f"predict_launch: argument {v!r} of type {type(v).__name__} cannot be described "
+                    "(tensors, numbers, strings and None are)")
+
+
+def _launch_request(kernel, grid, args, kwargs) -> dict:
+    from .launches import Launch, _resolve_grid
+
+    fn = getattr(kernel, "fn", None)
+    if fn is None or not hasattr(kernel, "run"):
+        raise TypeError(f"predict_launch: {kernel!r} is not a @triton.jit kernel")
+    storages: dict = {}
+    grid = _resolve_grid(kernel, args, kwargs, grid)
+    return {"module": fn.__module__, "kernel": fn.__name__, "grid": list(grid),
+            "args": [_portable(a, storages) for a in args],
+            "kwargs": {k: _portable(v, storages) for k, v in kwargs.items()},
+            "launch": Launch(kernel, tuple(args), dict(kwargs), grid)}
+
+
+def _real_arg(d: dict, storages: dict):
+    """A :func:`_portable` argument as a CPU tensor on a fresh storage (shared by tensors that shared one;
+    pages never touched are never resident), bf16 as fp16; anything else as itself."""
+    import torch
+
+    if "value" in d:
+        return d["value"]
+    dtype, shape, stride, offset, key, nbytes = d["tensor"]
+    if key not in storages:
+        storages[key] = torch.empty(max(nbytes, 1), dtype=torch.uint8).untyped_storage()
+    t = torch.empty(0, dtype=torch.float16 if dtype == "bfloat16" else getattr(torch, dtype))
+    t.set_(storages[key], offset, tuple(shape), tuple(stride))
+    return t
+
+
+def _count_launches_worker(requests: list) -> list:
+    """In a TRITON_INTERPRET=1 process: count one program of each described launch (bf16 tensors as
+    fp16: the interpreter has no bf16 arithmetic, the bytes are the same)."""
+    import importlib
+
+    from .launches import Launch
+
+    out = []
+    for req in requests:
+        kernel = getattr(importlib.import_module(req["module"]), req["kernel"])
+        storages: dict = {}
+        args = tuple(_real_arg(a, storages) for a in req["args"])
+        kwargs = {k: _real_arg(v, storages) for k, v in req["kwargs"].items()}
+        out.append(count_work(Launch(kernel, args, kwargs, tuple(req["grid"]))))
+        del args, kwargs, storages
+    return out
+
+
+def _count_launches_in_subprocess(requests: list) -> list:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    with tempfile.TemporaryDirectory() as d:
+        req, res = os.path.join(d, "req.json"), os.path.join(d, "res.json")
+        with open(req, "w") as f:
+            json.dump(requests, f)
+        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.perf.static_report", "--_count_launches", req,
+                               res], env=env)
+        if proc.returncode != 0:
+            raise RuntimeError("the interpreter's work count failed (its error is above)")
+        with open(res) as f:
+            return json.load(f)
+
+
+_PREDICTED: dict = {}  # (specialisation, grid, arguments) -> prediction, for the life of the process
+
+
+def predict_launches(calls: list, arch: int = 90, jobs: int | None = None, progress=None) -> list[dict]:
+    """:func:`predict_launch` for many launches ``(kernel, grid, args, kwargs)`` at once: each distinct
+    specialisation compiled once (``jobs`` processes), every launch's program counted in one interpreter
+    process, and each distinct launch predicted once per process."""
+    from .launches import specialise
+
+    requests = [_launch_request(k, g, tuple(a), dict(kw)) for k, g, a, kw in calls]
+    specs = [specialise(r["launch"], arch) for r in requests]
+    keys = [(s, arch, json.dumps([r["grid"], r["args"], r["kwargs"]], sort_keys=True)) for s, r in zip(specs, requests)]
+    todo = {}
+    for key, spec, r in zip(keys, specs, requests):
+        if key not in _PREDICTED and key not in todo:
+            todo[key] = (spec, r)
+    if todo:
+        if progress:
+            progress(f"compiling {len({s for s, _ in todo.values()})} specialisations for sm_{arch}, "
+                     f"counting {len(todo)} launches in the interpreter")
+        with cf.ThreadPoolExecutor(1) as bg:
+            counting = bg.submit(_count_launches_in_subprocess,
+                                 [{k: v for k, v in r.items() if k != "launch"} for _, r in todo.values()])
+            compiled = compile_all([s for s, _ in todo.values()], arch, jobs)
+            work = counting.result()
+        for (key, (spec, r)), w in zip(todo.items(), work):
+            comp = compiled[spec]
+            launch = r["launch"]
+            model = predict(launch.programs, spec.num_warps, comp, w)
+            _PREDICTED[key] = {"kernel": launch.name, "config": spec.describe(), "grid": tuple(launch.grid),
+                               "num_warps": spec.num_warps, "regs": comp.get("regs"), "spills": comp.get("local", 0)
+                               + comp.get("stack", 0), "error": comp.get("error"), **model}
+    return [dict(_PREDICTED[k]) for k in keys]
+
+
+def predict_launch(kernel, grid, *args, **kwargs) -> dict:
+    """The static model's prediction for any ``@triton.jit`` launch ``kernel[grid](*args, **kwargs)`` on an
+    H100 (sm_90), with its terms (``drsformer_fast.perf.static_report.predict_launch``).
+
+    The arguments are what the launch would get: tensors may be fake or ``device="meta"`` (only their
+    dtype, shape, strides and offset are used), launch options (``num_warps``, ``num_stages``) go in
+    ``kwargs`` as for the launch. The launch is specialised as Triton's ``JITFunction.run`` would on an
+    H100, compiled for ``GPUTarget("cuda", 90, 32)`` (registers, spills, SASS, each load's layout), and
+    one program (the middle of the grid) runs in Triton's interpreter in a subprocess to count its
+    bytes, distinct bytes per tensor, FFMA-class ops, dot multiply-adds and loop trips; the kernel must
+    be importable by its module and name there. Returns a dict with ``predicted_us`` (the model of
+    the module docstring, at 3.35 TB/s, no per-launch floor) and its terms: ``hbm_us``, ``compute_us``,
+    ``l1_us``, ``efficiency``, ``bound``, ``compulsory_bytes``, ``programs``, ``trips`` (the most times
+    one load instruction ran in the counted program), ``ctas_per_sm``, ``warps_per_sm``, ``regs``,
+    ``spills``, ``config``. ``calibrate.triton_time`` turns the terms into the time calibrated on
+    measured H100 kernels."""
+    return predict_launches([(kernel, grid, args, kwargs)])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1024,6 +1182,13 @@ def parse_shapes(text: str | None) -> list[str]:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--_count_launches"]:  # the interpreter subprocess of predict_launches
+        with open(argv[1]) as f:
+            req = json.load(f)
+        out = _count_launches_worker(req)
+        with open(argv[2], "w") as f:
+            json.dump(out, f)
+        return 0
     if argv[:1] == ["--_count"]:  # the interpreter subprocess
         with open(argv[1]) as f:
             req = json.load(f)
