@@ -44,9 +44,48 @@ def _triton36_interpreter_index_fix() -> None:
 
 _triton36_interpreter_index_fix()
 
+
+def _install_memcheck() -> bool:
+    """The memory checker (tests/memcheck.py) on every kernel launch in the interpreter, unless
+    ``DRSFORMER_FAST_MEMCHECK=0`` (timing). It refuses a Triton whose interpreter lacks a hook point."""
+    if GPU_MODE:
+        return False
+    import memcheck
+
+    if not memcheck.enabled_by_env():
+        return False
+    memcheck.install()
+    return True
+
+
+MEMCHECK = _install_memcheck()
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one pytest-xdist worker per core: more threads per worker only oversubscribe the cores
     torch.set_num_threads(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when == "call":
+        item.memcheck_call_failed = outcome.get_result().failed
+
+
+@pytest.fixture(autouse=True)
+def _memcheck_findings(request):
+    """A memory-checker finding fails the test even where the test caught the launch's
+    MemcheckError (e.g. ``pytest.raises(Exception)``); a test that failed on it is not failed twice."""
+    if not MEMCHECK:
+        yield
+        return
+    import memcheck
+
+    memcheck.take_findings()
+    yield
+    found = memcheck.take_findings()
+    if found and not getattr(request.node, "memcheck_call_failed", False):
+        pytest.fail("memory checker findings in this test:\n" + "\n".join(map(str, found)), pytrace=False)
 
 
 @pytest.fixture
