@@ -45,8 +45,8 @@ Design:
   spill under the 128-register cap.
 - 128 registers at most (``MAXNREG``), num_stages 1: the dots' operands come from register
   stencils, not from loads, so there is nothing to pipeline.
-- The kernels are L1-bound by design: per channel and pixel they issue 84 (inner) + 84 + 92 (step)
-  = 260 tap loads; fewer need data reuse across taps (a halo tile in shared memory), which Triton
+- Taps bound the step kernel by L1: per channel and pixel the inner kernel loads 84 taps, the step
+  84 + 92 (t and s); fewer need data reuse across taps (a halo tile in shared memory), which Triton
   does not expose. For the same reason t reaches DRAM: rebuilding it inside the step costs k^2 W1
   products per output (49 for the 7x7).
 - One-dimensional grids meet no CUDA grid limit at any image size; per-image offsets are int64
