@@ -55,9 +55,10 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 [end of launch table]
 
 Design:
-- Q, K and V are never stored in the forward: the Gram and the mix rebuild them from t0's 9 shifted,
-  cache-resident loads, so saved for backward are x, t0 and C x C matrices (the original keeps ~14
-  planes of d channels: x, t0, t, normalised q and k, the four S_i V, project_out's input).
+- The forward never stores V, nor Q and K up to 64 channels per head: the stencil Gram and the mix
+  rebuild them from t0's 9 shifted, cache-resident loads. Saved for backward are x, t0 and C x C
+  matrices (the original keeps ~14 planes of d channels: x, t0, t, normalised q and k, the four
+  S_i V, project_out's input).
 - The Gram is reduced over token splits, each writing its own partial (no atomics), summed by one
   torch reduction in a fixed order; the split size depends on the shape and the SM count only.
 - Above 64 channels per head a Gram tile would rebuild every channel twice per side, and dQ/dK would
