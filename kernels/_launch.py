@@ -25,8 +25,9 @@ shapes are integers passed at launch, never baked into a key's kernel beyond wha
 The direct path is taken only where it is exactly ``JITFunction.run``'s launch: a plain
 ``JITFunction`` whose ``run`` nobody wraps (the launch-capture tooling and tests that wrap
 ``JITFunction.run`` or a kernel's ``run`` see every launch), no pre-run hooks, no launch enter/exit hook
-set, no stage-inspection hook, a grid given as a tuple, and tensors passed positionally. Anything
-else, Triton's interpreter and stand-ins for kernels included, is launched as
+set (an empty hook chain, Triton's default, calls nothing: the launcher then gets ``None`` for the hooks
+and their metadata), no stage-inspection hook, a grid given as a tuple, and tensors passed
+positionally. Anything else, Triton's interpreter and stand-ins for kernels included, is launched as
 ``kernel[grid](*args, **kwargs)``. Nothing here reads the GPU's state or synchronises with it.
 """
 
