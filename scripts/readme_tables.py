@@ -1,11 +1,13 @@
 """Regenerate README's tables of the device-independent figures (the level-1 block kinds at 256x256,
 MEFC, the whole model) from a fresh ``bench.readme_figures()`` result, between the markers
-``bench.README_START`` and ``bench.README_END``.
+``bench.README_START`` and ``bench.README_END``, and the end-to-end prediction on an H100
+(``predict_model.readme_section``: the calibrated static model and the committed host cost) between
+``predict_model.README_START`` and ``predict_model.README_END``.
 
     python scripts/readme_tables.py           # rewrite README.md
     python scripts/readme_tables.py --check   # exit 1 when README.md differs from what the code gives
 
-Fake tensors only (no self-check, no host cost): well under a minute on 2 CPU cores.
+Fake tensors only (no self-check, no host cost measured): about two minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drsformer_fast.perf import bench  # noqa: E402
+from drsformer_fast.perf import bench, predict_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     text = path.read_text()
     try:
         new = bench.replace_readme_tables(text, bench.format_readme_tables(bench.readme_figures()))
-    except bench.BenchError as exc:
+        new = predict_model.replace_readme(new, predict_model.readme_section(predict_model.predict(),
+                                                                              predict_model.read_hostcost()))
+    except (bench.BenchError, ValueError) as exc:
         print(f"readme_tables: error: {exc}", file=sys.stderr)
         return 2
     if new == text:

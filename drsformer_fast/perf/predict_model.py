@@ -9,11 +9,12 @@ every kernel launch recorded op by op (``accounting.OpRecorder``), and each laun
 with the parameters calibrated on measured H100 kernels (``calibrate.DEFAULT``, from
 ``python -m drsformer_fast.perf.calibrate``):
 
-* **Triton launches** (the fast model): ``floor + bytes / (bw_fraction x 3.35 TB/s) / grid efficiency``
-  plus the calibrated latency term for one trip per program. ``bytes``: the distinct tensor arguments'
-  bytes, each read or written once (an upper bound on the launch's compulsory bytes); the grid
-  efficiency and serial waves at the resident CTAs ``num_warps`` allow (registers are not compiled
-  here: ``static_report.predict_launch`` gives the compiled terms of any one launch).
+* **Triton launches** (the fast model): ``calibrate.triton_time`` on terms taken from the launch as
+  called, without compiling it: ``floor + bytes / (bw_fraction x 3.35 TB/s) / grid efficiency``.
+  ``bytes``: the distinct tensor arguments' bytes, each read or written once (an upper bound on the
+  launch's compulsory bytes); the grid efficiency at the resident CTAs ``num_warps`` allows; one trip
+  per program (registers, L1, FMAs and loops need the compile and the interpreter's count:
+  ``static_report.predict_launch`` gives them for any one launch).
 * **Convolutions and matmuls** (cuDNN, cuBLAS; ``convolution``, ``convolution_backward``, ``mm``,
   ``bmm``, ``addmm``): ``floor + max(bytes / achievable bandwidth, FLOPs / (efficiency x dense peak))``,
   dense peak 495 TFLOP/s TF32 and 990 TFLOP/s bf16, at an ASSUMED efficiency of 50% (band 25% to 100%):
@@ -172,7 +173,7 @@ def _training_extras(model, shape, dtype_bytes: int) -> list[Launch]:
 
 def time_of(launches: list[Launch], dtype: str, params=None, worst: float = 1.5) -> dict:
     """Predicted GPU microseconds of ``launches`` and the band: {us, low_us, high_us, by kind}."""
-    from .calibrate import DEFAULT, HBM_BYTES_PER_S, SMS
+    from .calibrate import DEFAULT, HBM_BYTES_PER_S, SMS, triton_time
 
     p = params or DEFAULT
     bw = p.bw_fraction * HBM_BYTES_PER_S
@@ -183,8 +184,9 @@ def time_of(launches: list[Launch], dtype: str, params=None, worst: float = 1.5)
             ctas = min(32, 64 // max(x.num_warps, 1)) or 1
             waves = math.ceil(x.programs / (SMS * ctas))
             eff = x.programs / SMS if x.programs < SMS else (x.programs / SMS) / (ctas * waves)
-            exposed = min(1.0, p.hide_warps / (ctas * x.num_warps))
-            t = p.floor_us + x.bytes / bw * 1e6 / max(eff, 1e-9) + p.latency_us * waves * exposed
+            terms = {"hbm_us": x.bytes / HBM_BYTES_PER_S * 1e6, "compute_us": 0.0, "l1_us": 0.0, "efficiency": eff,
+                     "programs": x.programs, "trips": 1}
+            t = triton_time(terms, p)
             lo, hi = t / worst, t * worst
         elif x.kind == "matmul":
             mem = x.bytes / bw * 1e6

@@ -934,18 +934,28 @@ def _count_launches_worker(requests: list) -> list:
     return out
 
 
-def _count_launches_in_subprocess(requests: list) -> list:
+def _count_launches_in_subprocess(requests: list):
+    """Start counting ``requests`` in a TRITON_INTERPRET=1 process; the returned function waits for it
+    and gives its counts. A process, not a thread, runs beside the compilations: the compile pool forks,
+    and a fork while another thread holds a lock can hang the child."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    with tempfile.TemporaryDirectory() as d:
-        req, res = os.path.join(d, "req.json"), os.path.join(d, "res.json")
-        with open(req, "w") as f:
-            json.dump(requests, f)
-        proc = subprocess.run([sys.executable, "-m", "drsformer_fast.perf.static_report", "--_count_launches", req,
-                               res], env=env)
-        if proc.returncode != 0:
-            raise RuntimeError("the interpreter's work count failed (its error is above)")
-        with open(res) as f:
-            return json.load(f)
+    d = tempfile.TemporaryDirectory()
+    req, res = os.path.join(d.name, "req.json"), os.path.join(d.name, "res.json")
+    with open(req, "w") as f:
+        json.dump(requests, f)
+    proc = subprocess.Popen([sys.executable, "-m", "drsformer_fast.perf.static_report", "--_count_launches", req,
+                             res], env=env)
+
+    def result() -> list:
+        try:
+            if proc.wait() != 0:
+                raise RuntimeError("the interpreter's work count failed (its error is above)")
+            with open(res) as f:
+                return json.load(f)
+        finally:
+            d.cleanup()
+
+    return result
 
 
 _PREDICTED: dict = {}  # (specialisation, grid, arguments) -> prediction, for the life of the process
@@ -968,11 +978,10 @@ def predict_launches(calls: list, arch: int = 90, jobs: int | None = None, progr
         if progress:
             progress(f"compiling {len({s for s, _ in todo.values()})} specialisations for sm_{arch}, "
                      f"counting {len(todo)} launches in the interpreter")
-        with cf.ThreadPoolExecutor(1) as bg:
-            counting = bg.submit(_count_launches_in_subprocess,
-                                 [{k: v for k, v in r.items() if k != "launch"} for _, r in todo.values()])
-            compiled = compile_all([s for s, _ in todo.values()], arch, jobs)
-            work = counting.result()
+        counting = _count_launches_in_subprocess([{k: v for k, v in r.items() if k != "launch"}
+                                                  for _, r in todo.values()])
+        compiled = compile_all([s for s, _ in todo.values()], arch, jobs)
+        work = counting()
         for (key, (spec, r)), w in zip(todo.items(), work):
             comp = compiled[spec]
             launch = r["launch"]
