@@ -172,3 +172,15 @@ def test_kernel_times_without_a_gpu_says_so(tmp_path, capsys):
     assert not (tmp_path / "k.json").exists()
     with pytest.raises(SystemExit):
         kernel_times.main(["--json", str(tmp_path / "k.json"), "--dtypes", "fp64"])
+
+
+def test_loop_term_applies_only_to_a_program_per_sm():
+    """Synthetic terms: 32 trips of 1 MB per program cost 32 x 1 MB / sm_gbps when 132 programs loop; the
+    same loop in a grid of 4 programs per SM is charged as streaming (the regime the data do not cover)."""
+    p = C.Params(bw_fraction=1.0, floor_us=0.0, latency_us=0.0, sm_gbps=16.0, host_us=0.0)
+    base = {"hbm_us": 10.0, "compute_us": 0.0, "l1_us": 0.0, "trips": 32, "ctas_per_sm": 4}
+    alone = {**base, "programs": 132, "efficiency": 0.25, "loaded_bytes": 132 * 32e6, "stored_bytes": 0}
+    assert C.triton_time(alone, p) == pytest.approx(32 * 1e6 / 16e9 * 1e6)
+    many = {**base, "programs": 528, "efficiency": 1.0, "loaded_bytes": 528 * 32e6, "stored_bytes": 0}
+    assert C.triton_time(many, p) == pytest.approx(10.0)
+    assert C.triton_time({**many, "trips": 1}, p) == pytest.approx(10.0)
