@@ -286,7 +286,8 @@ def readme_section(rows: list[dict], host: dict) -> str:
             f"calibrated on published H100 kernels (`benchmarks/results/calibration-h100.md`: {p.bw_fraction:.2f} "
             f"of 3.35 TB/s, a {p.floor_us:.2f} us floor per launch); cuDNN/cuBLAS convolutions and matmuls at an "
             "assumed 50% of the dense tensor-core peak (band 25-100%), so the original's band is wide. Host ms: "
-            f"the host-cost benchmark on {host.get('cpu') or 'the CI CPU'} (a GPU host's CPU is usually faster); "
+            f"the host-cost benchmark on {host.get('cpu') or 'the CI CPU'} "
+            "(`benchmarks/results/hostcost-cpu.json`, fp32, 8x8 inputs; a GPU host's CPU is usually faster); "
             "eager = max(host, GPU); CUDA graphs = the GPU time. The floor is a do_bench floor (after an L2 "
             "flush): back-to-back launches pay less, so hundreds of small launches make the GPU column an upper "
             "bound.\n\n" + format_table(rows, host))
