@@ -22,9 +22,10 @@ def check_tensor(name: str, t, *, ndim: int | None = None, dtypes=None, device=N
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(_dtype_name(d) for d in dtypes)
         raise TypeError(f"{name} has dtype {_dtype_name(t.dtype)}; supported: {names}")
-    if device is not None and t.device != torch.device(device):
+    # (these run for every parameter of every op call: a torch.device or a tuple is compared as it is)
+    if device is not None and t.device != (device if type(device) is torch.device else torch.device(device)):
         raise ValueError(f"{name} is on {t.device} but the input is on {device}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
+    if shape is not None and t.shape != (shape if type(shape) is tuple else tuple(shape)):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
@@ -103,7 +104,8 @@ def check_feed_forward_inputs(x: torch.Tensor, params: dict, residual: torch.Ten
         if p is None and name.endswith("bias"):
             continue
         check_tensor(name, p, device=x.device, shape=shape)
-    check_params(x, **params)
+        if not p.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(p.dtype)}")
     if residual is not None:
         check_tensor("residual", residual, device=x.device, shape=tuple(x.shape), dtypes=(x.dtype,))
     return hidden

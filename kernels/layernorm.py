@@ -184,6 +184,8 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(name, t, device=x.device, shape=(c,))
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {str(t.dtype).replace('torch.', '')}")
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .. import reference
 from .._dispatch import uses_triton
-from .._validation import check_attention_inputs
+from .._validation import SUPPORTED_DTYPES, check_attention_inputs, check_tensor
 from ._eager import call
 
 L2_EPS = 1e-12
@@ -151,10 +151,15 @@ def topk_sparse_attention(
     x: [B, d, H, W] fp32/fp16/bf16 (the compute dtype; weights are cast to it for the 1x1 convs),
     any strides. Triton on CUDA or under the interpreter, plain PyTorch otherwise.
     """
-    check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
-                           proj_bias, num_heads, residual)
-    if uses_triton(x):
+    def validate():
+        check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
+                               proj_bias, num_heads, residual)
+
+    check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    if uses_triton(x) and isinstance(attn_weights, (list, tuple)) and len(attn_weights) == 4:
+        # the launcher checks the same (kernels.attention.attention_fwd)
         return call(_attention_fwd, x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, *attn_weights,
-                    proj_weight, proj_bias, residual, num_heads)[0]
+                    proj_weight, proj_bias, residual, num_heads, validate=validate)[0]
+    validate()
     return _attention_torch(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
                             proj_bias, num_heads, residual)

@@ -11,7 +11,7 @@ import torch
 from .. import reference
 from .._dispatch import uses_triton
 from .._validation import FFN_PARAM_NAMES as PARAM_NAMES
-from .._validation import check_feed_forward_inputs
+from .._validation import SUPPORTED_DTYPES, check_feed_forward_inputs, check_tensor
 from ._eager import call
 
 
@@ -110,9 +110,11 @@ def mixed_scale_feed_forward(
     Triton on CUDA or under the interpreter, plain PyTorch otherwise; differentiable either way."""
     params = _params(in_weight, in_bias, dw3_weight, dw3_bias, dw5_weight, dw5_bias,
                      g3_weight, g3_bias, g5_weight, g5_bias, out_weight, out_bias)
+    check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    if uses_triton(x):  # the launcher checks the same (kernels.feedforward.check_inputs)
+        return call(_ffn_fwd, x, *params.values(), residual,
+                    validate=lambda: check_feed_forward_inputs(x, params, residual))
     check_feed_forward_inputs(x, params, residual)
-    if uses_triton(x):
-        return call(_ffn_fwd, x, *params.values(), residual)
     cast = [p.to(x.dtype) if p is not None else None for p in params.values()]
     out = reference.mixed_scale_feed_forward(x, *cast)
     return out + residual if residual is not None else out

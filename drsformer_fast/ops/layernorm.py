@@ -64,7 +64,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     """Channel LayerNorm of ``x: [B, C, H, W]`` (``bias=None``: BiasFree). Triton on CUDA or under
     the interpreter, plain PyTorch otherwise; differentiable either way."""
     check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
+    if uses_triton(x):  # the launcher checks the parameters too (kernels.layernorm.layer_norm_fwd)
+        return call(_layer_norm_fwd, x, weight, bias, validate=lambda: check_params(x, weight=weight, bias=bias))[0]
     check_params(x, weight=weight, bias=bias)
-    if uses_triton(x):
-        return call(_layer_norm_fwd, x, weight, bias)[0]
     return reference.channel_layer_norm(x, weight, bias)
