@@ -18,16 +18,19 @@ tensor-list arguments need autograd (``autograd.Function`` tracks tensors, not l
 from __future__ import annotations
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["call"]
 
 _FUNCTIONS: dict = {}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_C_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
 def _function(op):
-    """An ``autograd.Function`` running ``op``'s implementation with its registered autograd."""
+    """The ``apply`` of an ``autograd.Function`` running ``op``'s implementation with its registered
+    autograd."""
     fn = _FUNCTIONS.get(op)
     if fn is None:
         impl, setup, backward = op._init_fn, op._setup_context_fn, op._backward_fn
@@ -46,7 +49,11 @@ def _function(op):
                 return backward(ctx, *grads)
 
         Function.__name__ = Function.__qualname__ = f"Eager_{op._name}"
-        fn = _FUNCTIONS[op] = Function
+        # ``Function.apply`` binds the arguments to ``forward``'s signature (``inspect.signature``, ~15 us)
+        # whenever ``setup_context`` is defined, to apply defaults; ``forward(*args)`` has none, so the
+        # C++ apply is called directly, after the same unwrapping of dead functorch wrappers
+        apply = _C_APPLY.__get__(None, Function)
+        fn = _FUNCTIONS[op] = lambda *args: apply(*unwrap_dead_wrappers(args))
     return fn
 
 
@@ -65,14 +72,23 @@ def _direct(op, args) -> bool:
     return True
 
 
-def call(op, *args):
+def call(op, *args, validate=None):
     """``op(*args)`` for a ``torch.library.custom_op`` ``op`` whose positional arguments are
-    ``args``: the same results and gradients, without the dispatcher where nothing needs it."""
+    ``args``: the same results and gradients, without the dispatcher where nothing needs it.
+
+    ``validate``: the op's input check, for an op whose implementation (the kernel launcher) makes
+    the same check before any launch. It runs here only where the dispatcher is taken (fake tensors,
+    ``torch.compile``, dispatch modes): there the implementation may not run, and a bad argument must
+    not reach the fake implementation or the schema's checks. Inputs are thus checked once per call."""
     if not _direct(op, args):
+        if validate is not None:
+            validate()
         return op(*args)
-    if not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
+    if not torch.is_grad_enabled():
+        return op._init_fn(*args)
+    if not torch._C._any_requires_grad(*args):
         with torch.no_grad():  # what the dispatcher's below-autograd call gives: nothing recorded inside
             return op._init_fn(*args)
     if any(isinstance(a, (list, tuple)) for a in args) or op._backward_fn is None:
         return op(*args)
-    return _function(op).apply(*args)
+    return _function(op)(*args)
