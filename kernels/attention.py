@@ -102,6 +102,7 @@ Precision of the dots ("fp32" means what it means for the original under PyTorch
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -1026,6 +1027,12 @@ def _split_tokens(n_tokens: int, block_n: int, programs_per_split: int,
 
 
 def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
+    """(splits, iters) of ``n_blocks`` token blocks on ``device`` (``_splits_for``)."""
+    return _splits_for(n_blocks, programs_per_split, multiprocessor_count(device))
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function of three integers, run at every Gram and dOut V^T launch
+def _splits_for(n_blocks: int, programs_per_split: int, sms: int) -> tuple[int, int]:
     """Split the token blocks into contiguous ranges of ``iters`` blocks (from SPLIT_ITERS): the
     longest ranges of 16 or more blocks that give two programs per SM, else the longest ranges that
     still give 90% of a wave (the small images: 8 to 1 blocks), else the shortest; returns (splits,
@@ -1033,7 +1040,6 @@ def _splits(n_blocks: int, programs_per_split: int, device: torch.device) -> tup
     all its ``iters`` blocks, masked or not (4 blocks in one split of 64 would run 60 empty ones: the
     training latent's dOut V^T). Depends only on shapes and the device: deterministic. The partials
     cost at most C*C+2C floats per range of 2 x 64 x 16 tokens (<= 6% of the tokens' bytes at 8K)."""
-    sms = multiprocessor_count(device)
     splits = cdiv(n_blocks, SPLIT_ITERS[0])
     for target, choices in ((2 * sms, [it for it in SPLIT_ITERS if it >= 16]), (math.ceil(0.9 * sms), SPLIT_ITERS)):
         fitting = [it for it in choices if cdiv(n_blocks, it) * programs_per_split >= target]

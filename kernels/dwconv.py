@@ -682,6 +682,8 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     kernels are specialised without it rather than handed a zero-filled buffer, one launch less)."""
     if t is None:
         return None
+    if t.dtype is torch.float32 and t.is_contiguous():  # the usual case: no copy, two calls
+        return t.detach().view(-1)
     return t.detach().to(torch.float32).contiguous().view(-1)
 
 
