@@ -167,16 +167,21 @@ def _counts(model, shape, training: bool) -> dict:
 
 
 def measure(repeats: int = 20, warmup: int = 2, scenarios=SCENARIOS, variant: str = "with-mefc",
-            progress=None) -> dict:
+            progress=None, dim: int = 48) -> dict:
     """Host milliseconds per call (median of ``repeats``) of both models in eager mode, and their launch
-    counts, per scenario; the no-op driver must be active (:func:`activate_noop_driver`)."""
+    counts, per scenario; the no-op driver must be active (:func:`activate_noop_driver`).
+
+    ``dim``: the models' base width (48: DRSformer's; levels 1-4 have 1, 2, 4 and 8 times as many
+    channels). A narrow model (e.g. 8) keeps every launch, op and module call but leaves the CPU
+    almost no arithmetic in the ATen ops, which a GPU would do on the device: its times are closer to
+    the host work alone."""
     import torch
 
     from .bench import build_models, model_config
     from .launches import forced_triton_path
 
     torch.set_num_threads(1)  # the host's single Python thread; no intra-op parallelism in the timing
-    config = model_config(variant)
+    config = {**model_config(variant), "dim": dim}
     ref, fast = build_models(config, seed=0)
     rows = []
     for name, batch, size, training in scenarios:
@@ -223,7 +228,7 @@ def measure(repeats: int = 20, warmup: int = 2, scenarios=SCENARIOS, variant: st
                       "median host milliseconds per call on this machine",
             "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton.__version__,
                         "cpu": _cpu_name()},
-            "repeats": repeats, "variant": variant, "rows": rows}
+            "repeats": repeats, "variant": variant, "dim": dim, "rows": rows}
 
 
 def _cpu_name() -> str:
@@ -241,7 +246,8 @@ def _cpu_name() -> str:
 def format_markdown(result: dict) -> str:
     if "unavailable" in result:
         return f"Host cost: not measured ({result['unavailable']})."
-    lines = [f"Host cost per call ({result['method']}; {result['machine']['cpu']}, torch "
+    lines = [f"Host cost per call ({result['method']}; base width {result.get('dim', 48)}; "
+             f"{result['machine']['cpu']}, torch "
              f"{result['machine']['torch']}, triton {result['machine']['triton']}):", "",
              "| scenario | shape | pass | Triton launches | custom-op calls | ATen kernels (original → fast) "
              "| host ms, original | host ms, fast | fast / original |",
@@ -274,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS),
                    help=f"comma-separated, of {', '.join(s[0] for s in SCENARIOS)}")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--dim", type=int, default=48,
+                   help="the models' base width (default 48, DRSformer's; 8 leaves the ATen ops almost no CPU work; at least 2)")
     args = p.parse_args(argv)
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
     if not chosen or args.repeats < 1:
         p.error("no scenario chosen or --repeats below 1")
+    if args.dim < 2:
+        p.error(f"--dim must be at least 2 (the top-k attention needs 2 channels per head), got {args.dim}")
     try:
         activate_noop_driver(build_noop_driver())
     except HostCostUnavailable as exc:
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"unavailable": str(exc)}) + "\n")
         return 0
-    result = measure(repeats=args.repeats, scenarios=chosen,
+    result = measure(repeats=args.repeats, scenarios=chosen, dim=args.dim,
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_markdown(result))
     if args.json:

@@ -62,3 +62,18 @@ def test_markdown_of_a_result():
     result = {"method": "m", "machine": {"cpu": "cpu", "torch": "t", "triton": "tr"}, "rows": [row]}
     assert "| infer | 1x3x8x8 | forward | 340 | 168 | 3594 → 374 | 100.0 | 25.0 | 0.25 |" in \
         hostcost.format_markdown(result)
+
+
+def test_markdown_names_the_width():
+    result = {"method": "m", "machine": {"cpu": "cpu", "torch": "t", "triton": "tr"}, "dim": 8, "rows": []}
+    assert "base width 8;" in hostcost.format_markdown(result)
+    del result["dim"]  # results written before the width was recorded: DRSformer's 48
+    assert "base width 48;" in hostcost.format_markdown(result)
+
+
+@pytest.mark.parametrize("argv", [["--dim", "1"], ["--dim", "0"], ["--repeats", "0"], ["--scenarios", "nope"]])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        hostcost.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
