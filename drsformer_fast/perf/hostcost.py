@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, of {', '.join(s[0] for s in SCENARIOS)}")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     p.add_argument("--dim", type=int, default=48,
-                   help="the models' base width (default 48, DRSformer's; 8 leaves the ATen ops almost no CPU work; at least 2)")
+                   help="the models' base width (default 48, DRSformer's; 8 leaves the ATen ops almost no CPU "
+                        "work; at least 2)")
     args = p.parse_args(argv)
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
     if not chosen or args.repeats < 1:

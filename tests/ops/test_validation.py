@@ -4,12 +4,12 @@ only where the dispatcher is taken: fake tensors, torch.compile, dispatch modes)
 
 import pytest
 import torch
+from drsformer_fast.kernels import attention as KA
+from drsformer_fast.kernels import feedforward as KF
 from helpers import randn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drsformer_fast import _validation, ops
-from drsformer_fast.kernels import attention as KA
-from drsformer_fast.kernels import feedforward as KF
 from drsformer_fast.ops import attention as OA
 from drsformer_fast.ops import feedforward as OF
 
