@@ -13,15 +13,18 @@ ATen op its dispatcher. This module measures that cost on any Linux machine with
 * the launchers in their sm_90 configuration (``launches.forced_triton_path(90)``) on small CPU
   tensors: grids, tiles and splits as an H100 would get them; the kernels are never executed.
 * ATen ops run for real on the CPU at the small size, so their time is their dispatch plus a small
-  computation (oneDNN's per-call set-up for convolutions is most of it): an upper bound on their
-  host cost on a GPU, paid by the original's ~10x more ATen ops more than by the fast model's.
+  computation: an upper bound on their host cost on a GPU, paid by the original's ~10x more ATen
+  ops more than by the fast model's. The weights are full size however small the image (48 to 384
+  channels), so at DRSformer's width that computation is a large part of both models' time;
+  ``--dim 8`` builds both models at base width 8 (the same launches, ops and module calls), where
+  it almost vanishes and the time is closer to the host's own work.
 
 What the timer sees is therefore the host's work per call; it depends on the machine (a GPU
 host's CPU is usually faster than a CI runner's). The *ratio* fast / original on one machine is
 what the numbers are for. Launch counts come from the same forward on fake tensors
 (``accounting.profile``): Triton launches, ATen kernels, custom-op calls.
 
-Run ``python -m drsformer_fast.perf.hostcost [--json PATH] [--repeats N]``: it must run in a process
+Run ``python -m drsformer_fast.perf.hostcost [--json PATH] [--repeats N] [--dim N]``: it must run in a process
 without ``TRITON_INTERPRET`` (Triton's interpreter replaces the launch path being measured), which
 :func:`run_in_subprocess` arranges (``drsformer-fast bench`` uses it on machines without a GPU).
 """
