@@ -25,7 +25,8 @@ __all__ = ["call"]
 
 _FUNCTIONS: dict = {}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_C_APPLY = torch._C._FunctionBase.__dict__["apply"]
+# the C++ apply under torch.autograd.Function.apply (None in a torch without it: Function.apply is used)
+_C_APPLY = getattr(torch._C, "_FunctionBase", object).__dict__.get("apply")
 
 
 def _function(op):
@@ -52,8 +53,11 @@ def _function(op):
         # ``Function.apply`` binds the arguments to ``forward``'s signature (``inspect.signature``, ~15 us)
         # whenever ``setup_context`` is defined, to apply defaults; ``forward(*args)`` has none, so the
         # C++ apply is called directly, after the same unwrapping of dead functorch wrappers
-        apply = _C_APPLY.__get__(None, Function)
-        fn = _FUNCTIONS[op] = lambda *args: apply(*unwrap_dead_wrappers(args))
+        if _C_APPLY is None:
+            fn = _FUNCTIONS[op] = Function.apply
+        else:
+            apply = _C_APPLY.__get__(None, Function)
+            fn = _FUNCTIONS[op] = lambda *args: apply(*unwrap_dead_wrappers(args))
     return fn
 
 
