@@ -60,32 +60,29 @@ def _bad_attention(case):
     return a, ValueError, "attn_weights must be the four tensors attn1..attn4, got 3"
 
 
+def _call_in(mode, call, x):
+    """``call(x)`` eager with grad (an autograd node), eager without grad, or through the dispatcher."""
+    if mode == "dispatcher":
+        with _PassThrough():
+            return call(x)
+    with torch.set_grad_enabled(mode == "eager"):
+        return call(x.requires_grad_(mode == "eager"))
+
+
 @pytest.mark.parametrize("mode", ["eager", "no_grad", "dispatcher"])
 @pytest.mark.parametrize("case", ["shape", "dtype", "device"])
 def test_feed_forward_names_a_bad_parameter(case, mode):
     params, exc, message = _bad_ffn(case)
-    x = randn(1, 4, 3, 5, seed=20)
     with pytest.raises(exc, match=message):
-        if mode == "dispatcher":
-            with _PassThrough():
-                ops.mixed_scale_feed_forward(x, *params.values())
-        else:
-            with torch.set_grad_enabled(mode == "eager"):
-                ops.mixed_scale_feed_forward(x.requires_grad_(mode == "eager"), *params.values())
+        _call_in(mode, lambda x: ops.mixed_scale_feed_forward(x, *params.values()), randn(1, 4, 3, 5, seed=20))
 
 
 @pytest.mark.parametrize("mode", ["eager", "no_grad", "dispatcher"])
 @pytest.mark.parametrize("case", ["shape", "heads", "attn"])
 def test_attention_names_a_bad_argument(case, mode):
     args, exc, message = _bad_attention(case)
-    x = randn(1, 4, 3, 5, seed=21)
     with pytest.raises(exc, match=message):
-        if mode == "dispatcher":
-            with _PassThrough():
-                ops.topk_sparse_attention(x, **args)
-        else:
-            with torch.set_grad_enabled(mode == "eager"):
-                ops.topk_sparse_attention(x.requires_grad_(mode == "eager"), **args)
+        _call_in(mode, lambda x: ops.topk_sparse_attention(x, **args), randn(1, 4, 3, 5, seed=21))
 
 
 @pytest.mark.parametrize("mode", ["eager", "dispatcher"])
