@@ -29,14 +29,19 @@ def check_tensor(name: str, t, *, ndim: int | None = None, dtypes=None, device=N
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def check_floating(name: str, t: torch.Tensor) -> None:
+    """A parameter tensor has a floating dtype."""
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(t.dtype)}")
+
+
 def check_params(x: torch.Tensor, **params) -> None:
     """Every given parameter (None allowed) is a tensor on x's device of a floating dtype."""
     for name, p in params.items():
         if p is None:
             continue
         check_tensor(name, p, device=x.device)
-        if not p.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(p.dtype)}")
+        check_floating(name, p)
 
 
 def check_attention_inputs(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn_weights, proj_weight,
@@ -104,8 +109,7 @@ def check_feed_forward_inputs(x: torch.Tensor, params: dict, residual: torch.Ten
         if p is None and name.endswith("bias"):
             continue
         check_tensor(name, p, device=x.device, shape=shape)
-        if not p.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(p.dtype)}")
+        check_floating(name, p)
     if residual is not None:
         check_tensor("residual", residual, device=x.device, shape=tuple(x.shape), dtypes=(x.dtype,))
     return hidden

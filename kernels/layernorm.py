@@ -47,6 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validation import check_floating
 from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, cdiv, check_tensor, device_guard, next_pow2
@@ -184,8 +185,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(name, t, device=x.device, shape=(c,))
-            if not t.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point tensor, got {str(t.dtype).replace('torch.', '')}")
+            check_floating(name, t)
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
