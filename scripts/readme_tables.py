@@ -2,7 +2,8 @@
 MEFC, the whole model) from a fresh ``bench.readme_figures()`` result, between the markers
 ``bench.README_START`` and ``bench.README_END``, and the end-to-end prediction on an H100
 (``predict_model.readme_section``: the calibrated static model and the committed host cost) between
-``predict_model.README_START`` and ``predict_model.README_END``.
+``predict_model.README_START`` and ``predict_model.README_END``, and the host-cost tables from the
+committed ``hostcost`` results (``hostcost.replace_readme``).
 
     python scripts/readme_tables.py           # rewrite README.md
     python scripts/readme_tables.py --check   # exit 1 when README.md differs from what the code gives
@@ -23,7 +24,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drsformer_fast.perf import bench, predict_model  # noqa: E402
+from drsformer_fast.perf import bench, hostcost, predict_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         new = bench.replace_readme_tables(text, bench.format_readme_tables(bench.readme_figures()))
         new = predict_model.replace_readme(new, predict_model.readme_section(predict_model.predict(),
                                                                               predict_model.read_hostcost()))
+        new = hostcost.replace_readme(new)
     except (bench.BenchError, ValueError) as exc:
         print(f"readme_tables: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ which this process, under Triton's interpreter, does not have)."""
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 from pathlib import Path
@@ -77,3 +78,23 @@ def test_bad_arguments_exit_2(argv, capsys):
         hostcost.main(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_readme_tables_are_the_committed_results():
+    """README's host-cost tables are what ``scripts/readme_tables.py`` writes from benchmarks/results."""
+    readme = (hostcost.RESULTS.parent.parent / "README.md").read_text()
+    assert hostcost.replace_readme(readme) == readme, (
+        "README.md's host-cost tables differ from benchmarks/results/hostcost-cpu*.json: "
+        "run python scripts/readme_tables.py")
+
+
+def test_readme_tables_follow_the_results(tmp_path):
+    readme = (hostcost.RESULTS.parent.parent / "README.md").read_text()
+    for file in ("hostcost-cpu.json", "hostcost-cpu-dim8.json"):
+        data = json.loads((hostcost.RESULTS / file).read_text())
+        data["rows"][0]["fast_host_ms"] = 1234.5
+        (tmp_path / file).write_text(json.dumps(data))
+    new = hostcost.replace_readme(readme, tmp_path)
+    assert new.count("| 1234.5 |") == 2 and new.count("<!-- hostcost:") == 4
+    with pytest.raises(ValueError, match="hostcost:wide:start"):
+        hostcost.replace_readme("no markers here", tmp_path)
