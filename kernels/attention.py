@@ -17,8 +17,8 @@ Kernels, forward:
      ``_attn_qk_gram_dense_kernel`` multiplies them.
   2. ``_attn_topk_softmax_kernel``: per row of A, the normalisation, one ranking for the four nested
      top-k masks, one exp shared by the four softmaxes; writes Ghat, the norms and P.
-  3. ``_attn_mix_kernel``: out = M V with V rebuilt from t0, project_out folded into M (a tiny einsum
-     forms it), the output bias and the block's residual in the epilogue.
+  3. ``_attn_mix_kernel``: out = M V with V rebuilt from t0, project_out folded into M (a tiny batched
+     matmul forms it, ``_mix_matrix``), the output bias and the block's residual in the epilogue.
 Kernels, backward (dT = [dQ; dK; dV], the gradient of t):
   4. G = dOut V^T (split-N partials) and the row sums of dOut (``dout_v_path``): ``_attn_dout_v_kernel``,
      or ``_attn_dout_v_words_kernel`` on whole words; dW_o, dP and d b_o follow by tiny einsums.
@@ -1057,6 +1057,19 @@ def _qk_dwconv(t0: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor 
                               relu=False)[0]
 
 
+def _mix_matrix(proj_weight: torch.Tensor, p: torch.Tensor, B: int, heads: int) -> torch.Tensor:
+    """project_out folded into the per-head mix: M_b = W_o blockdiag(P_b), [B, d, d] fp32 per sample.
+
+    Computed as its transpose, M_b^T = blockdiag(P_b)^T W_o^T: one batched matmul over (sample, head)
+    whose [B, heads, C, d] result is M^T laid out densely, returned as the transposed view (the mix
+    kernel reads M through strides). Fewer host calls than the equivalent einsum and no copy after it."""
+    D = proj_weight.shape[0]
+    C = D // heads
+    w_ot = proj_weight.reshape(D, heads, C).float().permute(1, 2, 0)  # W_o^T per head: [heads, C, d]
+    m_t = torch.matmul(p.view(B, heads, C, C).transpose(-1, -2), w_ot)  # [B, heads, C, d]
+    return m_t.view(B, D, D).transpose(1, 2)
+
+
 def _half_dot(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
@@ -1140,9 +1153,7 @@ def attention_fwd(x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, attn
             **LAUNCH_OPTIONS,
         )
 
-        # project_out folded into the per-head mix: M_b = W_o blockdiag(P_b), d x d per sample
-        w_o = proj_weight.reshape(D, heads, C).float()
-        m = torch.einsum("ohc,bhcj->bohj", w_o, p.view(B, heads, C, C)).reshape(B, D, D)
+        m = _mix_matrix(proj_weight, p, B, heads)
         out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         out = torch.empty((B, D, H, W), device=dev, dtype=out_dtype)
         _launch_mix(m, t0, out, dw_w, dw_b, proj_bias.float() if proj_bias is not None else dw_w,
@@ -1260,8 +1271,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
             dt.stride(0), dt.stride(1), HALF_DOT=half, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq,
             J_ITERS=cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
-        m = torch.einsum("ohc,bhcj->bohj", w_o, p4).reshape(B, D, D)
-        _launch_mix(m.transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
+        _launch_mix(_mix_matrix(proj_weight, p, B, heads).transpose(1, 2), dout, dt[:, 2 * D:], dw_w, dw_w, dw_w, None,
                     conv=False, has_bias=False, half_dot=half)
 
         dt0, (d_dw_w,), (d_dw_b,) = depthwise_conv_bwd([dt], t0, [dw_weight], need_bias_grad=has_bias)
