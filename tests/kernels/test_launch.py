@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -68,6 +69,46 @@ def test_direct_path_only_where_it_is_jit_run(kernel, monkeypatch):
             assert not _launch._direct(kernel, (1,))
     assert _launch._direct(kernel, (1,))
 
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_what_a_first_launch_keeps(kernel, monkeypatch):
+    from triton.compiler import CompiledKernel
+
+    compiled = CompiledKernel.__new__(CompiledKernel)  # what JITFunction.run returns (never launched here)
+    compiled.module = None
+    monkeypatch.setattr(kernel, "run", lambda *a, grid, warmup, **kw: compiled, raising=False)
+    monkeypatch.setattr(_launch, "_CACHE", {})
+    t = torch.ones(4)
+    # x, y, N positional, BLOCK by keyword, then an option: the parameters are a prefix of the values
+    assert _launch._first_launch("k1", kernel, (1,), (t, t, 3), {"BLOCK": 8, "num_warps": 4}) is compiled
+    assert _launch._CACHE["k1"][2:] == (4, ())
+    # BLOCK left to its default: an explicit order and the default
+    _launch._first_launch("k2", kernel, (1,), (t, t, 3), {"num_warps": 4})
+    assert _launch._CACHE["k2"][2:] == ((0, 1, 2, 4), (4,))
+    # a tensor subclass or a tensor by keyword is never kept: a key would hold the object, not its facts
+    _launch._first_launch("k3", kernel, (1,), (t.as_subclass(_Sub), t, 3), {"BLOCK": 8})
+    _launch._first_launch("k4", kernel, (1,), (t, 3), {"y": t, "BLOCK": 8})
+    assert set(_launch._CACHE) == {"k1", "k2"}
+
+
+def test_launch_keys_tell_bool_int_and_float_apart(kernel, monkeypatch):
+    keys = []
+    monkeypatch.setattr(_launch, "_first_launch", lambda key, *a: keys.append(key))
+    # no GPU here: a driver whose only answer is the current device
+    monkeypatch.setattr(_launch, "driver", SimpleNamespace(active=SimpleNamespace(get_current_device=lambda: 0)))
+    t = torch.ones(4)
+    for n, block in ((1, 8), (True, 8), (1.0, 8), (1, True), (1, 8.0)):
+        _launch.launch_kernel(kernel, (1,), t, t, n, BLOCK=block)
+    assert len(set(keys)) == 5
+    # the same arguments give the same key; a tensor's dtype and 16-byte alignment enter it
+    _launch.launch_kernel(kernel, (1,), t, t, 1, BLOCK=8)
+    _launch.launch_kernel(kernel, (1,), t.half(), t, 1, BLOCK=8)
+    _launch.launch_kernel(kernel, (1,), torch.ones(5)[1:], t, 1, BLOCK=8)
+    assert keys[5] == keys[0] and len(set(keys)) == 7
 
 def test_interpreted_kernels_go_through_their_run(monkeypatch):
     from drsformer_fast.kernels import layernorm
