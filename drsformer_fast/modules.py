@@ -22,6 +22,33 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+_MISSING = object()
+
+
+def _get(module: nn.Module, name: str):
+    """``getattr(module, name)`` for a parameter or child module, without ``nn.Module.__getattr__``.
+
+    Python reaches ``__getattr__`` (~0.6 us a name) for every registered parameter and child, and a
+    block's forward names about forty of them on every call. The instance dict is read first, as
+    attribute lookup would (tools such as FSDP set tensors there), then the registered parameters
+    and children; anything else (a parametrization's property, a buffer, a missing name) goes
+    through ``getattr`` itself."""
+    d = module.__dict__
+    v = d.get(name, _MISSING)
+    if v is _MISSING:
+        v = d["_parameters"].get(name, _MISSING)
+        if v is _MISSING:
+            v = d["_modules"].get(name, _MISSING)
+            if v is _MISSING:
+                return getattr(module, name)
+    return v
+
+
+def _children(module: nn.Module) -> list:
+    """The children of an ``nn.Sequential`` / ``nn.ModuleList`` in order, as a list."""
+    return list(module.__dict__["_modules"].values())
+
+
 def _check_channels(module: nn.Module, x, channels: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -73,7 +100,8 @@ class ChannelLayerNorm(_PathMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)
-        return ops.layer_norm(x, self.body.weight, getattr(self.body, "bias", None))
+        body = _get(self, "body")
+        return ops.layer_norm(x, _get(body, "weight"), getattr(body, "bias", None))
 
     def extra_repr(self) -> str:
         return f"{self.dim}, LayerNorm_type={'WithBias' if self.with_bias else 'BiasFree'}"
@@ -121,10 +149,12 @@ class TopKSparseAttention(_PathMixin, nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         _check_channels(self, x, self.dim)
         dtype = _compute_dtype(x)
+        qkv, dw, out = _get(self, "qkv"), _get(self, "qkv_dwconv"), _get(self, "project_out")
         return ops.topk_sparse_attention(
-            x.to(dtype), self.qkv.weight, self.qkv.bias, self.qkv_dwconv.weight, self.qkv_dwconv.bias,
-            self.temperature, (self.attn1, self.attn2, self.attn3, self.attn4), self.project_out.weight,
-            self.project_out.bias, self.num_heads, residual,
+            x.to(dtype), _get(qkv, "weight"), _get(qkv, "bias"), _get(dw, "weight"), _get(dw, "bias"),
+            _get(self, "temperature"), (_get(self, "attn1"), _get(self, "attn2"), _get(self, "attn3"),
+                                        _get(self, "attn4")),
+            _get(out, "weight"), _get(out, "bias"), self.num_heads, residual,
         )
 
     def extra_repr(self) -> str:
@@ -161,8 +191,8 @@ class FastTransformerBlock(nn.Module):
         return block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.norm1(x), residual=x)
-        return self.ffn(self.norm2(x), residual=x)
+        x = _get(self, "attn")(_get(self, "norm1")(x), residual=x)
+        return _get(self, "ffn")(_get(self, "norm2")(x), residual=x)
 
 
 class MixedScaleFeedForward(_PathMixin, nn.Module):
@@ -212,16 +242,11 @@ class MixedScaleFeedForward(_PathMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         _check_channels(self, x, self.dim)
-        return ops.mixed_scale_feed_forward(
-            x.to(_compute_dtype(x)),
-            self.project_in.weight, self.project_in.bias,
-            self.dwconv3x3.weight, self.dwconv3x3.bias,
-            self.dwconv5x5.weight, self.dwconv5x5.bias,
-            self.dwconv3x3_1.weight, self.dwconv3x3_1.bias,
-            self.dwconv5x5_1.weight, self.dwconv5x5_1.bias,
-            self.project_out.weight, self.project_out.bias,
-            residual=residual,
-        )
+        params = []
+        for name in self._CONVS:
+            conv = _get(self, name)
+            params += (_get(conv, "weight"), _get(conv, "bias"))
+        return ops.mixed_scale_feed_forward(x.to(_compute_dtype(x)), *params, residual=residual)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, hidden_features={self.hidden_features}, bias={self.project_in.bias is not None}"
@@ -373,26 +398,30 @@ class FeatureCompensator(_PathMixin, nn.Module):
         return fast
 
     def _step_params(self, group: nn.Module) -> list[dict]:
+        # (children as the lists of their _modules: indexing an nn.Sequential walks it, ~1 us a lookup)
         steps = []
-        for layer in group._ops:
-            ops_ = layer._ops
-            sep = [ops_[i].op for i in range(len(SEP_SIZES))]
-            dil = [ops_[len(SEP_SIZES) + i].op for i in range(len(DIL_SIZES))]
-            steps.append({"dw1": [b[0].weight for b in sep], "w1": [b[1].weight for b in sep],
-                          "dw2": [b[3].weight for b in sep], "dwd": [b[0].weight for b in dil],
-                          "last": [b[4].weight for b in sep] + [b[1].weight for b in dil],
-                          "out": layer._out[0].weight})
+        for layer in _children(_get(group, "_ops")):
+            ops_ = _children(_get(layer, "_ops"))
+            sep = [_children(_get(ops_[i], "op")) for i in range(len(SEP_SIZES))]
+            dil = [_children(_get(ops_[len(SEP_SIZES) + i], "op")) for i in range(len(DIL_SIZES))]
+            steps.append({"dw1": [_get(b[0], "weight") for b in sep], "w1": [_get(b[1], "weight") for b in sep],
+                          "dw2": [_get(b[3], "weight") for b in sep], "dwd": [_get(b[0], "weight") for b in dil],
+                          "last": [_get(b[4], "weight") for b in sep] + [_get(b[1], "weight") for b in dil],
+                          "out": _get(_children(_get(layer, "_out"))[0], "weight")})
         return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x, self.dim)
         dtype = _compute_dtype(x)
         w = None
-        for j in range(0, len(self.layers), 2):
-            fc = self.layers[j].ca_fc
-            w = ops.routing_weights(x, fc[0].weight, fc[0].bias, fc[2].weight, fc[2].bias, self.steps)
-            group = self.layers[j + 1]
-            x = ops.feature_compensation(x.to(dtype), w, group.preprocess.op[0].weight, self._step_params(group))
+        layers = _children(_get(self, "layers"))
+        for j in range(0, len(layers), 2):
+            fc = _children(_get(layers[j], "ca_fc"))
+            w = ops.routing_weights(x, _get(fc[0], "weight"), _get(fc[0], "bias"), _get(fc[2], "weight"),
+                                    _get(fc[2], "bias"), self.steps)
+            group = layers[j + 1]
+            pre = _children(_get(_get(group, "preprocess"), "op"))[0]
+            x = ops.feature_compensation(x.to(dtype), w, _get(pre, "weight"), self._step_params(group))
         return x
 
     def extra_repr(self) -> str:

@@ -80,6 +80,48 @@ def test_random_config_matches_reference(device):
     _assert_matches_reference(fast, ref, x, g, *_grads(fast, x, g))
 
 
+
+class _Double(torch.nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+# a parameter of each fast module kind, reached through a child, a Sequential or a ModuleList
+_REPARAMETRISED = ["encoder_level1.0.norm1.body.weight", "encoder_level1.0.attn.qkv.weight",
+                   "encoder_level1.0.attn.temperature", "encoder_level1.0.ffn.dwconv5x5_1.weight",
+                   "encoder_level0.layers.0.ca_fc.2.weight", "encoder_level0.layers.1.preprocess.op.0.weight",
+                   "encoder_level0.layers.1._ops.1._ops.2.op.3.weight", "encoder_level0.layers.1._ops.0._out.0.weight"]
+
+
+def test_parameters_are_read_as_attribute_lookup_reads_them(torch_path):
+    """The fast modules read their parameters without ``nn.Module.__getattr__``; what they read must
+    stay what ``getattr`` gives: a parametrization's value, ``functional_call``'s tensors, a tensor set
+    in the instance dict (as FSDP does), each against a model holding the same values as parameters.
+    (The modules' forward is the same on every path; the plain-PyTorch one is the quick one here.)"""
+    from torch.nn.utils import parametrize
+
+    _, fast = _pair(mefc=True, seed=13)
+    fast = fast.eval()
+    x = randn(1, 3, 8, 8, seed=14)
+    doubled = {n: 2 * p.detach() if n in _REPARAMETRISED else p.detach() for n, p in fast.named_parameters()}
+    expected = DRSformer(**TINY, bias=False, LayerNorm_type="WithBias", mefc=True).eval()
+    expected.load_state_dict(doubled)
+    with torch.no_grad():
+        want = expected(x)
+        assert not torch.equal(want, fast(x))
+        torch.testing.assert_close(torch.func.functional_call(fast, doubled, (x,)), want, rtol=0, atol=0)
+        for name in _REPARAMETRISED:
+            module, leaf = fast.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+            parametrize.register_parametrization(module, leaf, _Double())
+        torch.testing.assert_close(fast(x), want, rtol=0, atol=0)
+        for name in _REPARAMETRISED:
+            module, leaf = fast.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+            parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)
+            value = module._parameters.pop(leaf).detach()
+            object.__setattr__(module, leaf, value)  # a plain tensor in the instance dict
+            assert getattr(module, leaf) is value
+        torch.testing.assert_close(fast(x), want, rtol=0, atol=0)
+
 def test_torch_compile_fullgraph_aot_eager(device):
     _, fast = _pair(mefc=True, seed=4)
     fast = fast.to(device)
