@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Half-precision inputs are computed with fp32 accumulation; these are the dtypes the fused ops take.
@@ -33,6 +35,15 @@ def check_floating(name: str, t: torch.Tensor) -> None:
     """A parameter tensor has a floating dtype."""
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {_dtype_name(t.dtype)}")
+
+
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def param_ok(p, device: torch.device, shape: tuple) -> bool:
+    """The common case of :func:`check_tensor` + :func:`check_floating` for a parameter in one
+    expression (a block's call checks ~25 of them); on False the full checks name what is wrong."""
+    return type(p) in _TENSOR_TYPES and p.device == device and p.shape == shape and p.is_floating_point()
 
 
 def check_params(x: torch.Tensor, **params) -> None:
@@ -94,6 +105,11 @@ def ffn_param_shapes(dim: int, hidden: int) -> dict[str, tuple[int, ...]]:
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _ffn_param_shape_items(dim: int, hidden: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(ffn_param_shapes(dim, hidden).items())
+
+
 def check_feed_forward_inputs(x: torch.Tensor, params: dict, residual: torch.Tensor | None) -> int:
     """Validate x, the 12 feed-forward parameters (biases may be None) and the residual; returns hidden."""
     check_tensor("x", x, ndim=4, dtypes=SUPPORTED_DTYPES)
@@ -104,11 +120,12 @@ def check_feed_forward_inputs(x: torch.Tensor, params: dict, residual: torch.Ten
         raise ValueError(f"in_weight must have shape [2 * hidden, {dim}, 1, 1] for an input with {dim} channels, "
                          f"got {tuple(w_in.shape)}")
     hidden = h2 // 2
-    for name, shape in ffn_param_shapes(dim, hidden).items():
+    dev = x.device
+    for name, shape in _ffn_param_shape_items(dim, hidden):
         p = params[name]
-        if p is None and name.endswith("bias"):
+        if (p is None and name.endswith("bias")) or param_ok(p, dev, shape):
             continue
-        check_tensor(name, p, device=x.device, shape=shape)
+        check_tensor(name, p, device=dev, shape=shape)
         check_floating(name, p)
     if residual is not None:
         check_tensor("residual", residual, device=x.device, shape=tuple(x.shape), dtypes=(x.dtype,))

@@ -1066,7 +1066,10 @@ def _mix_matrix(proj_weight: torch.Tensor, p: torch.Tensor, B: int, heads: int) 
     D = proj_weight.shape[0]
     C = D // heads
     w_ot = proj_weight.reshape(D, heads, C).float().permute(1, 2, 0)  # W_o^T per head: [heads, C, d]
-    m_t = torch.matmul(p.view(B, heads, C, C).transpose(-1, -2), w_ot)  # [B, heads, C, d]
+    if B == 1:  # the same bmm that matmul makes, without its broadcasting steps
+        m_t = torch.bmm(p.transpose(1, 2), w_ot)  # [heads, C, d]
+    else:
+        m_t = torch.matmul(p.view(B, heads, C, C).transpose(-1, -2), w_ot)  # [B, heads, C, d]
     return m_t.view(B, D, D).transpose(1, 2)
 
 

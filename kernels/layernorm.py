@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import check_floating
+from .._validation import check_floating, param_ok
 from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import LAUNCH_OPTIONS, SUPPORTED_DTYPES, cdiv, check_tensor, device_guard, next_pow2
@@ -183,7 +183,7 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(f"layer_norm kernels support at most {MAX_PIXELS} pixels per image (H * W), "
                          f"got {x.shape[2]} x {x.shape[3]}")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
+        if t is not None and not param_ok(t, x.device, (c,)):
             check_tensor(name, t, device=x.device, shape=(c,))
             check_floating(name, t)
 

@@ -25,6 +25,9 @@ __all__ = ["call"]
 
 _FUNCTIONS: dict = {}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+# argument types that are no tensor subclass: calls made only of them pass `_direct`'s argument test
+# in one C-level pass (anything else, lists included, is looked at one by one)
+_PLAIN_ARGS = frozenset((*_PLAIN, type(None), bool, int, float, str))
 # the C++ apply under torch.autograd.Function.apply (None in a torch without it: Function.apply is used)
 _C_APPLY = getattr(torch._C, "_FunctionBase", object).__dict__.get("apply")
 
@@ -70,6 +73,8 @@ def _direct(op, args) -> bool:
     if len(op._backend_fns) > (None in op._backend_fns) or op._autocast_dtype or op._disabled_kernel \
             or op._torch_dispatch_fns:
         return False
+    if _PLAIN_ARGS.issuperset(map(type, args)):  # the common case, in one C-level pass
+        return True
     for a in args:
         if isinstance(a, torch.Tensor) and type(a) not in _PLAIN:
             return False

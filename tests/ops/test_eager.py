@@ -79,6 +79,11 @@ def test_plain_eager_goes_direct_everything_else_through_the_dispatcher():
         pass
 
     assert not _eager._direct(OPS[0], (x.as_subclass(Sub),))
+    # among plain arguments, in a list, and next to arguments of types looked at one by one
+    w = torch.nn.Parameter(torch.ones(2))
+    assert _eager._direct(OPS[0], (x, w, None, 3, 0.5, True, "s", [x, w]))
+    assert not _eager._direct(OPS[0], (x, w, None, 3, x.as_subclass(Sub)))
+    assert not _eager._direct(OPS[0], (x, [x], object(), x.as_subclass(Sub)))
 
 
 def test_dispatch_modes_still_see_every_custom_op():
