@@ -79,7 +79,12 @@ _PARAM_INPUTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)  # qkv_w .. proj_b in _atten
 def _setup_context(ctx, inputs, output):
     (x, qkv_weight, qkv_bias, dw_weight, dw_bias, temperature, a1, a2, a3, a4, proj_weight, proj_bias, residual,
      num_heads) = inputs
-    _, t0, ghat, norms, p = output
+    out, t0, ghat, norms, p = output
+    # t0, ghat, norms and p are saved for the backward, not differentiable outputs; and no gradient is
+    # filled in with zeros for them (the autograd engine's default: a memset of 3d planes for t0 alone)
+    ctx.mark_non_differentiable(t0, ghat, norms, p)
+    ctx.set_materialize_grads(False)
+    ctx.out_dtype = out.dtype
     ctx.save_for_backward(x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3, a4,
                           proj_weight)
     ctx.num_heads = num_heads
@@ -91,6 +96,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dt0, _dghat, _dnorms, _dp):
     x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3, a4, proj_weight = (
         ctx.saved_tensors)
+    if dout is None:  # (the output reached the loss through no differentiable path: its gradient is zero)
+        dout = x.new_zeros(x.shape, dtype=ctx.out_dtype)
     grads = call(_attention_bwd, dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, temperature, a1, a2, a3,
                  a4, proj_weight, ctx.num_heads, ctx.needs_input_grad[0])
     dx = grads[0] if ctx.needs_input_grad[0] else None

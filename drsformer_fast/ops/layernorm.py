@@ -46,6 +46,10 @@ def _(dy, x, weight, mean, rstd, has_bias):
 def _setup_context(ctx, inputs, output):
     x, weight, bias = inputs
     _, mean, rstd = output
+    # mean and rstd are saved for the backward, not differentiable outputs; and no gradient is filled in
+    # with zeros for them (the autograd engine's default: two [B, H*W] memsets per call)
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, mean, rstd)
     ctx.has_bias = bias is not None
     ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -53,6 +57,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
+    if dy is None:  # (y reached the loss through no differentiable path: its gradient is zero)
+        dy = torch.zeros_like(x, memory_format=torch.contiguous_format)
     dx, dw, db = call(_layer_norm_bwd, dy, x, weight, mean, rstd, ctx.has_bias)
     return dx, dw.to(weight.dtype), (db.to(ctx.bias_dtype) if ctx.has_bias else None)
 

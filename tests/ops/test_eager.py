@@ -115,3 +115,65 @@ def test_function_apply_fallback_gives_the_same_gradients(monkeypatch):
     assert fn.__func__ is torch.autograd.Function.apply.__func__, fn
     for i, (a, b) in enumerate(zip(fast, plain)):
         assert a is not None and torch.equal(a, b), f"tensor {i} differs"
+
+
+_AUX = [(lambda: M.ChannelLayerNorm(13, "WithBias"), LN._layer_norm_fwd, 2),
+        (lambda: M.TopKSparseAttention(12, 2, True), A._attention_fwd, 4)]
+
+
+def _zero_fills(fn) -> list[str]:
+    """The ATen ops that build a zero tensor while ``fn`` runs (the profiler sees both call paths)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name in ("aten::zeros", "aten::zeros_like", "aten::new_zeros",
+                                                           "aten::zero_")]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "dispatcher"])
+@pytest.mark.parametrize("make,op,n_aux", _AUX, ids=["layernorm", "attention"])
+def test_auxiliary_outputs_are_not_differentiated(make, op, n_aux, direct, monkeypatch):
+    """The statistics the forward ops return for their backward (LayerNorm's mean and rstd, the
+    attention's t0, Gram, norms and P) are not differentiable, and the backward gets no zero-filled
+    gradients for them: nothing builds a zero tensor in a backward, by either call path."""
+    if not direct:
+        monkeypatch.setattr(_eager, "_direct", lambda op, args: False)
+    module = _perturbed(make(), seed=7)
+    x = randn(2, module.dim, 5, 7, seed=8).requires_grad_()
+    out = module(x)
+    grad = randn(*out.shape, seed=9)
+    assert _zero_fills(lambda: out.backward(grad)) == []
+    assert x.grad is not None and all(p.grad is not None for p in module.parameters())
+    # the op called directly: only its first output carries a gradient
+    m = module
+    if op is LN._layer_norm_fwd:
+        args = (x.detach(), m.body.weight, m.body.bias)
+    else:
+        args = (x.detach(), m.qkv.weight, m.qkv.bias, m.qkv_dwconv.weight, m.qkv_dwconv.bias, m.temperature,
+                m.attn1, m.attn2, m.attn3, m.attn4, m.project_out.weight, m.project_out.bias, None, m.num_heads)
+    outs = op(*args)
+    assert outs[0].requires_grad and not any(o.requires_grad for o in outs[1:])
+    assert len(outs) == 1 + n_aux
+
+
+class _NoGrad(torch.autograd.Function):
+    """Identity whose backward gives its input no gradient (``None``)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None
+
+
+@pytest.mark.parametrize("make,op,n_aux", _AUX, ids=["layernorm", "attention"])
+def test_an_output_without_gradient_counts_as_zero(make, op, n_aux):
+    """When the output's only path to the loss gives it no gradient, the backward still runs (the
+    engine calls it with ``None``) and gives the zero gradients a zero upstream gradient gives."""
+    module = _perturbed(make(), seed=10)
+    x = randn(2, module.dim, 5, 7, seed=11).requires_grad_()
+    (_NoGrad.apply(module(x)).sum() + (2 * x).sum()).backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))
+    for name, p in module.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
