@@ -815,9 +815,11 @@ def _attn_dqk_kernel(
     qk_ptr,  # Q and K: [B, 2d, N] (the depthwise conv of t0's first 2d channels), t0's dtype
     dg_ptr,  # HALF_DOT: dGhat, the gradient of the normalised Gram; else d(Q K^T): [B*heads, C, C] fp32
     norm_ptr,  # clamped norms |q|, |k|: [B*heads, 2, C] fp32
-    ab_ptr,  # alpha, beta: [B*heads, 2, C] fp32 (dQ += alpha Q, dK += beta K)
+    alpha_ptr,  # alpha: [B*heads, C] fp32 (dQ += alpha Q)
+    colsum_ptr,  # column sums of dGhat * Ghat: [B*heads, C] fp32 (dK += beta K, beta = -colsum / |k|^2)
     dt_ptr,  # out, dT: [B, 3d, N], t0's dtype (this kernel writes the Q and K channels)
     C, D, HEADS, N, n_ib,  # n_ib = cdiv(C, BLOCK_C) row blocks
+    eps,  # the norms' clamp: beta is 0 where |k| was clamped
     stride_qb, stride_qc,  # Q and K's batch and channel strides (tokens: unit stride)
     stride_tb, stride_tc,  # dT's
     HALF_DOT: tl.constexpr,
@@ -880,7 +882,13 @@ def _attn_dqk_kernel(
     m_in = m_i[:, None] & m_n[None, :]
     o_own = (i_s * D + i_h * C + o_i).to(tl.int64)[:, None]
     b_own = tl.load(p_qk + (o_own * stride_qc + o_n[None, :]), mask=m_in, other=0.0).to(tl.float32)
-    b_acc += tl.load(ab_ptr + i_bh * 2 * C + i_s * C + o_i, mask=m_i, other=0.0)[:, None] * b_own
+    # alpha for dQ; for dK beta = d|k_i| / |k_i| = -sum_r (dGhat * Ghat)_ri / |k_i|^2 (0 where |k_i| was
+    # clamped), formed here from the column sums rather than by a chain of ATen ops on the host
+    b_alpha = tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)
+    b_nk = tl.load(p_norm + C + o_i, mask=m_i, other=1.0)
+    b_beta = tl.where(b_nk > eps, tl.div_rn(-tl.load(colsum_ptr + i_bh * C + o_i, mask=m_i, other=0.0), b_nk * b_nk),
+                      0.0)
+    b_acc += tl.where(i_s == 0, b_alpha, b_beta)[:, None] * b_own
     tl.store(dt_ptr + i_b * stride_tb + (o_own * stride_tc + o_n[None, :]), b_acc.to(dt_ptr.dtype.element_ty),
              mask=m_in)
 
@@ -1254,8 +1262,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
         )
         d_attn = dw_part.sum((0, 1))  # [4]: attn1..attn4
         d_temp = dtau_part.view(B, heads, C).sum((0, 2)).view(heads, 1, 1)
-        nk = norms[:, 1]
-        beta = torch.where(nk > L2_EPS, -colterm.sum(1) / (nk * nk), 0.0)
+        colsum = colterm.sum(1)  # beta, the K norms' term, is formed from it in the dQ/dK kernel
 
         # dT = [dQ; dK; dV], the gradient of t = dwconv(t0)
         dt = torch.empty((B, 3 * D, H, W), device=dev, dtype=t0.dtype)
@@ -1270,7 +1277,7 @@ def attention_bwd(dout, x, t0, ghat, norms, p, qkv_weight, dw_weight, dw_bias, t
                                              < math.ceil(0.9 * multiprocessor_count(dev))):
             block_nq //= 2
         launch_kernel(_attn_dqk_kernel, (cdiv(H * W, block_nq) * n_ib * 2, B * heads),
-            qk, dgram, norms, torch.stack((alpha, beta), 1), dt, C, D, heads, H * W, n_ib, qk.stride(0), qk.stride(1),
+            qk, dgram, norms, alpha, colsum, dt, C, D, heads, H * W, n_ib, L2_EPS, qk.stride(0), qk.stride(1),
             dt.stride(0), dt.stride(1), HALF_DOT=half, BLOCK_C=block_c, BLOCK_J=block_j, BLOCK_N=block_nq,
             J_ITERS=cdiv(C, block_j), num_warps=nwq, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
         )
@@ -1349,9 +1356,9 @@ def _compile_configs():
             while dq_n >= DQK_MIN_BLOCK_N:
                 yield CompileConfig(
                     _attn_dqk_kernel,
-                    {"qk_ptr": ptr(dtype), "dg_ptr": "*fp32", "norm_ptr": "*fp32", "ab_ptr": "*fp32",
-                     "dt_ptr": ptr(dtype),
-                     **_ints("C", "D", "HEADS", "N", "n_ib", "stride_qb", "stride_qc", "stride_tb", "stride_tc")},
+                    {"qk_ptr": ptr(dtype), "dg_ptr": "*fp32", "norm_ptr": "*fp32", "alpha_ptr": "*fp32",
+                     "colsum_ptr": "*fp32", "dt_ptr": ptr(dtype), **_ints("C", "D", "HEADS", "N", "n_ib"), "eps": "fp32",
+                     **_ints("stride_qb", "stride_qc", "stride_tb", "stride_tc")},
                     {"HALF_DOT": dtype != "float32", "BLOCK_C": dq_c, "BLOCK_J": dq_j, "BLOCK_N": dq_n,
                      "J_ITERS": cdiv(c, dq_j)},
                     num_warps=dq_w, tag=dtype, **kw,

@@ -92,6 +92,28 @@ def test_fp32_random(case, device):
         assert_close(n, a, r, t)
 
 
+def test_k_channel_below_the_norm_clamp(device):
+    """A k channel whose norm is below eps (1e-12) at every pixel, not zero: its norm is clamped, so
+    the norm's own gradient term (beta) is 0 there, as the original's F.normalize gives, while the
+    channel still enters the Gram. (A q channel the same way would make its whole row of the Gram a
+    near-tie, which the original's top-k breaks its own way.)"""
+    B, D, heads, H, W = 2, 24, 3, 5, 7  # C = 8: k channel 2 of head 1
+    orig = _perturbed_original(D, heads, True, seed=31)
+    with torch.no_grad():
+        orig.qkv.weight[D + 10] *= 3e-13  # |k| ~ 3e-13
+        orig.qkv.bias[D + 10] = 0.0
+        orig.qkv_dwconv.bias[D + 10] = 0.0
+    fast = TopKSparseAttention.from_original(orig).to(device)
+    x = randn(B, D, H, W, seed=32, device=device)
+    g = randn(B, D, H, W, seed=33, device=device)
+    out, grads = _grads(fast, x, g)
+    out64, grads64 = _reference(orig, x, g, torch.float64)
+    out32, grads32 = _reference(orig, x, g, torch.float32)
+    assert_close("output", out, out64, out32)
+    for n, a, r, t in zip(_names(fast, False), grads, grads64, grads32):
+        assert_close(n, a, r, t)
+
+
 def _record_path(monkeypatch, name: str) -> set:
     """Spy on a launcher's choice between word and pixel kernels (``dout_v_path``, ``gram_path``)."""
     from drsformer_fast.kernels import attention as A
