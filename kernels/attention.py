@@ -43,15 +43,15 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 | _attn_qk_gram_dense_kernel | fwd | bf16 | dec1 1x96x256x256 | 128x4x1 | C64 N32 | 8 | 56 | 32 | 29.4 | 8.8 | 9.1 | hbm |
 | _attn_topk_softmax_kernel | fwd | fp32 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 95 | 20 | 0.1 | 0.0 | 0.1 | hbm |
 | _attn_mix_kernel | fwd | fp32 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 112 | 16 | 125.9 | 37.6 | 38.7 | hbm |
-| _attn_mix_kernel | bwd | fp32 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 56 | 32 | 50.4 | 15.0 | 15.5 | hbm |
-| _attn_mix_kernel | fwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 116 | 16 | 63.0 | 18.8 | 19.4 | hbm |
-| _attn_mix_kernel | bwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 53 | 32 | 25.2 | 7.5 | 7.8 | hbm |
+| _attn_mix_kernel | bwd | fp32 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 45 | 40 | 50.4 | 15.0 | 19.4 | hbm |
+| _attn_mix_kernel | fwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 108 | 16 | 63.0 | 18.8 | 19.4 | hbm |
+| _attn_mix_kernel | bwd | bf16 | latent 1x384x32x32 | 64x3x1 | O128 K16 N16 | 8 | 43 | 40 | 2.2 | 0.6 | 16.6 | l1 |
 | _attn_dout_v_kernel | bwd | fp32 | dec1 1x96x256x256 | 128x4x1 | D64 N32 | 16 | 123 | 16 | 104.9 | 31.3 | 37.4 | l1 |
 | _attn_dout_v_words_kernel | bwd | bf16 | dec1 1x96x256x256 | 64x4x1 | D64 N32 | 16 | 122 | 16 | 52.5 | 15.7 | 16.2 | hbm |
 | _attn_softmax_bwd_kernel | bwd | fp32 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 64 | 32 | 0.2 | 0.0 | 0.3 | hbm |
 | _attn_softmax_bwd_kernel | bwd | bf16 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 64 | 32 | 0.2 | 0.0 | 0.3 | hbm |
 | _attn_dqk_kernel | bwd | fp32 | dec1 1x96x256x256 | 3072x1x1 | C32 J16 N128 | 8 | 96 | 16 | 100.7 | 30.1 | 39.9 | compute |
-| _attn_dqk_kernel | bwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | C64 J16 N128 | 8 | 116 | 16 | 58.8 | 17.5 | 18.1 | hbm |
+| _attn_dqk_kernel | bwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | C64 J16 N128 | 8 | 113 | 16 | 58.8 | 17.5 | 18.1 | hbm |
 [end of launch table]
 
 Design:
