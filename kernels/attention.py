@@ -884,11 +884,13 @@ def _attn_dqk_kernel(
     b_own = tl.load(p_qk + (o_own * stride_qc + o_n[None, :]), mask=m_in, other=0.0).to(tl.float32)
     # alpha for dQ; for dK beta = d|k_i| / |k_i| = -sum_r (dGhat * Ghat)_ri / |k_i|^2 (0 where |k_i| was
     # clamped), formed here from the column sums rather than by a chain of ATen ops on the host
-    b_alpha = tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)
-    b_nk = tl.load(p_norm + C + o_i, mask=m_i, other=1.0)
-    b_beta = tl.where(b_nk > eps, tl.div_rn(-tl.load(colsum_ptr + i_bh * C + o_i, mask=m_i, other=0.0), b_nk * b_nk),
-                      0.0)
-    b_acc += tl.where(i_s == 0, b_alpha, b_beta)[:, None] * b_own
+    if i_s == 0:
+        b_coef = tl.load(alpha_ptr + i_bh * C + o_i, mask=m_i, other=0.0)
+    else:
+        b_nk = tl.load(p_norm + C + o_i, mask=m_i, other=1.0)
+        b_coef = tl.where(b_nk > eps, tl.div_rn(-tl.load(colsum_ptr + i_bh * C + o_i, mask=m_i, other=0.0),
+                                                b_nk * b_nk), 0.0)
+    b_acc += b_coef[:, None] * b_own
     tl.store(dt_ptr + i_b * stride_tb + (o_own * stride_tc + o_n[None, :]), b_acc.to(dt_ptr.dtype.element_ty),
              mask=m_in)
 
