@@ -51,7 +51,7 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 | _attn_softmax_bwd_kernel | bwd | fp32 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 64 | 32 | 0.2 | 0.0 | 0.3 | hbm |
 | _attn_softmax_bwd_kernel | bwd | bf16 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 64 | 32 | 0.2 | 0.0 | 0.3 | hbm |
 | _attn_dqk_kernel | bwd | fp32 | dec1 1x96x256x256 | 3072x1x1 | C32 J16 N128 | 8 | 96 | 16 | 100.7 | 30.1 | 39.9 | compute |
-| _attn_dqk_kernel | bwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | C64 J16 N128 | 8 | 113 | 16 | 58.8 | 17.5 | 18.1 | hbm |
+| _attn_dqk_kernel | bwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | C64 J16 N128 | 8 | 114 | 16 | 58.8 | 17.5 | 18.1 | hbm |
 [end of launch table]
 
 Design:
