@@ -862,14 +862,16 @@ def depthwise_conv_bwd(
     dbs: list[torch.Tensor | None] = [None] * nb
     if need_param:
         for j, i in enumerate(order):
+            # fixed-order reductions over programs: deterministic. The partials are tap-major
+            # ([K*K + 1, C] per program, coalesced writes); the weight gradient is summed from their
+            # transposed view straight into [C, 1, K, K] contiguous like the weight, the bias gradient
+            # into its own storage (callers may return it beside the weight's)
             k = sizes[i]
-            total = parts[j].sum(0)  # fixed-order reduction over programs: deterministic
             if need_weight_grad:
-                # the partials are tap-major ([K*K, C], coalesced writes); the gradient is [C, 1, K, K]
-                # contiguous like the weight (C*K*K floats: the copy is negligible)
-                dws[i] = total[: k * k].t().contiguous().view(C, 1, k, k)
+                dw = torch.empty((C, k * k), device=x.device, dtype=torch.float32)
+                dws[i] = torch.sum(parts[j][:, : k * k].transpose(1, 2), 0, out=dw).view(C, 1, k, k)
             if need_bias_grad:
-                dbs[i] = total[k * k].clone()  # its own storage: callers may return it beside dws[i]
+                dbs[i] = parts[j][:, k * k].sum(0)
     return dx, dws, dbs
 
 

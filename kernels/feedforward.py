@@ -59,7 +59,7 @@ Design:
   128 pixels of a tile, which spills as an fp32 FMA dot.
 - Row quads: ``_ffn_fwd_kernel`` computes four vertically adjacent pixels per thread
   (``_grouped_conv_rows``: K + 3 row loads per column shift feed all four, one 8-byte load per tap
-  for the (even, odd) weight pair of ``_weight_pairs``).
+  for the (even, odd) weight pair that ``_ffn_weights_kernel`` lays out).
 - Words (fp16/bf16): a 2-byte tap per lane fills half an L1 wavefront, so on whole 4-byte words the
   forward takes 2 x 2 pixel quads per thread and the du/dv kernel pixel pairs, each tap row read as
   the 3 words around the pair; the words du/dv kernel sums in the pixel kernel's order (bit-identical).
@@ -158,6 +158,8 @@ BWD_NUM_WARPS = 8
 BWD_WORDS_BLOCK_Q = 64
 # its register cap: 16 resident warps per SM (sm_90: 113-134 registers uncapped, no spills at 128)
 BWD_WORDS_MAXNREG = 128
+# _ffn_weights_kernel: W_out tiles of BLOCK_J hidden x BLOCK_D output channels; BLOCK_P pair elements
+WEIGHTS_BLOCK_J, WEIGHTS_BLOCK_D, WEIGHTS_BLOCK_P = 32, 64, 1024
 # Passed at every launch and registered with the compile configs (the check compiles what runs): 3
 # stages let the W_out / dout tiles feeding the dots load ahead (cp.async) in the hidden / D loops.
 NUM_STAGES = 3
@@ -467,7 +469,7 @@ def _word_columns(b_l, b_c, b_n, DTYPE: tl.constexpr):
 @triton.jit
 def _grouped_conv_word_pairs(
     ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW,
-    gp_ptr,  # weight pairs: [h, K*K] int64 (_weight_pairs)
+    gp_ptr,  # weight pairs: [h, K*K] int64 (_ffn_weights_kernel)
     HID: tl.constexpr, x_off,
     stride_abb, stride_abc, stride_abh,  # element strides of ab (even; unit W stride)
     K: tl.constexpr,
@@ -558,7 +560,7 @@ def _ffn_fwd_words_store(
 @triton.jit
 def _ffn_fwd_words_kernel(
     ab_ptr,  # ab: [B, 4h, H, W] fp16/bf16, whole words (dwconv._whole_words)
-    g3p_ptr,  # dwconv3x3_1 weight pairs: [h, 9] int64 (_weight_pairs)
+    g3p_ptr,  # dwconv3x3_1 weight pairs: [h, 9] int64 (_ffn_weights_kernel)
     g3b_ptr,  # dwconv3x3_1 bias: [h] fp32, or None
     g5p_ptr,  # dwconv5x5_1 weight pairs: [h, 25] int64
     g5b_ptr,  # [h] fp32, or None
@@ -657,6 +659,57 @@ def _ffn_fwd_reduce_kernel(
 
 
 @triton.jit
+def _tap_pairs(g_ptr, p_ptr, o, HID, stride_j, stride_i, stride_h, stride_w, K: tl.constexpr):
+    """p[j, t, i] = g[j, i, t // K, t % K] in fp32 for the flat indices ``o`` of p ([h, K*K, 2]) that
+    are in range (the others are masked: ``o`` may start below 0 or run past the end)."""
+    m = (o >= 0) & (o < HID * (2 * K * K))
+    o_j = o // (2 * K * K)
+    o_t = (o // 2) % (K * K)
+    o_i = o % 2
+    b_w = tl.load(g_ptr + o_j * stride_j + o_i * stride_i + (o_t // K) * stride_h + (o_t % K) * stride_w, mask=m)
+    tl.store(p_ptr + o, b_w.to(tl.float32), mask=m)
+
+
+@triton.jit
+def _ffn_weights_kernel(
+    wo_ptr,  # project_out weight W_out: [D, 2h] (the [D, 2h, 1, 1] parameter), any float dtype, any strides
+    g3_ptr,  # grouped 3x3 weight: [h, 2, 3, 3], any float dtype, any strides
+    g5_ptr,  # grouped 5x5 weight: [h, 2, 5, 5], any float dtype, any strides
+    wout_ptr,  # out, W_out in x's dtype: element (d, j) at j * stride_oj + d * stride_od
+    p3_ptr,  # out, the 3x3 taps as (input 0, input 1) fp32 pairs: [h, 9, 2] contiguous
+    p5_ptr,  # out, the 5x5 taps as pairs: [h, 25, 2] contiguous
+    D, HID,
+    n_wo,  # programs of the W_out region (the grid's first ones; 0: no W_out copy)
+    stride_wd, stride_wj,
+    stride_od, stride_oj,
+    stride_g3j, stride_g3i, stride_g3h, stride_g3w,
+    stride_g5j, stride_g5i, stride_g5h, stride_g5w,
+    BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The stage-2 weights in the layouts its kernels read, in one launch (three copies otherwise):
+    W_out cast to x's dtype (transposed for the forward, ``_wo_tile``: strides (1, D); as it is for
+    the backward: (2h, 1)), and both grouped convolutions' weights as per-tap fp32 pairs
+    (one 8-byte load per tap, ``_grouped_conv_rows``). Programs below ``n_wo`` copy a [BLOCK_J, BLOCK_D]
+    tile of W_out each; the rest cover the 18h + 50h pair elements, BLOCK_P each. Bytes: each weight
+    read once and written once (2h*D + 68h elements; offsets are int32: weights < 2**31 elements)."""
+    pid = tl.program_id(0)
+    if pid < n_wo:
+        n_d = tl.cdiv(D, BLOCK_D)
+        o_j = (pid // n_d) * BLOCK_J + tl.arange(0, BLOCK_J)
+        o_d = (pid % n_d) * BLOCK_D + tl.arange(0, BLOCK_D)
+        m = (o_j < 2 * HID)[:, None] & (o_d < D)[None, :]
+        b_w = tl.load(wo_ptr + o_j[:, None] * stride_wj + o_d[None, :] * stride_wd, mask=m)
+        tl.store(wout_ptr + o_j[:, None] * stride_oj + o_d[None, :] * stride_od, b_w.to(wout_ptr.dtype.element_ty),
+                 mask=m)
+    else:
+        o = (pid - n_wo) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat over p3's 18h elements, then p5's 50h
+        _tap_pairs(g3_ptr, p3_ptr, o, HID, stride_g3j, stride_g3i, stride_g3h, stride_g3w, 3)
+        _tap_pairs(g5_ptr, p5_ptr, o - HID * 18, HID, stride_g5j, stride_g5i, stride_g5h, stride_g5w, 5)
+
+
+@triton.jit
 def _ffn_bwd_uv_kernel(
     dout_ptr,  # dout: [B, D, H, W], any strides
     ab_ptr,  # ab: [B, 4h, H, W], any strides
@@ -721,7 +774,7 @@ def _ffn_bwd_uv_kernel(
 @triton.jit
 def _grouped_conv_words(
     ab_ptr, i_b, o_jl, o_h, o_t, m_q, H, WW,
-    gp_ptr,  # weight pairs: [h, K*K] int64 (_weight_pairs)
+    gp_ptr,  # weight pairs: [h, K*K] int64 (_ffn_weights_kernel)
     HID: tl.constexpr, x_off,
     stride_abb, stride_abc, stride_abh,  # element strides of ab (even; unit W stride)
     K: tl.constexpr,
@@ -775,7 +828,7 @@ def _grouped_conv_words(
 def _ffn_bwd_uv_words_kernel(
     dout_ptr,  # dout: [B, D, H, W] fp16/bf16, whole words (dwconv._whole_words)
     ab_ptr,  # ab: [B, 4h, H, W], whole words
-    gp_ptr,  # weight pairs of this side's grouped conv: [h, K*K] int64 (_weight_pairs)
+    gp_ptr,  # weight pairs of this side's grouped conv: [h, K*K] int64 (_ffn_weights_kernel)
     gb_ptr,  # its bias: [h] fp32, or None
     wo_ptr,  # project_out weight: [D, 2h], x's dtype, contiguous
     duv_ptr,  # out: gradient of the pre-ReLU (u, v): [B, 2h, H, W] contiguous
@@ -968,11 +1021,38 @@ def _fwd_config(dim: int, exact_fp32_dot: bool, arch: int) -> FwdConfig:
     return FwdConfig(block_d, block_q, 16, register_cap(16, FWD_MAXNREG))
 
 
-def _weight_pairs(weight: torch.Tensor) -> torch.Tensor:
-    """A grouped conv's weight [h, 2, K, K] as [h, K*K] int64 words, each the (input 0, input 1) fp32
-    pair of one tap: one 8-byte load gives both (``_grouped_conv_rows``)."""
-    h, _, k, _ = weight.shape
-    return _f32(weight).reshape(h, 2, k * k).transpose(1, 2).contiguous().view(torch.int64)
+def _stage2_weights(params: dict, dtype: torch.dtype, transposed: bool, pairs: bool):
+    """``(w_out, p3, p5)``: W_out [D, 2h] in ``dtype`` (``transposed``: as a contiguous [2h, D], the
+    forward's ``_wo_tile``; else contiguous [D, 2h], the backward's), and with ``pairs`` the grouped
+    weights as [h, K*K] int64 words, each the (input 0, input 1) fp32 pair of one tap (else None).
+    One ``_ffn_weights_kernel`` launch makes those that are not a view of the parameter: none in the
+    fp32 backward; W_out is never written (the kernel's W_out region is empty when it is returned)."""
+    w = params["out_weight"].detach()
+    D, h2 = w.shape[0], w.shape[1]
+    hidden = h2 // 2
+    dev = w.device
+    wo = w.reshape(D, h2)
+    copy_wo = transposed or wo.dtype != dtype or not wo.is_contiguous()
+    if not (copy_wo or pairs):
+        return wo, None, None
+    if transposed:
+        out = torch.empty((h2, D), device=dev, dtype=dtype)
+        stride_od, stride_oj = 1, D
+    else:
+        out = torch.empty((D, h2), device=dev, dtype=dtype) if copy_wo else wo
+        stride_od, stride_oj = h2, 1
+    n_wo = cdiv(h2, WEIGHTS_BLOCK_J) * cdiv(D, WEIGHTS_BLOCK_D) if copy_wo else 0
+    g3, g5 = params["g3_weight"].detach(), params["g5_weight"].detach()
+    p3 = torch.empty((hidden, 9), device=dev, dtype=torch.int64) if pairs else None
+    p5 = torch.empty((hidden, 25), device=dev, dtype=torch.int64) if pairs else None
+    n_p = cdiv(68 * hidden, WEIGHTS_BLOCK_P) if pairs else 0
+    launch_kernel(_ffn_weights_kernel, (n_wo + n_p,),
+        wo, g3, g5, out, p3.view(torch.float32) if pairs else out, p5.view(torch.float32) if pairs else out,
+        D, hidden, n_wo, *wo.stride(), stride_od, stride_oj, *g3.stride(), *g5.stride(),
+        BLOCK_J=WEIGHTS_BLOCK_J, BLOCK_D=WEIGHTS_BLOCK_D, BLOCK_P=WEIGHTS_BLOCK_P, num_warps=4,
+        num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+    )
+    return out, p3, p5
 
 
 def fwd_path(ab: torch.Tensor, residual: torch.Tensor | None) -> str:
@@ -1047,8 +1127,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         exact = x.dtype == torch.float32 and prec == "ieee"
         cfg = _fwd_config(D, exact, compute_capability(x.device))
         block_d, block_q = cfg.block_d, (INTERPRETER_FWD_BLOCK_Q if interpreter_tiles() else cfg.block_q)
-        # transposed (_wo_tile): a copy of D x 2h elements
-        wot = params["out_weight"].detach().reshape(D, 2 * hidden).t().to(x.dtype).contiguous()
+        wot, p3, p5 = _stage2_weights(params, x.dtype, transposed=True, pairs=True)
         res = residual if residual is not None else out
         words = fwd_path(ab, residual) == "words"
         # a tile: block_q row quads (pixels) or 2 x 2 quads (words), 4 * block_q pixels either way
@@ -1057,8 +1136,7 @@ def ffn_fwd(x: torch.Tensor, params: dict[str, torch.Tensor | None], residual: t
         split = _fwd_split(B * n_tiles * n_d, hidden, multiprocessor_count(x.device))
         bo = _f32(params["out_bias"])
         dest = out if split == 1 else torch.empty((split, B, D, N), device=x.device, dtype=torch.float32)
-        weights = (_weight_pairs(params["g3_weight"]), _f32(params["g3_bias"]),
-                   _weight_pairs(params["g5_weight"]), _f32(params["g5_bias"]), wot, bo)
+        weights = (p3, _f32(params["g3_bias"]), p5, _f32(params["g5_bias"]), wot, bo)
         launch = dict(HAS_RES=residual is not None and split == 1, SPLIT=split, AB64=ab64, BLOCK_D=block_d,
                       BLOCK_J=FWD_BLOCK_J, BLOCK_Q=block_q, num_warps=cfg.num_warps, num_stages=NUM_STAGES,
                       **{**LAUNCH_OPTIONS, "maxnreg": cfg.maxnreg})
@@ -1095,22 +1173,22 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
     with device_guard(x):
         y = _project_in(x, params["in_weight"])
         ab = _stage1(x, y, params, hidden)
-        wo = params["out_weight"].detach().reshape(D, h2).to(x.dtype).contiguous()
+        words = bwd_uv_path(dout, ab) == "words"
+        wo, p3, p5 = _stage2_weights(params, x.dtype, transposed=False, pairs=words)
         tiles = bwd_tiles()
         n_tiles = cdiv(N, tiles.block_n)
         duv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
         uv = torch.empty((B, h2, H, W), device=dev, dtype=x.dtype)
-        words = bwd_uv_path(dout, ab) == "words"
         n_uv_tiles = cdiv(H * (W // 2), tiles.words_block_q) if words else n_tiles
         pb_uv = torch.empty((B * n_uv_tiles, h2), device=dev, dtype=torch.float32)
         dab = torch.empty((B, 4 * hidden, H, W), device=dev, dtype=x.dtype)
         n_j = cdiv(hidden, tiles.block_j)
         sides = (("g3", 3, 0), ("g5", 5, hidden))
         prec = dot_precision(x.dtype)
-        for name, k, x_off in sides:
+        for (name, k, x_off), pairs in zip(sides, (p3, p5)):
             if words:
                 launch_kernel(_ffn_bwd_uv_words_kernel, (n_j * n_uv_tiles, B),
-                    dout, ab, _weight_pairs(params[f"{name}_weight"]), _f32(params[f"{name}_bias"]),
+                    dout, ab, pairs, _f32(params[f"{name}_bias"]),
                     wo, duv, uv, pb_uv, hidden, D, H, W, x_off, *dout.stride()[:3], *ab.stride()[:3],
                     K=k, AB64=_ab64(hidden, N), BLOCK_D=BWD_BLOCK_D, BLOCK_J=tiles.block_j,
                     BLOCK_Q=tiles.words_block_q, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES,
@@ -1129,10 +1207,11 @@ def ffn_bwd(dout: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor 
                 duv, ab, _f32(params[f"{name}_weight"]), dab, pw, hidden, N, H, W, x_off, *ab.stride(),
                 K=k, BLOCK_J=tiles.x_block_j, BLOCK_N=tiles.block_n, num_warps=BWD_NUM_WARPS, num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
             )
-            # fixed-order sums over programs: deterministic
-            # partials are [2, K*K, h] (coalesced writes); the gradient is contiguous like the weight
-            grads[f"{name}_weight"] = (pw.sum(0).view(2, k * k, hidden).permute(2, 0, 1).contiguous()
-                                       .view(hidden, 2, k, k))
+            # fixed-order sums over programs: deterministic. The partials are [2, K*K, h] (coalesced
+            # writes); the sum of their [h, 2, K*K] view lands in the contiguous gradient (one launch)
+            dg = torch.empty((hidden, 2, k * k), device=dev, dtype=torch.float32)
+            torch.sum(pw.view(B * n_tiles, 2, k * k, hidden).permute(0, 3, 1, 2), 0, out=dg)
+            grads[f"{name}_weight"] = dg.view(hidden, 2, k, k)
         grads["g3_bias"] = pb_uv[:, :hidden].sum(0) if params["g3_bias"] is not None else None
         grads["g5_bias"] = pb_uv[:, hidden:].sum(0) if params["g5_bias"] is not None else None
         # dW_out = dout . cat(u, v)^T over batch and pixels (cuBLAS)
@@ -1174,6 +1253,23 @@ MODEL_LEVELS = ((48, 127), (96, 255), (192, 510), (384, 1021))
 def _compile_configs():
     ab_strides = {k: "i32" for k in ("stride_abb", "stride_abc", "stride_abh", "stride_abw")}
     for dtype in ("float32", "float16", "bfloat16"):
+        # the stage-2 weights (_stage2_weights): the forward's W_out^T (output strides (1, D)) and pairs;
+        # the backward's W_out cast (strides (2h, 1)), with pairs on the words path; parameters in fp32
+        # or in x's dtype (contiguous: unit strides along W_out's rows and the taps' columns)
+        for wdtype, (transposed, pairs) in itertools.product(
+                ("float32", dtype), ((True, True), (False, True), (False, False))):
+            wo_strides = {"stride_od": 1, "stride_oj": "i32"} if transposed else {"stride_od": "i32", "stride_oj": 1}
+            yield CompileConfig(
+                _ffn_weights_kernel,
+                {"wo_ptr": ptr(wdtype), "g3_ptr": ptr(wdtype), "g5_ptr": ptr(wdtype), "wout_ptr": ptr(dtype),
+                 "p3_ptr": "*fp32" if pairs else ptr(dtype), "p5_ptr": "*fp32" if pairs else ptr(dtype),
+                 **{k: "i32" for k in ("D", "HID", "n_wo", "stride_wd", "stride_g3j", "stride_g3i", "stride_g3h",
+                                       "stride_g5j", "stride_g5i", "stride_g5h")},
+                 **{k: v for k, v in wo_strides.items() if v == "i32"}},
+                {"BLOCK_J": WEIGHTS_BLOCK_J, "BLOCK_D": WEIGHTS_BLOCK_D, "BLOCK_P": WEIGHTS_BLOCK_P, "stride_wj": 1,
+                 "stride_g3w": 1, "stride_g5w": 1, **{k: v for k, v in wo_strides.items() if v == 1}},
+                num_warps=4, num_stages=NUM_STAGES, tag=dtype,
+            )
         for dim, hidden in MODEL_LEVELS:
             precs = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
             # the residual is added by the kernel only without a split (else by the reduce kernel)

@@ -26,7 +26,7 @@ from drsformer_fast.kernels.dwconv import (
     tiles,
 )
 from golden_data import FEEDFORWARD_FILES, load
-from helpers import assert_close, assert_golden, launch_tiles, non_contiguous, randn
+from helpers import assert_close, assert_golden, describe_mismatch, launch_tiles, non_contiguous, randn
 
 from drsformer_fast import reference as R
 from drsformer_fast._validation import FFN_PARAM_NAMES
@@ -627,9 +627,10 @@ def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     grids = []
-    for name in ("FF._ffn_fwd_kernel", "FF._ffn_fwd_words_kernel", "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel",
-                 "FF._ffn_bwd_uv_words_kernel", "FF._ffn_bwd_x_kernel", "DW._dw_fwd_kernel", "DW._dw_fwd_words_kernel",
-                 "DW._dw_bwd_kernel", "DW._dw_bwd_words_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
+    for name in ("FF._ffn_weights_kernel", "FF._ffn_fwd_kernel", "FF._ffn_fwd_words_kernel",
+                 "FF._ffn_fwd_reduce_kernel", "FF._ffn_bwd_uv_kernel", "FF._ffn_bwd_uv_words_kernel",
+                 "FF._ffn_bwd_x_kernel", "DW._dw_fwd_kernel", "DW._dw_fwd_words_kernel", "DW._dw_bwd_kernel",
+                 "DW._dw_bwd_words_kernel", "LN._ln_fwd_kernel", "LN._ln_bwd_kernel"):
         module, attr = name.split(".")
         kernel = getattr({"FF": FF, "DW": DW, "LN": LN}[module], attr)
 
@@ -651,9 +652,9 @@ def test_launch_grids_fit_cuda_limits_at_4k_and_8k(hw, monkeypatch):
         LN.layer_norm_fwd(x, w, w)
         LN.layer_norm_bwd(x, x, w, torch.empty(1, H * W), torch.empty(1, H * W), True)
     names = {n for n, _ in grids}
-    assert {"_ffn_fwd_kernel", "_ffn_fwd_words_kernel", "_ffn_bwd_uv_kernel", "_ffn_bwd_uv_words_kernel",
-            "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_fwd_words_kernel", "_dw_bwd_kernel", "_dw_bwd_words_kernel",
-            "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
+    assert {"_ffn_weights_kernel", "_ffn_fwd_kernel", "_ffn_fwd_words_kernel", "_ffn_bwd_uv_kernel",
+            "_ffn_bwd_uv_words_kernel", "_ffn_bwd_x_kernel", "_dw_fwd_kernel", "_dw_fwd_words_kernel",
+            "_dw_bwd_kernel", "_dw_bwd_words_kernel", "_ln_fwd_kernel", "_ln_bwd_kernel"} <= names, names
     bad = [(n, g) for n, g in grids if not (0 < g[0] < 2**31 and 0 < g[1] <= 65535 and 0 < g[2] <= 65535)]
     assert not bad, bad
 
@@ -805,3 +806,45 @@ def test_forward_launch_config_per_arch(arch):
         consts = {n: b[n] for n in constexpr_names[kernel]}
         key = (kernel, tuple(sorted(consts.items())), la.kwargs["num_warps"], la.kwargs["maxnreg"])
         assert key in registered, (arch, la.name, consts, la.kwargs["num_warps"], la.kwargs["maxnreg"])
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype, layout", [
+    (torch.float32, torch.float32, "dense"), (torch.float16, torch.float32, "dense"),
+    (torch.float16, torch.float16, "dense"), (torch.float32, torch.float32, "strided"),
+    (torch.float16, torch.float32, "strided")], ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("transposed, pairs", [(True, True), (False, True), (False, False)],
+                         ids=["forward", "backward-words", "backward-pixels"])
+def test_stage2_weights_layouts(x_dtype, w_dtype, layout, transposed, pairs, device):
+    """_ffn_weights_kernel against the layouts its readers expect, bit for bit: W_out in x's dtype
+    ([2h, D] transposed for the forward, [D, 2h] for the backward) and the grouped weights' per-tap
+    (input 0, input 1) fp32 pairs as int64 words; parameters of any dtype and strides (d = 37,
+    h = 45: no tile divides them); a parameter is returned as it is when no copy is needed, never
+    written."""
+    from drsformer_fast.kernels.feedforward import _stage2_weights
+
+    D, h = 37, 45
+    params = {"out_weight": randn(D, 2 * h, 1, 1, seed=1, dtype=w_dtype, device=device),
+              "g3_weight": randn(h, 2, 3, 3, seed=2, dtype=w_dtype, device=device),
+              "g5_weight": randn(h, 2, 5, 5, seed=3, dtype=w_dtype, device=device)}
+    if layout == "strided":
+        params = {n: non_contiguous(p) for n, p in params.items()}
+    before = {n: p.clone() for n, p in params.items()}
+    w_out, p3, p5 = _stage2_weights(params, x_dtype, transposed=transposed, pairs=pairs)
+
+    expected = params["out_weight"].reshape(D, 2 * h).to(x_dtype)
+    if transposed:
+        expected = expected.t()
+    assert w_out.shape == expected.shape and w_out.dtype == x_dtype and w_out.is_contiguous()
+    assert torch.equal(w_out, expected), describe_mismatch(w_out, expected)
+    if not transposed and x_dtype == w_dtype and layout == "dense":
+        assert w_out.data_ptr() == params["out_weight"].data_ptr()  # a view: no copy, no launch for it
+    for p, name, k in ((p3, "g3_weight", 3), (p5, "g5_weight", 5)):
+        if not pairs:
+            assert p is None
+            continue
+        want = params[name].float().reshape(h, 2, k * k).transpose(1, 2)  # [h, K*K, (input 0, input 1)]
+        got = p.view(torch.float32).view(h, k * k, 2)
+        assert p.shape == (h, k * k) and p.dtype == torch.int64
+        assert torch.equal(got, want), describe_mismatch(got, want)
+    for n, p in params.items():
+        assert torch.equal(p, before[n]), f"{n} was written"
