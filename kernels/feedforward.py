@@ -42,6 +42,9 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 | _ffn_fwd_words_kernel | fwd | bf16 | dec1 1x96x256x256 | 512x1x1 | D128 J16 Q32 | 16 | 104 | 16 | 159.0 | 47.5 | 49.0 | hbm |
 | _ffn_fwd_reduce_kernel | fwd | fp32 | latent 1x384x32x32 | 2x384x1 | N512 | 4 | 32 | 64 | 11.0 | 3.3 | 9.0 | hbm |
 | _ffn_fwd_reduce_kernel | fwd | bf16 | latent 1x384x32x32 | 2x384x1 | N512 | 4 | 32 | 64 | 9.4 | 2.8 | 7.7 | hbm |
+| _ffn_weights_kernel | fwd | fp32 | latent 1x384x32x32 | 452x1x1 | J32 D64 P1024 | 4 | 48 | 40 | 6.3 | 1.9 | 5.5 | hbm |
+| _ffn_weights_kernel | fwd | bf16 | latent 1x384x32x32 | 452x1x1 | J32 D64 P1024 | 4 | 48 | 40 | 3.1 | 0.9 | 2.7 | hbm |
+| _ffn_weights_kernel | bwd | bf16 | enc2 1x96x128x128 | 17x1x1 | J32 D64 P1024 | 4 | 48 | 40 | 0.1 | 0.0 | 0.2 | hbm |
 | _ffn_bwd_uv_kernel | bwd | fp32 | dec1 1x96x256x256 | 8192x1x1 | D16 J16 N128 | 8 | 119 | 16 | 427.5 | 127.6 | 153.1 | l1 |
 | _ffn_bwd_uv_words_kernel | bwd | bf16 | dec1 1x96x256x256 | 8192x1x1 | D16 J16 Q64 | 8 | 116 | 16 | 214.1 | 63.9 | 65.9 | hbm |
 | _ffn_bwd_x_kernel | bwd | fp32 | dec1 1x96x256x256 | 512x32x1 | J8 N128 | 8 | 110 | 16 | 428.3 | 127.8 | 129.8 | hbm |
@@ -64,7 +67,9 @@ Design:
   forward takes 2 x 2 pixel quads per thread and the du/dv kernel pixel pairs, each tap row read as
   the 3 words around the pair; the words du/dv kernel sums in the pixel kernel's order (bit-identical).
 - W_out is read transposed ([2h, D], ``_wo_tile``): a hidden chunk's columns are then D channels
-  wide rather than 32-64 bytes per output channel.
+  wide rather than 32-64 bytes per output channel. ``_ffn_weights_kernel`` writes it, with the tap
+  pairs, at every call: one launch for the layouts both forward kernels read (a copy kept between
+  calls could go stale without a trace: an in-place write through ``.data`` bumps no version).
 - Tiles and warps per architecture (``_fwd_config``): all output channels in one tile up to 128, 16
   warps capped at 128 registers (16 resident warps per SM); sm_80 and the exact-fp32 dot take 16
   quads (32 spill there); the function's docstring gives the figures.
