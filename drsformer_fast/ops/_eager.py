@@ -11,8 +11,9 @@ implementation, under a ``torch.autograd.Function`` built from the op's register
 tensors and gradients), or directly when it does not. Everything that must see the op as one
 operator keeps the dispatcher: ``torch.compile`` (Dynamo, fake tensors), any ``TorchDispatchMode``
 (fake tensors, ``drsformer_fast.perf.accounting``'s op recorder, ``opcheck``), functorch transforms,
-tensor subclasses, ops with a device-specific kernel or autocast registration, and ops whose
-tensor-list arguments need autograd (``autograd.Function`` tracks tensors, not lists of them).
+tensor subclasses, and ops with a device-specific kernel or autocast registration. Tensor-list
+arguments (the MEFC step's weights) are flattened into the ``autograd.Function`` 's inputs, which
+autograd tracks one by one; its ``setup_context`` and ``backward`` hand the op's own the lists back.
 """
 
 from __future__ import annotations
@@ -64,6 +65,59 @@ def _function(op):
     return fn
 
 
+def _unflatten(spec: tuple, flat) -> list:
+    """The op's arguments from the flat ones: ``spec`` gives each argument's list length, or None for
+    an argument that is not a list."""
+    out, i = [], 0
+    for n in spec:
+        if n is None:
+            out.append(flat[i])
+            i += 1
+        else:
+            out.append(list(flat[i:i + n]))
+            i += n
+    return out
+
+
+def _list_function(op, spec: tuple):
+    """``_function`` for an op with tensor-list arguments (their lengths in ``spec``): the lists'
+    tensors become inputs of their own (autograd tracks tensors, not lists), and the registered
+    ``setup_context`` and ``backward`` see the op's structure: its arguments, ``needs_input_grad``
+    with a list of flags per list argument, and the backward's per-list gradients flattened back."""
+    key = (op, spec)
+    fn = _FUNCTIONS.get(key)
+    if fn is None:
+        impl, setup, backward = op._init_fn, op._setup_context_fn, op._backward_fn
+
+        class Function(torch.autograd.Function):
+            @staticmethod
+            def forward(*flat):
+                return impl(*_unflatten(spec, flat))
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                ctx.needs_input_grad = tuple(_unflatten(spec, ctx.needs_input_grad))
+                setup(ctx, tuple(_unflatten(spec, inputs)), output)
+
+            @staticmethod
+            def backward(ctx, *grads):
+                flat = []
+                for n, g in zip(spec, backward(ctx, *grads)):
+                    if n is None:
+                        flat.append(g)
+                    else:
+                        flat.extend(g if g is not None else [None] * n)
+                return tuple(flat)
+
+        Function.__name__ = Function.__qualname__ = f"Eager_{op._name}"
+        if _C_APPLY is None:
+            fn = _FUNCTIONS[key] = Function.apply
+        else:
+            apply = _C_APPLY.__get__(None, Function)
+            fn = _FUNCTIONS[key] = lambda *flat: apply(*unwrap_dead_wrappers(flat))
+    return fn
+
+
 def _direct(op, args) -> bool:
     """Whether ``op(*args)`` may skip the dispatcher (see the module docstring)."""
     if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
@@ -78,6 +132,8 @@ def _direct(op, args) -> bool:
     for a in args:
         if isinstance(a, torch.Tensor) and type(a) not in _PLAIN:
             return False
+        if isinstance(a, (list, tuple)) and not _PLAIN_ARGS.issuperset(map(type, a)):
+            return False  # (a list holding a tensor subclass, or anything but plain values)
     return True
 
 
@@ -95,9 +151,15 @@ def call(op, *args, validate=None):
         return op(*args)
     if not torch.is_grad_enabled():
         return op._init_fn(*args)
-    if not torch._C._any_requires_grad(*args):
+    spec = flat = None
+    if any(isinstance(a, (list, tuple)) for a in args):  # (the tensors of a tuple are not looked at below)
+        spec = tuple(len(a) if isinstance(a, (list, tuple)) else None for a in args)
+        flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))]
+    if not torch._C._any_requires_grad(*(args if flat is None else flat)):
         with torch.no_grad():  # what the dispatcher's below-autograd call gives: nothing recorded inside
             return op._init_fn(*args)
-    if any(isinstance(a, (list, tuple)) for a in args) or op._backward_fn is None:
+    if op._backward_fn is None:
         return op(*args)
+    if flat is not None:
+        return _list_function(op, spec)(*flat)
     return _function(op)(*args)

@@ -178,3 +178,45 @@ def test_an_output_without_gradient_counts_as_zero(make, op, n_aux):
     assert torch.equal(x.grad, torch.full_like(x, 2.0))
     for name, p in module.named_parameters():
         assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+def _graph_names(t: torch.Tensor) -> set[str]:
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        # a Python Function's node names the class it was made for (the eager path's Eager_<op>)
+        names.add(getattr(getattr(fn, "_forward_cls", None), "__name__", type(fn).__name__))
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def test_tensor_list_ops_go_direct_with_autograd(monkeypatch):
+    """The MEFC step (tensor-list arguments) records its own autograd node in eager mode, not the
+    dispatcher's, and gives the dispatcher's gradients bit for bit, also with some weights frozen
+    (``needs_input_grad`` reaches the op's backward per list entry) and a frozen input."""
+    def run(module, x, grad):
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out.backward(grad)
+        return out, [out.detach(), x.grad] + [p.grad for p in module.parameters()]
+
+    module = _perturbed(M.FeatureCompensator(8), seed=7)
+    step = module.layers[1]._ops[0]._ops
+    frozen = (step[0].op[0].weight, step[5].op[0].weight)  # a sep conv's dw1, a dil conv's depthwise weight
+    for p in frozen:
+        p.requires_grad_(False)
+    grad = randn(1, 8, 4, 5, seed=9)
+    for x in (randn(1, 8, 4, 5, seed=8).requires_grad_(), randn(1, 8, 4, 5, seed=8)):
+        out, direct = run(module, x, grad)
+        assert any(n.startswith("Eager_mefc_step_fwd") for n in _graph_names(out)), _graph_names(out)
+        with monkeypatch.context() as m:
+            m.setattr(_eager, "_direct", lambda op, args: False)
+            out_d, dispatched = run(module, x, grad)
+        assert not any(n.startswith("Eager_") for n in _graph_names(out_d))
+        for i, (a, b) in enumerate(zip(direct, dispatched)):
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), f"tensor {i} differs"
+        assert all(p.grad is None for p in frozen)
+        assert (x.grad is not None) == x.requires_grad
