@@ -346,7 +346,14 @@ def _config(s: torch.Tensor) -> tuple[int, int, int]:
     return launch_config(B, C, H, W, multiprocessor_count(s.device))
 
 
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def _check_weights(name: str, ws, sizes, C: int, device, *, pointwise: bool = False) -> None:
+    if type(ws) in (list, tuple) and len(ws) == len(sizes) and all(
+            type(w) in _TENSORS and w.device == device and w.is_floating_point()
+            and w.shape == ((C, C, 1, 1) if pointwise else (C, 1, k, k)) for w, k in zip(ws, sizes)):
+        return  # the common case, without building the messages below
     if not isinstance(ws, (list, tuple)) or len(ws) != len(sizes):
         raise ValueError(f"{name} must be a tuple of {len(sizes)} tensors (one per op), got {ws!r:.80}")
     for i, (w, k) in enumerate(zip(ws, sizes)):

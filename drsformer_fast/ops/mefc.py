@@ -35,6 +35,7 @@ any floating dtype; the kernels compute in fp32 whatever ``s``'s dtype (fp32/fp1
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -222,8 +223,34 @@ _mefc_step_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------
 
 
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_shapes(C: int) -> tuple:
+    """The weight shapes of a step on C channels: dw1 and dw2, w1, dwd."""
+    sep = tuple((C, 1, k, k) for k in SEP_SIZES)
+    return sep, ((C, C, 1, 1),) * len(SEP_SIZES), tuple((C, 1, k, k) for k in DIL_SIZES)
+
+
+def _weights_ok(ws, shapes, dev) -> bool:
+    """Whether ``ws`` is a list or tuple of plain tensors of ``shapes`` on ``dev`` in a supported
+    dtype (the common case of :func:`check_step_inputs`, without building its messages)."""
+    return (type(ws) in (list, tuple) and len(ws) == len(shapes)
+            and all(type(w) in _TENSORS and w.device == dev and w.dtype in SUPPORTED_DTYPES and w.shape == shape
+                    for w, shape in zip(ws, shapes)))
+
+
 def check_step_inputs(s, dw1, w1, dw2, dwd, m) -> None:
     """Clear errors, before dispatch, for the inputs of one step."""
+    if type(s) in _TENSORS and s.dim() == 4 and s.dtype in SUPPORTED_DTYPES:
+        B, C = s.shape[:2]
+        dev = s.device
+        sep, pointwise, dil = _step_shapes(C)
+        if (_weights_ok(dw1, sep, dev) and _weights_ok(w1, pointwise, dev) and _weights_ok(dw2, sep, dev)
+                and _weights_ok(dwd, dil, dev) and type(m) in _TENSORS and m.device == dev
+                and m.shape == (B, C, NUM_OPS * C) and m.dtype == torch.float32):
+            return
     check_tensor("s", s, ndim=4, dtypes=SUPPORTED_DTYPES)
     B, C = s.shape[:2]
     dev = s.device
