@@ -14,7 +14,9 @@ v = relu(g5(x2)) (grouped 2h -> h: output j reads input channels 2j, 2j+1), out 
                                                 registers, accumulated into out with
                                                 tl.dot(W_out[:, chunk], chunk); cat(u, v) never reaches
                                                 memory; on small grids split over hidden chunks and
-                                                summed by ``_ffn_fwd_reduce_kernel``
+                                                summed by ``_ffn_fwd_reduce_kernel``; its weights
+                                                (W_out^T, the tap pairs) laid out by
+                                                ``_ffn_weights_kernel`` first
   backward  (nothing but x and the parameters is saved: y, a, b are recomputed)
             1-2. y, ab as in the forward
             3. du, dv (pre-ReLU), and u, v      ``_ffn_bwd_uv_kernel`` (``_ffn_bwd_uv_words_kernel`` on
