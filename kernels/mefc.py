@@ -68,6 +68,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validation import param_ok
 from ._launch import launch_kernel
 from ._registry import CompileConfig, ptr, register_compile_configs
 from ._utils import (
@@ -346,13 +347,9 @@ def _config(s: torch.Tensor) -> tuple[int, int, int]:
     return launch_config(B, C, H, W, multiprocessor_count(s.device))
 
 
-_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
 def _check_weights(name: str, ws, sizes, C: int, device, *, pointwise: bool = False) -> None:
     if type(ws) in (list, tuple) and len(ws) == len(sizes) and all(
-            type(w) in _TENSORS and w.device == device and w.is_floating_point()
-            and w.shape == ((C, C, 1, 1) if pointwise else (C, 1, k, k)) for w, k in zip(ws, sizes)):
+            param_ok(w, device, (C, C, 1, 1) if pointwise else (C, 1, k, k)) for w, k in zip(ws, sizes)):
         return  # the common case, without building the messages below
     if not isinstance(ws, (list, tuple)) or len(ws) != len(sizes):
         raise ValueError(f"{name} must be a tuple of {len(sizes)} tensors (one per op), got {ws!r:.80}")

@@ -33,6 +33,18 @@ _PLAIN_ARGS = frozenset((*_PLAIN, type(None), bool, int, float, str))
 _C_APPLY = getattr(torch._C, "_FunctionBase", object).__dict__.get("apply")
 
 
+def _apply(function, op):
+    """``function.apply``, named ``Eager_<op>``. ``Function.apply`` binds the arguments to
+    ``forward``'s signature (``inspect.signature``, ~15 us) whenever ``setup_context`` is defined, to
+    apply defaults; ``forward(*args)`` has none, so the C++ apply is called directly, after the same
+    unwrapping of dead functorch wrappers."""
+    function.__name__ = function.__qualname__ = f"Eager_{op._name}"
+    if _C_APPLY is None:
+        return function.apply
+    apply = _C_APPLY.__get__(None, function)
+    return lambda *args: apply(*unwrap_dead_wrappers(args))
+
+
 def _function(op):
     """The ``apply`` of an ``autograd.Function`` running ``op``'s implementation with its registered
     autograd."""
@@ -53,15 +65,7 @@ def _function(op):
             def backward(ctx, *grads):
                 return backward(ctx, *grads)
 
-        Function.__name__ = Function.__qualname__ = f"Eager_{op._name}"
-        # ``Function.apply`` binds the arguments to ``forward``'s signature (``inspect.signature``, ~15 us)
-        # whenever ``setup_context`` is defined, to apply defaults; ``forward(*args)`` has none, so the
-        # C++ apply is called directly, after the same unwrapping of dead functorch wrappers
-        if _C_APPLY is None:
-            fn = _FUNCTIONS[op] = Function.apply
-        else:
-            apply = _C_APPLY.__get__(None, Function)
-            fn = _FUNCTIONS[op] = lambda *args: apply(*unwrap_dead_wrappers(args))
+        fn = _FUNCTIONS[op] = _apply(Function, op)
     return fn
 
 
@@ -109,12 +113,7 @@ def _list_function(op, spec: tuple):
                         flat.extend(g if g is not None else [None] * n)
                 return tuple(flat)
 
-        Function.__name__ = Function.__qualname__ = f"Eager_{op._name}"
-        if _C_APPLY is None:
-            fn = _FUNCTIONS[key] = Function.apply
-        else:
-            apply = _C_APPLY.__get__(None, Function)
-            fn = _FUNCTIONS[key] = lambda *flat: apply(*unwrap_dead_wrappers(flat))
+        fn = _FUNCTIONS[key] = _apply(Function, op)
     return fn
 
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .._dispatch import uses_triton
-from .._validation import SUPPORTED_DTYPES, check_tensor
+from .._validation import _TENSOR_TYPES, SUPPORTED_DTYPES, check_tensor
 from ._eager import call
 
 NUM_OPS = 8
@@ -223,9 +223,6 @@ _mefc_step_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------
 
 
-_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
 @functools.lru_cache(maxsize=64)
 def _step_shapes(C: int) -> tuple:
     """The weight shapes of a step on C channels: dw1 and dw2, w1, dwd."""
@@ -237,18 +234,18 @@ def _weights_ok(ws, shapes, dev) -> bool:
     """Whether ``ws`` is a list or tuple of plain tensors of ``shapes`` on ``dev`` in a supported
     dtype (the common case of :func:`check_step_inputs`, without building its messages)."""
     return (type(ws) in (list, tuple) and len(ws) == len(shapes)
-            and all(type(w) in _TENSORS and w.device == dev and w.dtype in SUPPORTED_DTYPES and w.shape == shape
+            and all(type(w) in _TENSOR_TYPES and w.device == dev and w.dtype in SUPPORTED_DTYPES and w.shape == shape
                     for w, shape in zip(ws, shapes)))
 
 
 def check_step_inputs(s, dw1, w1, dw2, dwd, m) -> None:
     """Clear errors, before dispatch, for the inputs of one step."""
-    if type(s) in _TENSORS and s.dim() == 4 and s.dtype in SUPPORTED_DTYPES:
+    if type(s) in _TENSOR_TYPES and s.dim() == 4 and s.dtype in SUPPORTED_DTYPES:
         B, C = s.shape[:2]
         dev = s.device
         sep, pointwise, dil = _step_shapes(C)
         if (_weights_ok(dw1, sep, dev) and _weights_ok(w1, pointwise, dev) and _weights_ok(dw2, sep, dev)
-                and _weights_ok(dwd, dil, dev) and type(m) in _TENSORS and m.device == dev
+                and _weights_ok(dwd, dil, dev) and type(m) in _TENSOR_TYPES and m.device == dev
                 and m.shape == (B, C, NUM_OPS * C) and m.dtype == torch.float32):
             return
     check_tensor("s", s, ndim=4, dtypes=SUPPORTED_DTYPES)
