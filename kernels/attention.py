@@ -17,8 +17,9 @@ Kernels, forward:
      ``_attn_qk_gram_dense_kernel`` multiplies them.
   2. ``_attn_topk_softmax_kernel``: per row of A, the normalisation, one ranking for the four nested
      top-k masks, one exp shared by the four softmaxes; writes Ghat, the norms and P.
-  3. ``_attn_mix_kernel``: out = M V with V rebuilt from t0, project_out folded into M (a tiny batched
-     matmul forms it, ``_mix_matrix``), the output bias and the block's residual in the epilogue.
+  3. ``_attn_mix_matrix_kernel`` folds project_out into the per-sample mix, M = W_o blockdiag(P), then
+     ``_attn_mix_kernel``: out = M V with V rebuilt from t0, the output bias and the block's residual
+     in the epilogue.
 Kernels, backward (dT = [dQ; dK; dV], the gradient of t):
   4. G = dOut V^T (split-N partials) and the row sums of dOut (``dout_v_path``): ``_attn_dout_v_kernel``,
      or ``_attn_dout_v_words_kernel`` on whole words; dW_o, dP and d b_o follow by tiny einsums.
@@ -565,6 +566,42 @@ def _attn_topk_softmax_kernel(
 
 
 @triton.jit
+def _attn_mix_matrix_kernel(
+    p_ptr,  # P: [B*heads, C, C] fp32 contiguous
+    w_ptr,  # project_out weight W_o: [d, d] (the [d, d, 1, 1] parameter), any float dtype, any strides
+    mt_ptr,  # out, M^T: [B, heads, C, d] fp32 contiguous, i.e. [B, d, d] with M_b^T = blockdiag(P_b)^T W_o^T
+    C, D, HEADS, n_ob,
+    stride_wo, stride_wi,
+    BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    J_ITERS: tl.constexpr,  # cdiv(C, BLOCK_J)
+):
+    """project_out folded into the per-head mix, as its transpose: ``M^T[b, h*C + c, o] = sum_j P[b, h][j, c]
+    W_o[o, h*C + j]``. One [BLOCK_C, BLOCK_O] tile of one (sample, head) per program, exact fp32 dots
+    (BLOCK_J contraction steps). Bytes: P read once per output-channel tile, W_o once per (sample, head) and
+    channel tile, M^T written once (B*d*d*4)."""
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_h = i_bh % HEADS
+    o_c = (i_t // n_ob) * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_o = (i_t % n_ob) * BLOCK_O + tl.arange(0, BLOCK_O)
+    m_c = o_c < C
+    m_o = o_o < D
+    p_p = p_ptr + i_bh * C * C
+    p_w = w_ptr + (i_h * C) * stride_wi
+    b_acc = tl.zeros([BLOCK_C, BLOCK_O], dtype=tl.float32)
+    for i_j in range(J_ITERS):
+        o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        m_j = o_j < C
+        b_pt = tl.load(p_p + o_j[None, :] * C + o_c[:, None], mask=m_c[:, None] & m_j[None, :], other=0.0)
+        b_w = tl.load(p_w + o_j[:, None] * stride_wi + o_o[None, :] * stride_wo, mask=m_j[:, None] & m_o[None, :],
+                      other=0.0)
+        b_acc = tl.dot(b_pt, b_w.to(tl.float32), b_acc, input_precision="ieee")
+    tl.store(mt_ptr + i_bh * C * D + o_c[:, None] * D + o_o[None, :], b_acc, mask=m_c[:, None] & m_o[None, :])
+
+
+@triton.jit
 def _attn_mix_kernel(
     m_ptr,  # per-sample channel mix M: [B, D, D] fp32 (read through strides: M^T needs no copy)
     src_ptr,  # CONV: t0 [B, 3d, H, W] (V = dwconv of channels V_OFFSET..); else src [B, D, H, W]
@@ -1067,20 +1104,30 @@ def _qk_dwconv(t0: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor 
                               relu=False)[0]
 
 
+def _mix_matrix_config(c: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_O, num_warps) of the mix-matrix kernel: all of a head's C columns up to 32 in one
+    tile, 64 output channels, DOT_K contraction steps (exact fp32 FMA dots)."""
+    return min(max(16, next_pow2(c)), 32), 64, 4
+
+
 def _mix_matrix(proj_weight: torch.Tensor, p: torch.Tensor, B: int, heads: int) -> torch.Tensor:
     """project_out folded into the per-head mix: M_b = W_o blockdiag(P_b), [B, d, d] fp32 per sample.
 
-    Computed as its transpose, M_b^T = blockdiag(P_b)^T W_o^T: one batched matmul over (sample, head)
-    whose [B, heads, C, d] result is M^T laid out densely, returned as the transposed view (the mix
-    kernel reads M through strides). Fewer host calls than the equivalent einsum and no copy after it."""
-    D = proj_weight.shape[0]
+    ``_attn_mix_matrix_kernel`` writes its transpose M_b^T = blockdiag(P_b)^T W_o^T densely ([B, heads,
+    C, d]); returned as the transposed view (the mix kernel reads M through strides, and dV = M^T dOut
+    reads M^T). One launch, W_o read through its strides in its own dtype: no cast or copy of it."""
+    w = proj_weight.detach()
+    D = w.shape[0]
     C = D // heads
-    w_ot = proj_weight.reshape(D, heads, C).float().permute(1, 2, 0)  # W_o^T per head: [heads, C, d]
-    if B == 1:  # the same bmm that matmul makes, without its broadcasting steps
-        m_t = torch.bmm(p.transpose(1, 2), w_ot)  # [heads, C, d]
-    else:
-        m_t = torch.matmul(p.view(B, heads, C, C).transpose(-1, -2), w_ot)  # [B, heads, C, d]
-    return m_t.view(B, D, D).transpose(1, 2)
+    m_t = torch.empty((B, D, D), device=p.device, dtype=torch.float32)
+    block_c, block_o, nw = _mix_matrix_config(C)
+    n_ob = cdiv(D, block_o)
+    launch_kernel(_attn_mix_matrix_kernel, (cdiv(C, block_c) * n_ob, B * heads),
+        p.contiguous(), w, m_t, C, D, heads, n_ob, w.stride(0), w.stride(1),
+        BLOCK_C=block_c, BLOCK_O=block_o, BLOCK_J=DOT_K, J_ITERS=cdiv(C, DOT_K), num_warps=nw,
+        num_stages=NUM_STAGES, **LAUNCH_OPTIONS,
+    )
+    return m_t.transpose(1, 2)
 
 
 def _half_dot(dtype: torch.dtype) -> bool:
@@ -1384,6 +1431,17 @@ def _compile_configs():
              **_ints("C", "HEADS", "k1", "k2", "k3", "k4"), "eps": "fp32"},
             {"DGHAT": dghat, "BLOCK_R": rows, "BLOCK_C": block, "CHUNK": chunk}, num_warps=nw, **kw,
         ) for dghat in (False, True))
+    # kernel 3's M: project_out's weight in the model's dtype, unit column stride (a dense [d, d, 1, 1]
+    # parameter)
+    for c in (16, 32, 48, 96):
+        block_c, block_o, nw = _mix_matrix_config(c)
+        for dtype in _DTYPES:
+            yield CompileConfig(
+                _attn_mix_matrix_kernel,
+                {"p_ptr": "*fp32", "w_ptr": ptr(dtype), "mt_ptr": "*fp32", **_ints("C", "D", "HEADS", "n_ob", "stride_wo")},
+                {"BLOCK_C": block_c, "BLOCK_O": block_o, "BLOCK_J": DOT_K, "J_ITERS": cdiv(c, DOT_K), "stride_wi": 1},
+                num_warps=nw, tag=dtype, **kw,
+            )
     # kernel 3: forward (CONV, optional bias, residual of the same or fp32 dtype) and dV (plain source)
     mix_ints = _ints("D", "H", "W", "v_offset", "stride_mb", "stride_mo", "stride_mk",
                      *(f"stride_{t}{a}" for t in "sro" for a in "bchw"))

@@ -459,3 +459,32 @@ def test_token_splits_fill_the_gpu(name, n_blocks, per_split, iters, monkeypatch
     splits, got = A._splits(n_blocks, per_split, torch.device("cpu"))
     assert (got, splits) == (iters, -(-n_blocks // iters)), name
     assert splits * per_split >= 119, name
+
+
+@pytest.mark.parametrize("B, D, heads, w_dtype, layout", [
+    (1, 48, 1, torch.float32, "dense"),  # level 1 of the model: one head of 48
+    (2, 70, 2, torch.float32, "pad"),  # C = 35: no tile divides C or d
+    (3, 384, 8, torch.float32, "channels_last"),  # the latent: 8 heads, 6 output-channel tiles
+    (2, 40, 1, torch.float16, "dense"),  # C = 40: two column tiles; a half-precision weight
+], ids=lambda v: str(v).replace("torch.", ""))
+def test_mix_matrix_kernel(B, D, heads, w_dtype, layout, device):
+    """_mix_matrix (``_attn_mix_matrix_kernel``) against the float64 product M_b = W_o blockdiag(P_b)
+    for every sample: any weight dtype and strides, masked tiles; M^T is dense, M its transposed view."""
+    from drsformer_fast.kernels.attention import _mix_matrix
+
+    C = D // heads
+    w = randn(D, D, 1, 1, seed=3, dtype=w_dtype, device=device)
+    if layout != "dense":
+        w = non_contiguous(w, layout)
+    p = randn(B * heads, C, C, seed=4, device=device).softmax(-1)
+    m = _mix_matrix(w, p, B, heads)
+    assert m.shape == (B, D, D) and m.dtype == torch.float32 and m.transpose(1, 2).is_contiguous()
+
+    def blockdiag_product(dtype):
+        blocks = p.cpu().to(dtype).view(B, heads, C, C)
+        full = torch.zeros(B, D, D, dtype=dtype)
+        for h in range(heads):
+            full[:, h * C:(h + 1) * C, h * C:(h + 1) * C] = blocks[:, h]
+        return w.cpu().to(dtype).reshape(D, D) @ full
+
+    assert_close("M", m.cpu(), blockdiag_product(torch.float64), blockdiag_product(torch.float32))
