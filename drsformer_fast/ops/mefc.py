@@ -1,5 +1,5 @@
 """MEFC (DRSformer's mixture-of-experts feature compensator) as custom ops:
-``drsformer_fast::mefc_step_fwd`` and ``drsformer_fast::mefc_step_bwd``.
+``drsformer_fast::mefc_mixing``, ``drsformer_fast::mefc_step_fwd`` and ``drsformer_fast::mefc_step_bwd``.
 
 The original ``subnet`` (``reference.subnet``: an ``OALayer`` then a ``GroupOLs``) computes, per
 sample, routing weights ``w = softmax(MLP(avgpool(x)))`` ([B, steps, 8]), ``s = relu(W_pre x)``, then
@@ -16,9 +16,10 @@ ops produce before their last 1x1:
 
 This file:
 
-* :func:`routing_weights` and :func:`mixing_matrices`: the routing (avgpool -> MLP -> softmax) and
-  the per-sample matrices of all steps at once (one batched einsum for ``W_out,o L_o``), in plain
-  PyTorch autograd, fp32, outside the custom ops (a few kilobytes per sample).
+* :func:`routing_weights`: the routing (avgpool -> MLP -> softmax) in plain PyTorch autograd, fp32.
+* ``drsformer_fast::mefc_mixing`` (:func:`mixing_matrices`): the per-sample matrices of all steps at
+  once, fp32 (a few kilobytes per sample), from the stacked weights: one Triton launch on CUDA or
+  under the interpreter, else a batched einsum; its backward is a few small fp32 einsums.
 * ``drsformer_fast::mefc_step_fwd`` / ``mefc_step_bwd``: one step, ``(s, dw1, w1, dw2, dwd, m) ->
   s_out``. They run the Triton kernels (``kernels/mefc.py``, ``kernels/mefc_backward.py``) on CUDA or
   under Triton's interpreter, else the same algebra in plain PyTorch (:func:`step_torch`, whose
@@ -286,20 +287,79 @@ def routing_weights(x: torch.Tensor, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
         return logits.view(x.shape[0], steps, NUM_OPS).softmax(-1)
 
 
+def _mixing_torch(w: torch.Tensor, w_out: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """:func:`mixing_matrices` on stacked weights (``w_out``: [S, C, 8C]; ``last``: [S, 7, C, C]) in plain
+    PyTorch, fp32: ``m: [B, S, C, 8C]``. Also the mixing op's products for its backward (w = None:
+    the unscaled [S, C, 8, C] matrices)."""
+    S, C = w_out.shape[:2]
+    wo = w_out.float().view(S, C, NUM_OPS, C)
+    prod = torch.einsum("sioj,sojk->siok", wo[:, :, :NUM_OPS - 1], last.float())
+    mats = torch.cat([prod, wo[:, :, NUM_OPS - 1:]], 2)  # [S, C, 8, C]
+    if w is None:
+        return mats
+    return (w.float()[:, :, None, :, None] * mats).reshape(w.shape[0], S, C, NUM_OPS * C)
+
+
+@torch.library.custom_op("drsformer_fast::mefc_mixing", mutates_args=())
+def _mefc_mixing(w: torch.Tensor, w_out: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    with _fp32(w):
+        if uses_triton(w):
+            from ..kernels.mefc import mixing_fwd
+
+            return mixing_fwd(w, w_out, last)
+        return _mixing_torch(w, w_out, last).contiguous()
+
+
+@_mefc_mixing.register_fake
+def _(w, w_out, last):
+    S, C = w_out.shape[:2]
+    return w.new_empty((w.shape[0], S, C, NUM_OPS * C), dtype=torch.float32)
+
+
+def _mixing_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _mixing_backward(ctx, g):
+    """Gradients of m = w * [W_out,o L_o]: small fp32 einsums (the forward's products recomputed),
+    cast to each input's dtype."""
+    w, w_out, last = ctx.saved_tensors
+    need_w, need_wo, need_l = ctx.needs_input_grad
+    B, S = w.shape[:2]
+    C = w_out.shape[1]
+    with _fp32(w):
+        g = g.float().view(B, S, C, NUM_OPS, C)
+        dw = torch.einsum("bsiok,siok->bso", g, _mixing_torch(None, w_out, last)).to(w.dtype) if need_w else None
+        if not (need_wo or need_l):
+            return dw, None, None
+        dmats = torch.einsum("bso,bsiok->siok", w.float(), g)  # [S, C, 8, C]
+        d_wo = d_l = None
+        if need_wo:
+            d_wo = torch.cat([torch.einsum("siok,sojk->sioj", dmats[:, :, :NUM_OPS - 1], last.float()),
+                              dmats[:, :, NUM_OPS - 1:]], 2).reshape(S, C, NUM_OPS * C).to(w_out.dtype)
+        if need_l:
+            wo = w_out.float().view(S, C, NUM_OPS, C)
+            d_l = torch.einsum("sioj,siok->sojk", wo[:, :, :NUM_OPS - 1], dmats[:, :, :NUM_OPS - 1]).to(last.dtype)
+    return dw, d_wo, d_l
+
+
+_mefc_mixing.register_autograd(_mixing_backward, setup_context=_mixing_setup_context)
+
+
 def mixing_matrices(w: torch.Tensor, out_weights, last_weights) -> torch.Tensor:
     """``m: [B, steps, C, 8C]`` fp32, ``m[b, i][:, oC:(o+1)C] = w[b, i, o] W_out,i[:, oC:(o+1)C] L_i,o``.
 
     ``out_weights``: per step ``_out.0.weight`` [C, 8C, 1, 1]; ``last_weights``: per step the seven
-    last 1x1s ``[C, C, 1, 1]`` (sep_conv ``op.4``, dil_conv ``op.1``; avg_pool has none). All steps in
-    one batched product."""
+    last 1x1s ``[C, C, 1, 1]`` (sep_conv ``op.4``, dil_conv ``op.1``; avg_pool has none). The weights
+    are stacked (two copies) and every step's matrices made by one op, ``drsformer_fast::mefc_mixing``
+    (one Triton launch on CUDA or under the interpreter, else a batched einsum); differentiable in
+    ``w`` and every weight."""
     steps = len(out_weights)
     C = out_weights[0].shape[0]
     with _fp32(w):
-        w_out = torch.stack([wo.reshape(C, NUM_OPS, C) for wo in out_weights]).float()  # [S, C, 8, C]
-        last = torch.stack([lw.reshape(C, C) for ls in last_weights for lw in ls]).float()
-        prod = torch.einsum("sioj,sojk->siok", w_out[:, :, :NUM_OPS - 1], last.view(steps, NUM_OPS - 1, C, C))
-        mats = torch.cat([prod, w_out[:, :, NUM_OPS - 1:]], 2)  # [S, C, 8, C]
-        return (w[:, :, None, :, None] * mats).reshape(w.shape[0], steps, C, NUM_OPS * C)
+        w_out = torch.stack([wo.reshape(C, NUM_OPS * C) for wo in out_weights])  # [S, C, 8C]
+        last = torch.stack([lw.reshape(C, C) for ls in last_weights for lw in ls]).view(steps, NUM_OPS - 1, C, C)
+    return call(_mefc_mixing, w, w_out, last)
 
 
 def feature_compensation(x: torch.Tensor, w: torch.Tensor, pre_weight: torch.Tensor, steps: list[dict]) -> torch.Tensor:

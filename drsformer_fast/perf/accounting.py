@@ -220,6 +220,15 @@ def _mefc_step_bwd_op(args, out):
     return mefc_step_bytes(s.shape, s.element_size(), backward=True, input_grad=bool(needs_input_grad))
 
 
+def _mefc_mixing_op(args, out):
+    """The mixing matrices of all steps (``drsformer_fast::mefc_mixing``): the routing weights and the
+    stacked weights read once, m written once (the backward is plain ATen, counted launch by launch)."""
+    w, w_out, last = args
+    read = sum(t.numel() * t.element_size() for t in (w, w_out, last))
+    return [KernelBytes("mefc mixing matrices: read w and the stacked weights, write m", read,
+                        out.numel() * out.element_size())]
+
+
 # custom op name -> compulsory bytes from its (args, outputs)
 FUSED_OP_BYTES: dict[str, Callable] = {
     "ffn_fwd": _ffn_fwd_op,
@@ -230,6 +239,7 @@ FUSED_OP_BYTES: dict[str, Callable] = {
     "topk_attention_bwd": _attention_bwd_op,
     "mefc_step_fwd": _mefc_step_fwd_op,
     "mefc_step_bwd": _mefc_step_bwd_op,
+    "mefc_mixing": _mefc_mixing_op,
 }
 
 

@@ -17,7 +17,7 @@ from drsformer_fast.ops import layernorm as LN
 from drsformer_fast.ops import mefc as MEFC
 
 OPS = (A._attention_fwd, A._attention_bwd, LN._layer_norm_fwd, LN._layer_norm_bwd, FF._ffn_fwd, FF._ffn_bwd,
-       MEFC._mefc_step_fwd, MEFC._mefc_step_bwd)
+       MEFC._mefc_step_fwd, MEFC._mefc_step_bwd, MEFC._mefc_mixing)
 
 
 def _perturbed(module, seed):

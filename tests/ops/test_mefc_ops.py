@@ -1,6 +1,6 @@
 """MEFC (the mixture-of-experts feature compensator): ``FeatureCompensator`` and the fused step ops
 against the original ``subnet`` (float64 reference), output and EVERY gradient with one shared
-random upstream gradient; opcheck of both ops; torch.compile with Inductor; patch(); the whole fast
+random upstream gradient; opcheck of the three ops; torch.compile with Inductor; patch(); the whole fast
 model; memory saved for backward, bytes and launches (package accounting, fake tensors); errors.
 
 Everything goes through the public module and ops (``drsformer_fast.ops.mefc``), so the same tests
@@ -202,6 +202,71 @@ def test_step_op_gradients_against_autograd_of_the_algebra(device):
         assert_close(n, a, r, t)
 
 
+
+def _mixing_args(B, S, C, device, dtype=torch.float32, seed=80):
+    """The mixing op's inputs as mixing_matrices passes them: softmax routing weights [B, S, 8] fp32,
+    every step's W_out stacked [S, C, 8C] and the ops' last 1x1s stacked [S, 7, C, C], in the
+    weights' dtype."""
+    w = randn(B, S, 8, seed=seed, device=device).softmax(-1).requires_grad_()
+    w_out = randn(S, C, 8 * C, seed=seed + 1, scale=C ** -0.5, dtype=dtype, device=device).requires_grad_()
+    last = randn(S, 7, C, C, seed=seed + 2, scale=C ** -0.5, dtype=dtype, device=device).requires_grad_()
+    return w, w_out, last
+
+
+def test_mixing_op_opcheck(device):
+    torch.library.opcheck(torch.ops.drsformer_fast.mefc_mixing.default, _mixing_args(2, 3, 5, device),
+                          test_utils=UTILS)
+
+
+@pytest.mark.parametrize("B, S, C, dtype, path", [
+    (1, 4, 48, torch.float32, "kernel"),  # the model's first MEFC
+    (3, 2, 37, torch.float32, "kernel"),  # no tile divides C; three samples
+    (2, 4, 40, torch.float16, "kernel"),  # half-precision weights (computed in fp32)
+    (3, 2, 37, torch.float32, "torch"),
+], ids=lambda v: str(v).replace("torch.", ""))
+def test_mixing_op_and_its_gradients(B, S, C, dtype, path, device, request):
+    """mefc_mixing (one Triton launch on the kernel path, a batched einsum on the PyTorch path) and its
+    every gradient (w, W_out, the last 1x1s) against autograd of the algebra written out per step and op
+    in float64, one shared random upstream gradient; m is NaN-poisoned before the kernel writes it
+    (conftest)."""
+    from drsformer_fast.ops.mefc import mixing_matrices
+
+    if path == "torch":
+        request.getfixturevalue("torch_path")
+
+    args = _mixing_args(B, S, C, device, dtype)
+    g = randn(B, S, C, 8 * C, seed=90, device=device)
+
+    def algebra(w, w_out, last):
+        blocks = []
+        for s in range(S):
+            wo = w_out[s].view(C, 8, C)
+            mats = [wo[:, o] @ last[s, o] for o in range(7)] + [wo[:, 7]]
+            blocks.append(torch.cat([w[:, s, o, None, None] * mats[o] for o in range(8)], 2))
+        return torch.stack(blocks, 1)
+
+    def run(fn, dtype_, dev):
+        leaves = [t.detach().to(dev, dtype_).requires_grad_() for t in args]
+        out = fn(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, g.to(dev, out.dtype))]
+
+    op = lambda w, w_out, last: torch.ops.drsformer_fast.mefc_mixing(w, w_out, last)  # noqa: E731
+    got = run(op, None, device)
+    ref64 = run(algebra, torch.float64, torch.device("cpu"))
+    ref32 = run(algebra, torch.float32, torch.device("cpu"))
+    for n, a, r, t in zip(("m", "dw", "dw_out", "dlast"), got, ref64, ref32):
+        assert a.dtype == (torch.float32 if n in ("m", "dw") else dtype), n
+        assert_close(n, a, r, t)
+    # mixing_matrices stacks the per-step parameters into the op's inputs, gradients flow back to each
+    outs = [args[1][s].detach().view(C, 8 * C, 1, 1).clone().requires_grad_() for s in range(S)]
+    lasts = [[args[2][s, o].detach().view(C, C, 1, 1).clone().requires_grad_() for o in range(7)] for s in range(S)]
+    m = mixing_matrices(args[0].detach(), outs, lasts)
+    assert torch.equal(m, got[0])
+    grads = torch.autograd.grad(m, outs + [t for ls in lasts for t in ls], g)
+    assert torch.equal(torch.stack(grads[:S]).view(S, C, 8 * C), got[2])
+    assert torch.equal(torch.stack(grads[S:]).view(S, 7, C, C), got[3])
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -215,11 +280,13 @@ class _CountOps(TorchDispatchMode):
 
 
 def test_module_runs_one_fused_step_op_per_step(device):
+    """Per MEFC: one op for every step's mixing matrices (its backward is plain ATen), then one fused
+    op per step, forward and backward."""
     _, fast = _pair(8, seed=15, device=device)
     x = randn(1, 8, 5, 6, seed=16, device=device)
     with _CountOps() as counter:
         _grads(fast, x, x)
-    assert counter.calls == {"mefc_step_fwd": 4, "mefc_step_bwd": 4}
+    assert counter.calls == {"mefc_mixing": 1, "mefc_step_fwd": 4, "mefc_step_bwd": 4}
 
 
 def test_torch_compile_fullgraph_inductor(device):
@@ -341,9 +408,10 @@ def test_forward_bytes_and_launches(dim, target):
           f"{f.summary()['bytes_forward'] / 1e9:.2f} GB, launches {o.summary()['launches_forward']} -> "
           f"{f.summary()['launches_forward']}")
     assert f.summary()["bytes_forward"] <= target < o.summary()["bytes_forward"]
-    assert sum(r.kind == "fused" for r in f.forward) == 4
+    fused = [r.name.split("::")[-1] for r in f.forward if r.kind == "fused"]
+    assert fused == ["mefc_mixing"] + ["mefc_step_fwd"] * 4, fused
     outside = sum(1 for r in f.forward if r.launch and r.inside is None)
-    assert outside <= 40 - 2 * 4  # routing, preprocess, mixing matrices: room for 2 kernels per step
+    assert outside <= 40 - 2 * 4 - 1  # routing, preprocess, stacked weights: room for 2 kernels per step
     assert f.summary()["launches_forward"] <= 40
 
 
