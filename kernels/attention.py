@@ -43,6 +43,8 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 | _attn_qk_gram_dense_kernel | fwd | fp32 | dec1 1x96x256x256 | 64x9x1 | C32 N16 | 4 | 88 | 20 | 52.7 | 15.7 | 22.0 | compute |
 | _attn_qk_gram_dense_kernel | fwd | bf16 | dec1 1x96x256x256 | 128x4x1 | C64 N32 | 8 | 56 | 32 | 29.4 | 8.8 | 9.1 | hbm |
 | _attn_topk_softmax_kernel | fwd | fp32 | enc3 1x192x64x64 | 48x4x1 | R1 C64 | 4 | 95 | 20 | 0.1 | 0.0 | 0.1 | hbm |
+| _attn_mix_matrix_kernel | fwd | fp32 | dec1 1x96x256x256 | 6x1x1 | C32 O64 J16 | 4 | 96 | 20 | 0.1 | 0.0 | 0.8 | compute |
+| _attn_mix_matrix_kernel | fwd | bf16 | dec1 1x96x256x256 | 6x1x1 | C32 O64 J16 | 4 | 128 | 16 | 0.1 | 0.0 | 0.8 | compute |
 | _attn_mix_kernel | fwd | fp32 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 112 | 16 | 125.9 | 37.6 | 38.7 | hbm |
 | _attn_mix_kernel | bwd | fp32 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 45 | 40 | 50.4 | 15.0 | 19.4 | hbm |
 | _attn_mix_kernel | fwd | bf16 | dec1 1x96x256x256 | 2048x1x1 | O128 K16 N32 | 8 | 108 | 16 | 63.0 | 18.8 | 19.4 | hbm |

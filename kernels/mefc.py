@@ -31,6 +31,7 @@ MB: compulsory bytes; HBM: MB at 3.35 TB/s; bound: what the predicted time is li
 |---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|
 | _mefc_inner_kernel | fwd | fp32 | model 256x256 | 8192x1x1 | K16 H1 W32 | 8 | 104 | 16 | 126.0 | 37.6 | 38.8 | hbm |
 | _mefc_step_kernel | fwd | fp32 | model 256x256 | 2048x1x1 | K16 H1 W32 | 8 | 116 | 16 | 151.4 | 45.2 | 268.8 | l1 |
+| _mefc_mixing_kernel | fwd | fp32 | model 256x256 | 9x32x1 | I32 K32 J16 | 4 | 80 | 24 | 3.4 | 1.0 | 2.8 | hbm |
 [end of launch table]
 
 Design:
