@@ -321,18 +321,21 @@ def _mixing_setup_context(ctx, inputs, output):
 
 
 def _mixing_backward(ctx, g):
-    """Gradients of m = w * [W_out,o L_o]: small fp32 einsums (the forward's products recomputed),
-    cast to each input's dtype."""
+    """Gradients of m = w * [W_out,o L_o] in fp32 (the forward's products recomputed), cast to each
+    input's dtype. The sums over the batch are those autograd forms for the broadcast multiply
+    (per-sample products, then a sum), so these gradients round as the plain-PyTorch formula's do. A
+    contraction over the batch (einsum) rounds differently; in the test of two data-parallel processes
+    against one (tests/training) that difference grew past rounding within three steps."""
     w, w_out, last = ctx.saved_tensors
     need_w, need_wo, need_l = ctx.needs_input_grad
     B, S = w.shape[:2]
     C = w_out.shape[1]
     with _fp32(w):
         g = g.float().view(B, S, C, NUM_OPS, C)
-        dw = torch.einsum("bsiok,siok->bso", g, _mixing_torch(None, w_out, last)).to(w.dtype) if need_w else None
+        dw = (g * _mixing_torch(None, w_out, last)).sum((2, 4)).to(w.dtype) if need_w else None
         if not (need_wo or need_l):
             return dw, None, None
-        dmats = torch.einsum("bso,bsiok->siok", w.float(), g)  # [S, C, 8, C]
+        dmats = (g * w.float()[:, :, None, :, None]).sum(0)  # [S, C, 8, C]
         d_wo = d_l = None
         if need_wo:
             d_wo = torch.cat([torch.einsum("siok,sojk->sioj", dmats[:, :, :NUM_OPS - 1], last.float()),
